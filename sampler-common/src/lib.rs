@@ -1,0 +1,108 @@
+//! Records that the BPF programs (`sampler-ebpf`) and the loader (`sampler`) agree on.
+//!
+//! Every type is `#[repr(C)]`, made of fixed-width integers, with no implicit padding
+//! (checked by the size asserts at the bottom), so the kernel side and user side read
+//! the same bytes. With the `user` feature the types implement `aya::Pod` so they can be
+//! read from maps.
+#![no_std]
+
+/// Name of the BPF `perf_event` program in the object.
+pub const PROGRAM_NAME: &str = "on_sample";
+/// Name of the per-task aggregation map (`LRU_HASH`, [`TaskKey`] -> [`TaskValue`]).
+pub const TASKS_MAP: &str = "TASKS";
+/// Name of the per-CPU statistics map (`PERCPU_ARRAY` of one [`CpuStats`]).
+pub const CPU_STATS_MAP: &str = "CPU_STATS";
+
+/// Default capacity of [`TASKS_MAP`]. The map is an LRU hash: when full, the kernel
+/// evicts the least recently updated entries instead of failing the insert, so a host
+/// with many short-lived tasks cannot exhaust it; evictions are counted as
+/// `CpuStats::inserted - live entries`.
+pub const DEFAULT_TASK_ENTRIES: u32 = 16_384;
+
+/// Length of a task's command name (`TASK_COMM_LEN` in the kernel).
+pub const COMM_LEN: usize = 16;
+
+/// Which task was interrupted by a sample, and where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    /// Process id (kernel `tgid`); 0 is the idle task.
+    pub tgid: u32,
+    /// Thread id (kernel `pid`).
+    pub tid: u32,
+    /// cgroup v2 id of the task at the time of the sample.
+    pub cgroup_id: u64,
+    /// CPU the sample was taken on.
+    pub cpu: u32,
+    /// Explicit padding, always 0 (the key is hashed byte by byte).
+    pub _pad: u32,
+}
+
+/// What the kernel aggregated for one [`TaskKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskValue {
+    /// Number of overflow samples.
+    pub samples: u64,
+    /// Sum of the sample periods (events counted between samples: nanoseconds for
+    /// `cpu-clock`, cycles for `cycles`).
+    pub period_sum: u64,
+    /// The task's command name when the entry was created, NUL padded. Recorded in the
+    /// kernel so that tasks that exit before user space reads the map keep their name.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Per-CPU counters of the BPF program itself (one entry of a `PERCPU_ARRAY`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Samples the program saw on this CPU (including dropped ones).
+    pub samples: u64,
+    /// Sum of the sample periods on this CPU.
+    pub period_sum: u64,
+    /// New [`TASKS_MAP`] entries this CPU created (to count LRU evictions).
+    pub inserted: u64,
+    /// Samples that could not be recorded per task (map update failed).
+    pub dropped: u64,
+}
+
+impl TaskValue {
+    /// The command name up to its first NUL, as bytes.
+    pub fn comm_bytes(&self) -> &[u8] {
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
+        &self.comm[..end]
+    }
+}
+
+const _: () = assert!(size_of::<TaskKey>() == 24);
+const _: () = assert!(size_of::<TaskValue>() == 32);
+const _: () = assert!(size_of::<CpuStats>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (size asserted
+    // above); every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::TaskKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CpuStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_stops_at_first_nul() {
+        let mut v = TaskValue::default();
+        v.comm[..4].copy_from_slice(b"bash");
+        assert_eq!(v.comm_bytes(), b"bash");
+        v.comm = [b'x'; COMM_LEN];
+        assert_eq!(v.comm_bytes().len(), COMM_LEN);
+    }
+}

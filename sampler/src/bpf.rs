@@ -1,0 +1,132 @@
+//! Loading the embedded BPF object and reading what its maps aggregated.
+
+use std::{os::fd::AsFd as _, path::Path};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader, Endianness,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{PerfEvent, ProgramError},
+};
+use sampler_common::{
+    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+};
+
+use crate::Error;
+
+/// The BPF object built by `build.rs` from `sampler-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-ebpf"));
+
+/// Where the kernel publishes its own BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Task-map entries per possible CPU: the map has per-CPU LRU lists, so each CPU gets
+/// this many before it starts evicting its least recently sampled tasks.
+pub const TASK_ENTRIES_PER_CPU: u32 = 4096;
+
+/// The loaded BPF programs and maps.
+pub struct Bpf {
+    ebpf: Ebpf,
+    /// Set when the kernel has no usable BTF: loading continued without it.
+    pub btf_notice: Option<String>,
+}
+
+/// What the maps held at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct MapContents {
+    pub tasks: Vec<(TaskKey, TaskValue)>,
+    /// Per possible CPU, indexed by CPU number.
+    pub cpu_stats: Vec<CpuStats>,
+}
+
+impl Bpf {
+    /// Loads the object and the `perf_event` program (not yet attached to anything).
+    /// `btf_path` is the kernel's BTF ([`KERNEL_BTF`]); the program needs no CO-RE
+    /// relocation, so a kernel without BTF is reported, not fatal.
+    pub fn load(btf_path: &Path, possible_cpus: u32) -> Result<Self, Error> {
+        let (btf, btf_notice) = match Btf::parse_file(btf_path, Endianness::default()) {
+            Ok(btf) => (Some(btf), None),
+            Err(err) => (
+                None,
+                Some(format!(
+                    "sampler: kernel BTF not usable at {} ({err}); loading the BPF programs \
+                     without it (they need no BTF relocations). Kernels built with \
+                     CONFIG_DEBUG_INFO_BTF=y provide it.",
+                    btf_path.display()
+                )),
+            ),
+        };
+        let entries = TASK_ENTRIES_PER_CPU
+            .saturating_mul(possible_cpus.max(1))
+            .max(DEFAULT_TASK_ENTRIES);
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .map_max_entries(TASKS_MAP, entries)
+            .load(OBJECT)
+            .map_err(|e| Error::BpfLoad(format!("{e}")))?;
+        let program: &mut PerfEvent = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| Error::BpfLoad(format!("program {PROGRAM_NAME} missing from object")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        program.load().map_err(|e| match e {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => Error::Verifier {
+                program: PROGRAM_NAME,
+                source: io_error,
+                log_tail: Error::log_tail(&verifier_log.to_string(), 20),
+            },
+            other => Error::BpfLoad(other.to_string()),
+        })?;
+        Ok(Self { ebpf, btf_notice })
+    }
+
+    /// Calls `f` with the program's fd (to attach it to perf events).
+    pub fn with_program_fd<T>(
+        &self,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let program: &PerfEvent = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| Error::BpfLoad(format!("program {PROGRAM_NAME} missing")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        let fd = program
+            .fd()
+            .map_err(|e| Error::BpfLoad(format!("program {PROGRAM_NAME} has no fd: {e}")))?;
+        f(fd.as_fd())
+    }
+
+    /// Reads both maps.
+    pub fn read(&self) -> Result<MapContents, Error> {
+        let map_err = |map| move |source| Error::MapRead { map, source };
+        let tasks: HashMap<&MapData, TaskKey, TaskValue> = HashMap::try_from(
+            self.ebpf
+                .map(TASKS_MAP)
+                .ok_or_else(|| Error::BpfLoad(format!("map {TASKS_MAP} missing")))?,
+        )
+        .map_err(map_err(TASKS_MAP))?;
+        let mut entries = Vec::new();
+        for item in tasks.iter() {
+            match item {
+                Ok(kv) => entries.push(kv),
+                // An LRU entry evicted between "next key" and "lookup": skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(TASKS_MAP)(e)),
+            }
+        }
+        let stats: PerCpuArray<&MapData, CpuStats> = PerCpuArray::try_from(
+            self.ebpf
+                .map(CPU_STATS_MAP)
+                .ok_or_else(|| Error::BpfLoad(format!("map {CPU_STATS_MAP} missing")))?,
+        )
+        .map_err(map_err(CPU_STATS_MAP))?;
+        let per_cpu = stats.get(&0, 0).map_err(map_err(CPU_STATS_MAP))?;
+        Ok(MapContents {
+            tasks: entries,
+            cpu_stats: per_cpu.iter().copied().collect(),
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! The command line: argument definitions and the commands that drive the data flow
+//! (validate -> load BPF -> open and attach -> sample -> read maps -> present).
+
+use std::{
+    io::{self, IsTerminal, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    Error,
+    bpf::{Bpf, KERNEL_BTF},
+    cpus::CpuList,
+    model::{RunInfo, Snapshot, delta},
+    present,
+    session::Session,
+    sys::{self, RealSys},
+};
+
+/// The kernel's list of online CPUs.
+const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+/// The kernel's ceiling on sampling frequency.
+const MAX_SAMPLE_RATE: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
+/// The longest accepted `--duration`/`--interval`: one year.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sampler",
+    version,
+    about = "System-wide PMU sampler: per-task hardware counter attribution, aggregated in the kernel with eBPF",
+    override_usage = "sudo sampler <COMMAND> [OPTIONS]",
+    after_help = "Needs root, or CAP_BPF and CAP_PERFMON. Without a hardware PMU (most VMs) \
+                  it samples the software event cpu-clock and says so."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample all (or the selected) CPUs for a while, then print the busiest tasks.
+    Stat(StatArgs),
+    /// Print the busiest tasks of each interval until interrupted (Ctrl-C).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 999)]
+    pub frequency: u64,
+    /// CPUs to sample, e.g. `0-3,6` [default: all online CPUs].
+    #[arg(short = 'C', long, value_name = "LIST")]
+    pub cpu: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// How long to sample, in seconds (fractions allowed); Ctrl-C stops early.
+    #[arg(short, long, value_name = "SECS", default_value = "5")]
+    pub duration: String,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show only the N busiest tasks [default: 20 in the table, all in JSON].
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Refresh interval in seconds.
+    #[arg(short, long, value_name = "SECS", default_value = "1")]
+    pub interval: String,
+    /// Stop after N refreshes [default: run until interrupted].
+    #[arg(short = 'n', long, value_name = "N")]
+    pub iterations: Option<u64>,
+    /// One JSON document per refresh (JSON lines) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show only the N busiest tasks.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Stat(args) => stat(args).await,
+        Command::Top(args) => top(args).await,
+    }
+}
+
+async fn stat(args: StatArgs) -> Result<(), Error> {
+    let duration = parse_seconds("duration", &args.duration)?;
+    let mut sampling = Sampling::start(&args.sampling)?;
+    let started = Instant::now();
+    wait(Some(duration)).await?;
+    sampling.session.disable()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let maps = sampling.bpf.read()?;
+    let snapshot = Snapshot::build(&maps, &sampling.info, elapsed);
+    let text = if args.json {
+        let mut s = present::json(&snapshot, args.top).to_string();
+        s.push('\n');
+        s
+    } else {
+        present::table(&snapshot, Some(args.top.unwrap_or(20)))
+    };
+    emit(&text).map(drop)
+}
+
+async fn top(args: TopArgs) -> Result<(), Error> {
+    let interval = parse_seconds("interval", &args.interval)?;
+    let sampling = Sampling::start(&args.sampling)?;
+    let clear = !args.json && io::stdout().is_terminal();
+    let mut prev = sampling.bpf.read()?;
+    let mut last = Instant::now();
+    let mut done = 0u64;
+    while args.iterations.is_none_or(|n| done < n) {
+        if wait(Some(interval)).await? == Stop::Signal {
+            break;
+        }
+        let cur = sampling.bpf.read()?;
+        let now = Instant::now();
+        let snapshot = Snapshot::build(
+            &delta(&prev, &cur),
+            &sampling.info,
+            (now - last).as_secs_f64(),
+        );
+        (prev, last) = (cur, now);
+        let text = if args.json {
+            let mut s = present::json(&snapshot, Some(args.top)).to_string();
+            s.push('\n');
+            s
+        } else if clear {
+            format!("\x1b[H\x1b[2J{}", present::table(&snapshot, Some(args.top)))
+        } else {
+            format!("{}\n", present::table(&snapshot, Some(args.top)))
+        };
+        if !emit(&text)? {
+            break;
+        }
+        done += 1;
+    }
+    Ok(())
+}
+
+/// Loaded programs and enabled events: sampling is under way while this lives.
+struct Sampling {
+    // Field order is drop order: close the events before unloading the program.
+    session: Session<'static>,
+    bpf: Bpf,
+    info: RunInfo,
+}
+
+static REAL_SYS: RealSys = RealSys;
+
+impl Sampling {
+    fn start(args: &SamplingArgs) -> Result<Self, Error> {
+        let cpus = select_cpus(args.cpu.as_deref(), Path::new(ONLINE_CPUS))?;
+        let frequency_hz = check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?;
+        check_privileges()?;
+        let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
+        let bpf = Bpf::load(Path::new(KERNEL_BTF), possible)?;
+        if let Some(notice) = &bpf.btf_notice {
+            eprintln!("{notice}");
+        }
+        let mut session = Session::open(&REAL_SYS, &cpus, frequency_hz)?;
+        if let Some(notice) = session.fallback_notice() {
+            eprintln!("{notice}");
+        }
+        bpf.with_program_fd(|prog| session.attach(prog))?;
+        session.enable()?;
+        let info = RunInfo {
+            cpus: session.events().iter().map(|e| (e.cpu, e.event)).collect(),
+            frequency_hz,
+        };
+        Ok(Self { session, bpf, info })
+    }
+}
+
+/// The CPUs of `--cpu`, which must all be online, or every online CPU.
+pub fn select_cpus(arg: Option<&str>, online_path: &Path) -> Result<CpuList, Error> {
+    let online = CpuList::read(online_path)?;
+    let Some(arg) = arg else {
+        return Ok(online);
+    };
+    let wanted = CpuList::parse(arg).map_err(|source| Error::CpuListArg {
+        input: arg.to_owned(),
+        source,
+    })?;
+    if let Some(cpu) = wanted.iter().find(|&c| !online.contains(c)) {
+        return Err(Error::CpuNotOnline { cpu, online });
+    }
+    Ok(wanted)
+}
+
+/// Checks `--frequency` against 0 and the kernel's `perf_event_max_sample_rate` (when
+/// readable).
+pub fn check_frequency(hz: u64, max_rate_path: &Path) -> Result<u64, Error> {
+    if hz == 0 {
+        return Err(Error::FrequencyZero(hz));
+    }
+    if let Ok(max) = sys::read_sysctl_u64(max_rate_path)
+        && hz > max
+    {
+        return Err(Error::FrequencyTooHigh { hz, max });
+    }
+    Ok(hz)
+}
+
+/// Parses a positive number of seconds, at most [`MAX_SECONDS`].
+pub fn parse_seconds(flag: &'static str, value: &str) -> Result<Duration, Error> {
+    let bad = || Error::BadSeconds {
+        flag,
+        value: value.to_owned(),
+        max: MAX_SECONDS,
+    };
+    let secs: f64 = value.trim().parse().map_err(|_| bad())?;
+    if !(secs > 0.0 && secs <= MAX_SECONDS as f64) {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+fn check_privileges() -> Result<(), Error> {
+    // If the status file cannot be read, let the system calls themselves report.
+    let Ok(caps) = sys::effective_capabilities() else {
+        return Ok(());
+    };
+    let missing = sys::missing_capabilities(caps);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Privileges { missing })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    Elapsed,
+    Signal,
+}
+
+/// Waits for `duration` or until SIGINT, SIGTERM or SIGHUP.
+async fn wait(duration: Option<Duration>) -> Result<Stop, Error> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = sleep => Ok(Stop::Elapsed),
+        _ = int.recv() => Ok(Stop::Signal),
+        _ = term.recv() => Ok(Stop::Signal),
+        _ = hup.recv() => Ok(Stop::Signal),
+    }
+}
+
+/// Writes to stdout; `Ok(false)` when the reader went away (e.g. `| head`).
+fn emit(text: &str) -> Result<bool, Error> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    fn tmpfile(name: &str, content: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sampler-cli-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    #[test]
+    fn cpu_selection() {
+        let online = tmpfile("online", "0-1,3\n");
+        assert_eq!(select_cpus(None, &online).unwrap().to_string(), "0-1,3");
+        assert_eq!(
+            select_cpus(Some("1,3"), &online).unwrap().to_string(),
+            "1,3"
+        );
+        let e = select_cpus(Some("2"), &online).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "CPU 2 is not online (online CPUs: 0-1,3); pick CPUs from that list"
+        );
+        let e = select_cpus(Some("x-1"), &online).unwrap_err();
+        assert!(e.to_string().starts_with("invalid --cpu list `x-1`"), "{e}");
+        let e = select_cpus(None, Path::new("/nonexistent/online")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/online"), "{e}");
+    }
+
+    #[test]
+    fn frequency_checks() {
+        let max = tmpfile("max_rate", "100000\n");
+        assert_eq!(check_frequency(999, &max).unwrap(), 999);
+        assert_eq!(check_frequency(100_000, &max).unwrap(), 100_000);
+        assert!(matches!(
+            check_frequency(0, &max),
+            Err(Error::FrequencyZero(0))
+        ));
+        assert!(matches!(
+            check_frequency(100_001, &max),
+            Err(Error::FrequencyTooHigh {
+                hz: 100_001,
+                max: 100_000
+            })
+        ));
+        // Unknown limit: left to the kernel.
+        assert!(check_frequency(5_000_000, Path::new("/nonexistent")).is_ok());
+    }
+
+    #[test]
+    fn seconds_parsing() {
+        assert_eq!(
+            parse_seconds("duration", "2").unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse_seconds("duration", "0.25").unwrap(),
+            Duration::from_millis(250)
+        );
+        for bad in ["0", "-1", "abc", "", "NaN", "inf", "1e300", "31536001"] {
+            let e = parse_seconds("duration", bad).unwrap_err();
+            assert!(
+                e.to_string().starts_with("--duration must be a positive"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "sampler", "stat", "-d", "2", "--json", "-F", "99", "-C", "1",
+        ])
+        .unwrap();
+        let Command::Stat(a) = cli.command else {
+            panic!("not stat")
+        };
+        assert_eq!(a.duration, "2");
+        assert!(a.json);
+        assert_eq!(a.sampling.frequency, 99);
+        assert_eq!(a.sampling.cpu.as_deref(), Some("1"));
+        assert!(Cli::try_parse_from(["sampler", "stat", "-F", "-5"]).is_err());
+        assert!(Cli::try_parse_from(["sampler", "bogus"]).is_err());
+    }
+}

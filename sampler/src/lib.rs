@@ -1,0 +1,24 @@
+//! sampler: an eBPF-assisted, system-wide PMU sampler.
+//!
+//! The modules follow the data flow, one step each:
+//!
+//! ```text
+//! cpus ──► event ──► session (sys) ──► sampler-ebpf ──► bpf ──► model ──► present
+//! which     which     open per CPU,     aggregate per    read     snapshot   table,
+//! CPUs      event     attach, enable    task in maps     maps     per run    JSON
+//! ```
+//!
+//! `cli` drives the steps for each command; `sys` holds every system call; `error`
+//! gives each failure a message that names the problem and the fix.
+
+pub mod bpf;
+pub mod cli;
+pub mod cpus;
+pub mod error;
+pub mod event;
+pub mod model;
+pub mod present;
+pub mod session;
+pub mod sys;
+
+pub use error::Error;

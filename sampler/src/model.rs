@@ -1,0 +1,340 @@
+//! One snapshot of a run: what the BPF maps aggregated, turned into rows per task and
+//! per CPU with shares. Pure: built from map contents, unit tested without a kernel.
+
+use std::collections::HashMap;
+
+use sampler_common::{CpuStats, TaskKey, TaskValue};
+use serde::Serialize;
+
+use crate::{
+    bpf::MapContents,
+    event::{SamplingEvent, Source},
+};
+
+/// The CPUs a run samples and the event each one ended up with.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub cpus: Vec<(u32, SamplingEvent)>,
+    pub frequency_hz: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub source: Source,
+    pub duration_s: f64,
+    pub frequency_hz: u64,
+    /// Samples on the selected CPUs, idle included.
+    pub samples: u64,
+    /// Samples that landed in the idle task (tgid 0).
+    pub idle_samples: u64,
+    /// Samples the kernel side could not record per task.
+    pub dropped: u64,
+    /// Task entries the LRU map evicted to make room (their samples stay in `cpus`).
+    pub evicted: u64,
+    pub cpus: Vec<CpuRow>,
+    /// Busiest first; idle is not a task.
+    pub tasks: Vec<TaskRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuRow {
+    pub cpu: u32,
+    pub event: &'static str,
+    pub samples: u64,
+    pub idle_samples: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskRow {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cpu: u32,
+    pub samples: u64,
+    /// Sum of sample periods: nanoseconds under `cpu-clock`, cycles under `cycles`.
+    pub period_sum: u64,
+    /// Percent of all samples on the selected CPUs.
+    pub share: f64,
+}
+
+impl Snapshot {
+    /// Builds the snapshot of `maps` for the CPUs of `run`, over `duration_s`.
+    pub fn build(maps: &MapContents, run: &RunInfo, duration_s: f64) -> Self {
+        let selected = |cpu: u32| run.cpus.iter().any(|&(c, _)| c == cpu);
+
+        // One row per (tgid, tid, cpu): a task that moved between cgroups is summed.
+        let mut per_task: HashMap<(u32, u32, u32), (u64, u64, &TaskValue)> = HashMap::new();
+        let mut idle_per_cpu: HashMap<u32, u64> = HashMap::new();
+        for (key, value) in &maps.tasks {
+            if !selected(key.cpu) {
+                continue;
+            }
+            if key.tgid == 0 {
+                *idle_per_cpu.entry(key.cpu).or_default() += value.samples;
+                continue;
+            }
+            let e = per_task
+                .entry((key.tgid, key.tid, key.cpu))
+                .or_insert((0, 0, value));
+            e.0 += value.samples;
+            e.1 += value.period_sum;
+            if value.samples > e.2.samples {
+                e.2 = value;
+            }
+        }
+
+        let cpus: Vec<CpuRow> = run
+            .cpus
+            .iter()
+            .map(|&(cpu, event)| CpuRow {
+                cpu,
+                event: event.name(),
+                samples: maps.cpu_stats.get(cpu as usize).map_or(0, |s| s.samples),
+                idle_samples: idle_per_cpu.get(&cpu).copied().unwrap_or(0),
+            })
+            .collect();
+        let samples: u64 = cpus.iter().map(|c| c.samples).sum();
+        let idle_samples = cpus.iter().map(|c| c.idle_samples).sum();
+        let stat_sum = |f: fn(&CpuStats) -> u64| -> u64 {
+            run.cpus
+                .iter()
+                .filter_map(|&(cpu, _)| maps.cpu_stats.get(cpu as usize))
+                .map(f)
+                .sum()
+        };
+        let dropped = stat_sum(|s| s.dropped);
+        let inserted = stat_sum(|s| s.inserted);
+        let live = maps.tasks.iter().filter(|(k, _)| selected(k.cpu)).count() as u64;
+
+        let mut tasks: Vec<TaskRow> = per_task
+            .into_iter()
+            .map(|((tgid, tid, cpu), (n, period_sum, value))| TaskRow {
+                tgid,
+                tid,
+                comm: printable_comm(value.comm_bytes()),
+                cpu,
+                samples: n,
+                period_sum,
+                share: percent(n, samples),
+            })
+            .collect();
+        tasks.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then(a.tgid.cmp(&b.tgid))
+                .then(a.tid.cmp(&b.tid))
+                .then(a.cpu.cmp(&b.cpu))
+        });
+
+        Self {
+            source: Source::of(run.cpus.iter().map(|&(_, e)| e)),
+            duration_s,
+            frequency_hz: run.frequency_hz,
+            samples,
+            idle_samples,
+            dropped,
+            evicted: inserted.saturating_sub(live),
+            cpus,
+            tasks,
+        }
+    }
+}
+
+/// What happened between two readings of the maps (for refreshing views). An entry
+/// whose count went down was evicted and re-created in between: all of it is new.
+pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
+    let before: HashMap<&TaskKey, &TaskValue> = prev.tasks.iter().map(|(k, v)| (k, v)).collect();
+    let tasks = cur
+        .tasks
+        .iter()
+        .filter_map(|(k, v)| {
+            let mut d = *v;
+            if let Some(p) = before.get(k)
+                && p.samples <= v.samples
+            {
+                d.samples -= p.samples;
+                d.period_sum = v.period_sum.saturating_sub(p.period_sum);
+            }
+            (d.samples > 0).then_some((*k, d))
+        })
+        .collect();
+    let cpu_stats = cur
+        .cpu_stats
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let p = prev.cpu_stats.get(i).copied().unwrap_or_default();
+            CpuStats {
+                samples: c.samples.saturating_sub(p.samples),
+                period_sum: c.period_sum.saturating_sub(p.period_sum),
+                inserted: c.inserted.saturating_sub(p.inserted),
+                dropped: c.dropped.saturating_sub(p.dropped),
+            }
+        })
+        .collect();
+    MapContents { tasks, cpu_stats }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// A task name safe to print: any process can name itself with terminal escape
+/// sequences, so control characters become `?`.
+pub fn printable_comm(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use sampler_common::COMM_LEN;
+
+    use super::*;
+
+    pub fn key(tgid: u32, tid: u32, cpu: u32, cgroup_id: u64) -> TaskKey {
+        TaskKey {
+            tgid,
+            tid,
+            cgroup_id,
+            cpu,
+            _pad: 0,
+        }
+    }
+
+    pub fn value(samples: u64, comm: &str) -> TaskValue {
+        let mut c = [0u8; COMM_LEN];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        TaskValue {
+            samples,
+            period_sum: samples * 1_001_001,
+            comm: c,
+        }
+    }
+
+    pub fn stats(samples: u64, inserted: u64, dropped: u64) -> CpuStats {
+        CpuStats {
+            samples,
+            period_sum: samples * 1_001_001,
+            inserted,
+            dropped,
+        }
+    }
+
+    pub fn example() -> (MapContents, RunInfo) {
+        let maps = MapContents {
+            tasks: vec![
+                (key(0, 0, 0, 1), value(50, "swapper/0")),
+                (key(0, 0, 1, 1), value(2, "swapper/1")),
+                (key(100, 100, 1, 7), value(90, "busy")),
+                (key(100, 100, 1, 8), value(5, "busy")),
+                (key(200, 201, 0, 7), value(40, "worker")),
+                (key(200, 201, 1, 7), value(3, "worker")),
+                (key(300, 300, 2, 7), value(9, "not-selected")),
+            ],
+            cpu_stats: vec![stats(92, 4, 2), stats(100, 5, 0), stats(9, 1, 0)],
+        };
+        let run = RunInfo {
+            cpus: vec![(0, SamplingEvent::CpuClock), (1, SamplingEvent::CpuClock)],
+            frequency_hz: 50,
+        };
+        (maps, run)
+    }
+
+    #[test]
+    fn builds_rows_per_task_and_cpu() {
+        let (maps, run) = example();
+        let s = Snapshot::build(&maps, &run, 2.0);
+        assert_eq!(s.source, Source::SoftwareFallback);
+        assert_eq!(s.samples, 192);
+        assert_eq!(s.idle_samples, 52);
+        assert_eq!(s.dropped, 2);
+        // 9 inserted on CPUs 0-1, 6 entries live there.
+        assert_eq!(s.evicted, 3);
+        assert_eq!(
+            s.cpus,
+            vec![
+                CpuRow {
+                    cpu: 0,
+                    event: "cpu-clock",
+                    samples: 92,
+                    idle_samples: 50
+                },
+                CpuRow {
+                    cpu: 1,
+                    event: "cpu-clock",
+                    samples: 100,
+                    idle_samples: 2
+                },
+            ]
+        );
+        let rows: Vec<_> = s
+            .tasks
+            .iter()
+            .map(|t| (t.tgid, t.tid, t.cpu, t.samples, t.comm.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (100, 100, 1, 95, "busy"),
+                (200, 201, 0, 40, "worker"),
+                (200, 201, 1, 3, "worker"),
+            ]
+        );
+        assert!((s.tasks[0].share - 95.0 * 100.0 / 192.0).abs() < 1e-9);
+        assert_eq!(s.tasks[0].period_sum, 95 * 1_001_001);
+    }
+
+    #[test]
+    fn empty_maps_give_zero_shares() {
+        let run = RunInfo {
+            cpus: vec![(0, SamplingEvent::Cycles)],
+            frequency_hz: 1,
+        };
+        let s = Snapshot::build(&MapContents::default(), &run, 1.0);
+        assert_eq!(s.samples, 0);
+        assert!(s.tasks.is_empty());
+        assert_eq!(s.cpus[0].samples, 0);
+        assert_eq!(s.source, Source::Hardware);
+    }
+
+    #[test]
+    fn delta_subtracts_and_handles_recreated_entries() {
+        let prev = MapContents {
+            tasks: vec![
+                (key(1, 1, 0, 0), value(10, "a")),
+                (key(2, 2, 0, 0), value(50, "b")),
+                (key(3, 3, 0, 0), value(5, "gone")),
+            ],
+            cpu_stats: vec![stats(65, 3, 1)],
+        };
+        let cur = MapContents {
+            tasks: vec![
+                (key(1, 1, 0, 0), value(15, "a")),
+                // Evicted and re-created: fewer than before, all new.
+                (key(2, 2, 0, 0), value(4, "b")),
+                (key(4, 4, 0, 0), value(7, "new")),
+                (key(5, 5, 0, 0), value(0, "none")),
+            ],
+            cpu_stats: vec![stats(90, 5, 1)],
+        };
+        let d = delta(&prev, &cur);
+        let got: Vec<_> = d.tasks.iter().map(|(k, v)| (k.tgid, v.samples)).collect();
+        assert_eq!(got, [(1, 5), (2, 4), (4, 7)]);
+        assert_eq!(d.tasks[0].1.period_sum, 5 * 1_001_001);
+        assert_eq!(d.cpu_stats, vec![stats(25, 2, 0)]);
+    }
+
+    #[test]
+    fn comm_control_characters_are_neutralised() {
+        assert_eq!(printable_comm(b"ok"), "ok");
+        assert_eq!(printable_comm(b"\x1b[2Jevil\n"), "?[2Jevil?");
+        assert_eq!(printable_comm(&[0xff, b'a']), "\u{fffd}a");
+    }
+}

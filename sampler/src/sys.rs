@@ -1,0 +1,164 @@
+//! Every system call sampler makes about perf events, behind one small safe surface.
+//!
+//! [`PerfSys`] is what the open/attach code (`session`) is written against: the real
+//! implementation is [`RealSys`]; tests substitute a fake that answers with the errors a
+//! machine without a PMU gives, so the fall-back logic is tested without a kernel.
+//! The few other calls (capabilities, CPU affinity, sysctls) are plain functions here.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+use perf_event_open_sys::{self as sys, bindings::perf_event_attr};
+
+/// The perf-event system calls, so tests can replace the kernel.
+pub trait PerfSys {
+    /// `perf_event_open(attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)`.
+    fn perf_event_open(&self, attr: &perf_event_attr, pid: i32, cpu: i32) -> io::Result<OwnedFd>;
+    /// `ioctl(PERF_EVENT_IOC_SET_BPF)`: run `prog` on every overflow of `event`.
+    fn set_bpf(&self, event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>;
+    /// `ioctl(PERF_EVENT_IOC_ENABLE)`.
+    fn enable(&self, event: BorrowedFd<'_>) -> io::Result<()>;
+    /// `ioctl(PERF_EVENT_IOC_DISABLE)`.
+    fn disable(&self, event: BorrowedFd<'_>) -> io::Result<()>;
+}
+
+/// The running kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealSys;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+impl PerfSys for RealSys {
+    fn perf_event_open(&self, attr: &perf_event_attr, pid: i32, cpu: i32) -> io::Result<OwnedFd> {
+        let mut attr = *attr;
+        attr.size = size_of::<perf_event_attr>() as u32;
+        // SAFETY: `attr` is a valid, fully initialised perf_event_attr with its `size`
+        // set; the kernel only reads it (and may write the size back on E2BIG).
+        let fd = check(unsafe {
+            sys::perf_event_open(
+                &mut attr,
+                pid,
+                cpu,
+                -1,
+                libc::c_ulong::from(sys::bindings::PERF_FLAG_FD_CLOEXEC),
+            )
+        })?;
+        // SAFETY: a successful perf_event_open returns a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn set_bpf(&self, event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+        // SAFETY: both fds are open for the duration of the call (borrowed); the ioctl
+        // takes the program fd by value.
+        check(unsafe { sys::ioctls::SET_BPF(event.as_raw_fd(), prog.as_raw_fd() as u32) }).map(drop)
+    }
+
+    fn enable(&self, event: BorrowedFd<'_>) -> io::Result<()> {
+        // SAFETY: `event` is an open perf-event fd; the argument is unused (0 = this
+        // event only).
+        check(unsafe { sys::ioctls::ENABLE(event.as_raw_fd(), 0) }).map(drop)
+    }
+
+    fn disable(&self, event: BorrowedFd<'_>) -> io::Result<()> {
+        // SAFETY: as for `enable`.
+        check(unsafe { sys::ioctls::DISABLE(event.as_raw_fd(), 0) }).map(drop)
+    }
+}
+
+/// Linux capability numbers sampler cares about.
+pub mod cap {
+    pub const SYS_ADMIN: u32 = 21;
+    pub const PERFMON: u32 = 38;
+    pub const BPF: u32 = 39;
+}
+
+/// The effective capability set of this process (`CapEff` of `/proc/self/status`).
+pub fn effective_capabilities() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no CapEff line in /proc/self/status",
+        )
+    })
+}
+
+/// Parses the `CapEff:` hex mask out of a `/proc/<pid>/status` text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Which of the capabilities needed to load BPF and open system-wide perf events are
+/// missing from `caps`. `CAP_SYS_ADMIN` stands in for both (kernels before 5.8 only
+/// know it).
+pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(cap::SYS_ADMIN) {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    if !has(cap::BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(cap::PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
+}
+
+/// Pins process or thread `pid` (0: the caller) to one CPU.
+pub fn pin_to_cpu(pid: i32, cpu: u32) -> io::Result<()> {
+    if cpu as usize >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so CPU_SET stays in bounds.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    check(unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
+}
+
+/// Reads an integer sysctl file such as `/proc/sys/kernel/perf_event_max_sample_rate`.
+pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.trim().parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_is_parsed() {
+        let status = "Name:\tbash\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert!(missing_capabilities(u64::MAX).is_empty());
+        assert!(missing_capabilities(1 << cap::SYS_ADMIN).is_empty());
+        assert!(missing_capabilities((1 << cap::BPF) | (1 << cap::PERFMON)).is_empty());
+        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_capabilities(1 << cap::BPF), vec!["CAP_PERFMON"]);
+    }
+}
