@@ -62,7 +62,7 @@ fn try_on_sample(ctx: &PerfEventContext) {
         cpu: unsafe { bpf_get_smp_processor_id() },
         _pad: 0,
     };
-    match TASKS.get_ptr_mut(&key) {
+    match TASKS.get_ptr_mut(key) {
         Some(value) => {
             // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
             let value = unsafe { &mut *value };
@@ -75,7 +75,7 @@ fn try_on_sample(ctx: &PerfEventContext) {
                 period_sum: period,
                 comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
             };
-            if TASKS.insert(&key, &value, u64::from(BPF_NOEXIST)).is_ok() {
+            if TASKS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
                 stats.inserted += 1;
             } else {
                 stats.dropped += 1;

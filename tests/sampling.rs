@@ -1,0 +1,321 @@
+//! End-to-end tests of the `sampler` binary on the running kernel.
+//!
+//! Tests that load BPF and open system-wide perf events need root (CI runs as root);
+//! without it they print `SKIPPED <test>: <reason>` on the terminal and return. The
+//! bad-input tests run for everyone: arguments are checked before privileges.
+
+use std::{
+    io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+use serde_json::Value;
+
+const SAMPLER: &str = env!("CARGO_BIN_EXE_sampler");
+
+fn is_root() -> bool {
+    sampler::sys::effective_capabilities().is_ok_and(|caps| {
+        sampler::sys::missing_capabilities(caps).is_empty()
+            && std::fs::read_to_string("/proc/self/status")
+                .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
+    })
+}
+
+/// Prints why a test is skipped, past the test harness's output capture.
+fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Root tests pin busy loops to CPUs and read system-wide shares: one at a time.
+static SYSTEM_WIDE: Mutex<()> = Mutex::new(());
+
+/// `Some(guard)` when the test can run: root, and no other system-wide test running.
+fn require_root(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if is_root() {
+        return Some(SYSTEM_WIDE.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+    skip(
+        test,
+        "needs root (loads BPF programs, opens system-wide perf events); \
+         run `sudo -E cargo xtask test`",
+    );
+    None
+}
+
+fn sampler(args: &[&str]) -> Output {
+    Command::new(SAMPLER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sampler")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A CPU-bound child, killed on drop.
+struct Busy(Child);
+
+impl Busy {
+    fn pinned_to(cpu: u32) -> Self {
+        let child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn busy loop");
+        let busy = Self(child);
+        sampler::sys::pin_to_cpu(busy.pid() as i32, cpu).expect("pin busy loop");
+        busy
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn online_cpus() -> sampler::cpus::CpuList {
+    sampler::cpus::CpuList::read(Path::new("/sys/devices/system/cpu/online")).unwrap()
+}
+
+#[test]
+fn busy_task_pinned_to_cpu1_gets_its_samples() {
+    let name = "busy_task_pinned_to_cpu1_gets_its_samples";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    if !online_cpus().contains(1) {
+        skip(name, "CPU 1 is not online on this machine");
+        return;
+    }
+    let busy = Busy::pinned_to(1);
+    let out = sampler(&["stat", "--duration", "2", "--json"]);
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+
+    let frequency = doc["frequency_hz"].as_f64().unwrap();
+    let duration = doc["duration_s"].as_f64().unwrap();
+    assert_eq!(frequency, 999.0);
+    assert!((1.9..3.0).contains(&duration), "duration {duration}");
+
+    let cpu1 = doc["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cpu"] == 1)
+        .expect("CPU 1 in cpus");
+    let cpu1_samples = cpu1["samples"].as_f64().unwrap();
+    let expected = frequency * duration;
+    assert!(
+        (cpu1_samples - expected).abs() <= 0.10 * expected,
+        "CPU 1 had {cpu1_samples} samples, expected {expected} ± 10 %"
+    );
+
+    let child_on_cpu1: f64 = doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["tgid"] == busy.pid() && t["cpu"] == 1)
+        .map(|t| t["samples"].as_f64().unwrap())
+        .sum();
+    assert!(
+        child_on_cpu1 >= 0.90 * cpu1_samples,
+        "the busy child (pid {}) had {child_on_cpu1} of CPU 1's {cpu1_samples} samples (< 90 %)",
+        busy.pid()
+    );
+    let child_row = doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tgid"] == busy.pid())
+        .unwrap();
+    assert_eq!(child_row["comm"], "sh");
+    assert_eq!(child_row["tid"], busy.pid());
+}
+
+#[test]
+fn json_reports_source_cpus_and_no_idle_task() {
+    let name = "json_reports_source_cpus_and_no_idle_task";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let _busy = Busy::pinned_to(0);
+    let out = sampler(&["stat", "--duration", "0.5", "--cpu", "0", "--json"]);
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let source = doc["source"].as_str().unwrap();
+    let cpus = doc["cpus"].as_array().unwrap();
+    assert_eq!(cpus.len(), 1);
+    assert_eq!(cpus[0]["cpu"], 0);
+    match source {
+        "software-fallback" => {
+            assert_eq!(cpus[0]["event"], "cpu-clock");
+            let err = stderr(&out);
+            let notices: Vec<&str> = err
+                .lines()
+                .filter(|l| l.contains("no hardware PMU"))
+                .collect();
+            assert_eq!(notices.len(), 1, "one fall-back line: {err}");
+            assert!(notices[0].contains("cpu-clock"), "{err}");
+        }
+        "hardware" => assert_eq!(cpus[0]["event"], "cycles"),
+        other => panic!("unexpected source {other}"),
+    }
+    let tasks = doc["tasks"].as_array().unwrap();
+    assert!(!tasks.is_empty(), "the busy task was sampled");
+    assert!(tasks.iter().all(|t| t["tgid"] != 0 && t["cpu"] == 0));
+    let task_samples: u64 = tasks.iter().map(|t| t["samples"].as_u64().unwrap()).sum();
+    let idle = doc["idle_samples"].as_u64().unwrap();
+    let dropped = doc["dropped"].as_u64().unwrap();
+    // Every sample of the CPU is either a task's, idle, or counted as dropped.
+    assert_eq!(
+        task_samples + idle + dropped,
+        cpus[0]["samples"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn table_output_lists_the_busy_task() {
+    let name = "table_output_lists_the_busy_task";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let busy = Busy::pinned_to(0);
+    let out = sampler(&["stat", "-d", "0.5", "-C", "0", "--top", "3"]);
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("samples on 1 CPU in"), "{text}");
+    assert!(
+        lines[1]
+            .split_whitespace()
+            .eq(["PID", "TID", "COMM", "CPU", "SAMPLES", "SHARE"])
+    );
+    let first: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(first[0], busy.pid().to_string(), "{text}");
+    assert_eq!(first[2], "sh");
+    assert!(lines.last().unwrap().contains("[idle]"));
+}
+
+#[test]
+fn top_batch_refreshes_the_requested_number_of_times() {
+    let name = "top_batch_refreshes_the_requested_number_of_times";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let busy = Busy::pinned_to(0);
+    let out = sampler(&["top", "-i", "0.3", "-n", "2", "--json", "-C", "0"]);
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{text}");
+    for d in &docs {
+        let duration = d["duration_s"].as_f64().unwrap();
+        assert!((0.25..1.0).contains(&duration), "{duration}");
+        // Per-interval deltas, not totals since start.
+        let samples = d["cpus"][0]["samples"].as_f64().unwrap();
+        assert!(
+            samples <= 999.0 * duration * 1.1,
+            "{samples} in {duration}s"
+        );
+        assert_eq!(d["tasks"][0]["tgid"], busy.pid());
+    }
+}
+
+#[test]
+fn loads_without_kernel_btf_and_says_so() {
+    let name = "loads_without_kernel_btf_and_says_so";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let bpf = sampler::bpf::Bpf::load(Path::new("/nonexistent/btf/vmlinux"), 2)
+        .expect("the program needs no BTF");
+    let notice = bpf.btf_notice.as_deref().expect("a notice");
+    assert!(notice.contains("/nonexistent/btf/vmlinux"), "{notice}");
+    assert!(notice.contains("CONFIG_DEBUG_INFO_BTF"), "{notice}");
+    let with = sampler::bpf::Bpf::load(Path::new(sampler::bpf::KERNEL_BTF), 2);
+    if Path::new(sampler::bpf::KERNEL_BTF).exists() {
+        assert!(with.unwrap().btf_notice.is_none());
+    }
+}
+
+#[test]
+fn unprivileged_user_gets_one_clear_error() {
+    // As root, drop to `nobody` for the child; as a normal user, run as we are.
+    let mut cmd = Command::new(SAMPLER);
+    cmd.args(["stat", "-d", "0.1"]).stdin(Stdio::null());
+    if is_root() {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => {
+            skip(
+                "unprivileged_user_gets_one_clear_error",
+                &format!("cannot run the binary as user nobody ({e}); is the checkout private?"),
+            );
+            return;
+        }
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("sampler: error: sampler needs"), "{err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+        "{err}"
+    );
+    assert!(err.contains("sudo"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_arguments_get_one_clear_error_each() {
+    let online = online_cpus();
+    let absent = online.as_slice().last().unwrap() + 1;
+    let absent_arg = absent.to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["stat", "--cpu", &absent_arg],
+            &format!("CPU {absent} is not online (online CPUs: {online})"),
+        ),
+        (&["stat", "--cpu", "3-1"], "invalid --cpu list `3-1`"),
+        (&["stat", "--cpu", "zero"], "invalid --cpu list `zero`"),
+        (&["stat", "-F", "0"], "--frequency must be at least 1 Hz"),
+        (
+            &["stat", "-F", "1000000000"],
+            "above the kernel's limit kernel.perf_event_max_sample_rate",
+        ),
+        (&["stat", "-d", "0"], "--duration must be a positive"),
+        (&["stat", "-d", "1e400"], "--duration must be a positive"),
+        (&["top", "--interval=-1"], "--interval must be a positive"),
+    ];
+    for (args, expected) in cases {
+        let out = sampler(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("sampler: error: ") && err.contains(expected),
+            "{args:?}: expected `{expected}` in: {err}"
+        );
+        assert!(!err.contains("panicked") && !err.contains("backtrace"));
+    }
+    // Malformed numbers are clap usage errors: exit 2, a message, no panic.
+    let out = sampler(&["stat", "-F", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid value 'fast'"));
+}
