@@ -165,7 +165,9 @@ fn setup() -> Result<()> {
     let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         let prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
-        if !Path::new(&prefix).join("bin/llvm-config").exists() {
+        // `llvm-22` alone has llvm-config; linking needs the dev package's libLLVM.so.
+        let dev_files = ["bin/llvm-config", "lib/libLLVM.so"];
+        if !dev_files.iter().all(|f| Path::new(&prefix).join(f).exists()) {
             let package = format!("llvm-{LLVM_MAJOR}-dev");
             status(privileged("apt-get").arg("update").arg("-q"))?;
             status(
