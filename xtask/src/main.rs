@@ -12,7 +12,7 @@ use std::{
     env,
     ffi::OsStr,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, ExitCode},
     time::Instant,
 };
 
@@ -45,14 +45,22 @@ enum Cmd {
     Test,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
-    env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
-    match cli.command {
-        Cmd::Setup => setup(),
-        Cmd::Run { args } => run(&root, args),
-        Cmd::Test => test(),
+    let result = env::set_current_dir(&root)
+        .with_context(|| format!("cd {}", root.display()))
+        .and_then(|()| match cli.command {
+            Cmd::Setup => setup(),
+            Cmd::Run { args } => run(&root, args),
+            Cmd::Test => test(),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -167,7 +175,10 @@ fn setup() -> Result<()> {
         let prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
         // `llvm-22` alone has llvm-config; linking needs the dev package's libLLVM.so.
         let dev_files = ["bin/llvm-config", "lib/libLLVM.so"];
-        if !dev_files.iter().all(|f| Path::new(&prefix).join(f).exists()) {
+        if !dev_files
+            .iter()
+            .all(|f| Path::new(&prefix).join(f).exists())
+        {
             let package = format!("llvm-{LLVM_MAJOR}-dev");
             status(privileged("apt-get").arg("update").arg("-q"))?;
             status(
