@@ -68,17 +68,7 @@ impl Bpf {
             .ok_or_else(|| Error::BpfLoad(format!("program {PROGRAM_NAME} missing from object")))?
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
-        program.load().map_err(|e| match e {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => Error::Verifier {
-                program: PROGRAM_NAME,
-                source: io_error,
-                log_tail: Error::log_tail(&verifier_log.to_string(), 20),
-            },
-            other => Error::BpfLoad(other.to_string()),
-        })?;
+        program.load().map_err(program_load_error)?;
         Ok(Self { ebpf, btf_notice })
     }
 
@@ -128,5 +118,47 @@ impl Bpf {
             tasks: entries,
             cpu_stats: per_cpu.iter().copied().collect(),
         })
+    }
+}
+
+/// A verifier rejection keeps the end of the verifier's log (where the reason is).
+fn program_load_error(e: ProgramError) -> Error {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => Error::Verifier {
+            program: PROGRAM_NAME,
+            source: io_error,
+            log_tail: Error::log_tail(&verifier_log.to_string(), 20),
+        },
+        other => Error::BpfLoad(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_rejection_shows_program_errno_and_log_tail() {
+        let mut log: String = (0..40)
+            .map(|i| format!("{i}: (85) call helper\n"))
+            .collect();
+        log.push_str("R1 invalid mem access 'scalar'\nprocessed 41 insns\n");
+        let e = program_load_error(ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        });
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap();
+        assert!(
+            first.contains("verifier rejected program `on_sample`"),
+            "{first}"
+        );
+        assert!(first.contains("os error 13"), "{first}");
+        assert!(msg.contains("R1 invalid mem access"), "{msg}");
+        assert_eq!(msg.lines().count(), 21, "one line + the last 20 of the log");
+        assert!(!msg.contains("\n0: (85)"), "early log lines are cut: {msg}");
     }
 }

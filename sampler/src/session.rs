@@ -130,7 +130,7 @@ impl<'s> Session<'s> {
         let reason = first
             .fallback_reason
             .as_ref()
-            .map(ToString::to_string)
+            .map(crate::sys::errno_name)
             .unwrap_or_default();
         Some(format!(
             "sampler: no hardware PMU event `cycles` on CPU {cpus} ({reason}): this machine \
@@ -258,7 +258,7 @@ mod tests {
             ]
         );
         let notice = s.fallback_notice().unwrap();
-        assert!(notice.contains("CPU 1-2"), "{notice}");
+        assert!(notice.contains("CPU 1-2 (ENOENT)"), "{notice}");
         assert!(notice.contains("cpu-clock"), "{notice}");
         assert!(!notice.contains('\n'));
     }

@@ -74,6 +74,23 @@ impl PerfSys for RealSys {
     }
 }
 
+/// The symbolic name of an errno perf users know (`ENOENT`), else the io::Error text.
+pub fn errno_name(err: &io::Error) -> String {
+    let name = match err.raw_os_error() {
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ENODEV) => "ENODEV",
+        Some(libc::ENXIO) => "ENXIO",
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EBUSY) => "EBUSY",
+        Some(libc::EMFILE) => "EMFILE",
+        _ => return err.to_string(),
+    };
+    name.to_owned()
+}
+
 /// Linux capability numbers sampler cares about.
 pub mod cap {
     pub const SYS_ADMIN: u32 = 21;
@@ -145,6 +162,14 @@ pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errno_names() {
+        let e = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(errno_name(&e(libc::ENOENT)), "ENOENT");
+        assert_eq!(errno_name(&e(libc::EOPNOTSUPP)), "EOPNOTSUPP");
+        assert_eq!(errno_name(&io::Error::other("boom")), "boom");
+    }
 
     #[test]
     fn cap_eff_is_parsed() {
