@@ -160,6 +160,8 @@ fn json_reports_source_cpus_and_no_idle_task() {
     match source {
         "software-fallback" => {
             assert_eq!(cpus[0]["event"], "cpu-clock");
+            assert_eq!(cpus[0]["pmu"], "software");
+            assert_eq!(cpus[0]["encoding"], "software");
             let err = stderr(&out);
             let notices: Vec<&str> = err
                 .lines()
@@ -302,6 +304,15 @@ fn bad_arguments_get_one_clear_error_each() {
         (&["stat", "-d", "0"], "--duration must be a positive"),
         (&["stat", "-d", "1e400"], "--duration must be a positive"),
         (&["top", "--interval=-1"], "--interval must be a positive"),
+        (
+            &["stat", "-e", "cycles,instructions"],
+            "samples one event per run for now",
+        ),
+        (&["stat", "-e", "cycels"], "did you mean `cycles`"),
+        (
+            &["top", "-e", "{cycles"],
+            "invalid -e/--event: `{` has no matching `}`",
+        ),
     ];
     for (args, expected) in cases {
         let out = sampler(args);
@@ -318,4 +329,64 @@ fn bad_arguments_get_one_clear_error_each() {
     let out = sampler(&["stat", "-F", "fast"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("invalid value 'fast'"));
+}
+
+#[test]
+fn explicit_software_event_is_not_a_fallback() {
+    let name = "explicit_software_event_is_not_a_fallback";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let busy = Busy::pinned_to(0);
+    let out = sampler(&[
+        "stat",
+        "-d",
+        "0.5",
+        "-C",
+        "0",
+        "-e",
+        "cpu-clock:u",
+        "--json",
+    ]);
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("no hardware PMU"),
+        "no fall-back line for an event that was asked for: {}",
+        stderr(&out)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["source"], "software");
+    assert_eq!(doc["cpus"][0]["event"], "cpu-clock:u");
+    // A user-space busy loop: its samples are user-mode ones, so it still leads.
+    assert_eq!(doc["tasks"][0]["tgid"], busy.pid());
+}
+
+#[test]
+fn hardware_event_without_fallback_is_opened_or_refused_clearly() {
+    let name = "hardware_event_without_fallback_is_opened_or_refused_clearly";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let pmus = Command::new(SAMPLER)
+        .args(["pmus", "--json"])
+        .output()
+        .unwrap();
+    let pmus: Value = serde_json::from_slice(&pmus.stdout).unwrap();
+    let has_core_pmu = !pmus["core_pmus"].as_array().unwrap().is_empty();
+    let out = sampler(&["stat", "-d", "0.3", "-e", "instructions", "--json"]);
+    if has_core_pmu {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["source"], "hardware");
+    } else {
+        // No PMU: `instructions` has no cpu-clock stand-in (only `cycles` has).
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains("sampler: error: `instructions` cannot be opened on any selected CPU")
+                && err.contains("ENOENT"),
+            "{err}"
+        );
+        assert!(err.contains("no core PMU in sysfs"), "{err}");
+    }
 }

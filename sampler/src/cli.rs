@@ -14,14 +14,18 @@ use crate::{
     Error,
     bpf::{Bpf, KERNEL_BTF},
     cpus::CpuList,
-    model::{RunInfo, Snapshot, delta},
+    event::{self, EventKind, EventList},
+    model::{CpuRun, RunInfo, Snapshot, delta},
+    plan::{self, KernelVersion, Plan},
+    pmu::PmuSet,
     present,
     session::Session,
     sys::{self, RealSys},
 };
 
-/// The kernel's list of online CPUs.
-const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+/// The event sampled when no `-e` is given: hardware cycles, or cpu-clock where the
+/// CPU's PMU has none.
+const DEFAULT_EVENT: &str = "cycles";
 /// The kernel's ceiling on sampling frequency.
 const MAX_SAMPLE_RATE: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
 /// The longest accepted `--duration`/`--interval`: one year.
@@ -47,16 +51,71 @@ pub enum Command {
     Stat(StatArgs),
     /// Print the busiest tasks of each interval until interrupted (Ctrl-C).
     Top(TopArgs),
+    /// Show which PMU and attr each event would use on each CPU (no perf calls).
+    Plan(PlanArgs),
+    /// List the PMUs, the CPUs each covers, and whether the system is heterogeneous.
+    Pmus(PmusArgs),
+    /// List the events each PMU offers (all PMUs, or one).
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SysfsArgs {
+    /// Where sysfs is: a recorded tree can stand in for this machine's.
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs_root: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
+    /// The event to sample, in perf's syntax (`cycles`, `cpu-clock`,
+    /// `cpu_core/event=0x3c/`, `inst_retired:u`, ...) [default: cycles, or cpu-clock
+    /// where there is no hardware PMU].
+    #[arg(short, long, value_name = "EVENT")]
+    pub event: Option<String>,
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 999)]
     pub frequency: u64,
     /// CPUs to sample, e.g. `0-3,6` [default: all online CPUs].
     #[arg(short = 'C', long, value_name = "LIST")]
     pub cpu: Option<String>,
+    #[command(flatten)]
+    pub sysfs: SysfsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Events in perf's syntax: names, `pmu/terms/`, `rNNNN`, `:u`/`:k`/`:h`,
+    /// groups `{a,b}`, comma-separated.
+    #[arg(short, long, value_name = "EVENTS")]
+    pub event: String,
+    /// CPUs to plan for [default: all online CPUs].
+    #[arg(short = 'C', long, value_name = "LIST")]
+    pub cpu: Option<String>,
+    /// Plan for this kernel release instead of the running one (e.g. `6.1`): it
+    /// decides whether the extended hardware type is used.
+    #[arg(long, value_name = "RELEASE")]
+    pub kernel: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sysfs: SysfsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PmusArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sysfs: SysfsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this PMU's events.
+    pub pmu: Option<String>,
+    #[command(flatten)]
+    pub sysfs: SysfsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +156,51 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Stat(args) => stat(args).await,
         Command::Top(args) => top(args).await,
+        Command::Plan(args) => plan_cmd(&args),
+        Command::Pmus(args) => pmus_cmd(&args),
+        Command::List(args) => list_cmd(&args),
     }
+}
+
+fn plan_cmd(args: &PlanArgs) -> Result<(), Error> {
+    let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
+    let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
+    let kernel = match &args.kernel {
+        Some(k) => Some(KernelVersion::parse(k).ok_or_else(|| Error::BadKernel(k.clone()))?),
+        None => KernelVersion::running(),
+    };
+    let plan = plan::plan(&event::parse(&args.event)?, &pmus, &cpus, kernel)?;
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string(&plan).unwrap_or_default())
+    } else {
+        present::plan_table(&plan)
+    };
+    emit(&text).map(drop)
+}
+
+fn pmus_cmd(args: &PmusArgs) -> Result<(), Error> {
+    let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
+    let text = if args.json {
+        format!("{}\n", present::pmus_json(&pmus))
+    } else {
+        present::pmus_table(&pmus)
+    };
+    emit(&text).map(drop)
+}
+
+fn list_cmd(args: &ListArgs) -> Result<(), Error> {
+    let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
+    if let Some(name) = &args.pmu
+        && pmus.get(name).is_none()
+    {
+        return Err(plan::PlanError::UnknownPmu {
+            pmu: name.clone(),
+            event: format!("sampler list {name}"),
+            suggestions: plan::closest(name, pmus.pmus.iter().map(|p| p.name.as_str())),
+        }
+        .into());
+    }
+    emit(&present::event_list(&pmus, args.pmu.as_deref())).map(drop)
 }
 
 async fn stat(args: StatArgs) -> Result<(), Error> {
@@ -167,40 +270,79 @@ static REAL_SYS: RealSys = RealSys;
 
 impl Sampling {
     fn start(args: &SamplingArgs) -> Result<Self, Error> {
-        let cpus = select_cpus(args.cpu.as_deref(), Path::new(ONLINE_CPUS))?;
+        let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
+        let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
         let frequency_hz = check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?;
+        let (plan, cpu_clock_fallback) = sampling_plan(args.event.as_deref(), &pmus, &cpus)?;
         check_privileges()?;
+        for note in &plan.notes {
+            eprintln!("sampler: {note}");
+        }
+        // With the cpu-clock fall-back, the session's own notice says it better.
+        if plan.no_core_pmu && !cpu_clock_fallback {
+            eprintln!("sampler: {}", plan::NO_CORE_PMU);
+        }
         let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
         let bpf = Bpf::load(Path::new(KERNEL_BTF), possible)?;
         if let Some(notice) = &bpf.btf_notice {
             eprintln!("{notice}");
         }
-        let mut session = Session::open(&REAL_SYS, &cpus, frequency_hz)?;
-        if let Some(notice) = session.fallback_notice() {
+        let mut session = Session::open(&REAL_SYS, &plan.plan, frequency_hz, cpu_clock_fallback)?;
+        for notice in session.notices() {
             eprintln!("{notice}");
         }
         bpf.with_program_fd(|prog| session.attach(prog))?;
         session.enable()?;
         let info = RunInfo {
-            cpus: session.events().iter().map(|e| (e.cpu, e.event)).collect(),
+            cpus: session
+                .events()
+                .iter()
+                .map(|e| CpuRun {
+                    cpu: e.cpu,
+                    event: e.event.clone(),
+                    pmu: e.pmu.clone(),
+                    encoding: e.encoding,
+                    hardware: e.hardware,
+                    fell_back: e.fallback_reason.is_some(),
+                })
+                .collect(),
             frequency_hz,
         };
         Ok(Self { session, bpf, info })
     }
 }
 
+/// The plan of the one sampling event of a run, and whether CPUs without it may
+/// sample cpu-clock instead (perf's rule: only for `cycles`).
+pub fn sampling_plan(
+    event_arg: Option<&str>,
+    pmus: &PmuSet,
+    cpus: &CpuList,
+) -> Result<(Plan, bool), Error> {
+    let text = event_arg.unwrap_or(DEFAULT_EVENT);
+    let list: EventList = event::parse(text)?;
+    if list.groups.len() != 1 || list.groups[0].events.len() != 1 {
+        return Err(Error::OneEventOnly(text.to_owned()));
+    }
+    let fallback = list.groups[0].events[0].kind == EventKind::Hardware(0);
+    let plan = plan::plan(&list, pmus, cpus, KernelVersion::running())?;
+    Ok((plan, fallback))
+}
+
 /// The CPUs of `--cpu`, which must all be online, or every online CPU.
-pub fn select_cpus(arg: Option<&str>, online_path: &Path) -> Result<CpuList, Error> {
-    let online = CpuList::read(online_path)?;
+pub fn select_cpus(arg: Option<&str>, online: &CpuList) -> Result<CpuList, Error> {
     let Some(arg) = arg else {
-        return Ok(online);
+        return Ok(online.clone());
     };
     let wanted = CpuList::parse(arg).map_err(|source| Error::CpuListArg {
         input: arg.to_owned(),
         source,
     })?;
     if let Some(cpu) = wanted.iter().find(|&c| !online.contains(c)) {
-        return Err(Error::CpuNotOnline { cpu, online });
+        return Err(Error::CpuNotOnline {
+            cpu,
+            online: online.clone(),
+        });
     }
     Ok(wanted)
 }
@@ -297,7 +439,7 @@ mod tests {
 
     #[test]
     fn cpu_selection() {
-        let online = tmpfile("online", "0-1,3\n");
+        let online = CpuList::parse("0-1,3").unwrap();
         assert_eq!(select_cpus(None, &online).unwrap().to_string(), "0-1,3");
         assert_eq!(
             select_cpus(Some("1,3"), &online).unwrap().to_string(),
@@ -310,8 +452,25 @@ mod tests {
         );
         let e = select_cpus(Some("x-1"), &online).unwrap_err();
         assert!(e.to_string().starts_with("invalid --cpu list `x-1`"), "{e}");
-        let e = select_cpus(None, Path::new("/nonexistent/online")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/online"), "{e}");
+    }
+
+    #[test]
+    fn sampling_plan_defaults_to_cycles_with_fallback() {
+        let pmus = crate::pmu::tests::load("vm");
+        let (plan, fallback) = sampling_plan(None, &pmus, &pmus.online).unwrap();
+        assert!(fallback);
+        assert_eq!(plan.plan.len(), 2);
+        assert!(plan.plan.iter().all(|p| p.event == "cycles"));
+        let (_, fallback) = sampling_plan(Some("page-faults"), &pmus, &pmus.online).unwrap();
+        assert!(!fallback);
+        let e = sampling_plan(Some("cycles,instructions"), &pmus, &pmus.online).unwrap_err();
+        assert!(matches!(e, Error::OneEventOnly(_)), "{e}");
+        let e = sampling_plan(Some("{cycles"), &pmus, &pmus.online).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid -e/--event: `{` has no matching `}`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -50,24 +50,49 @@ pub enum Error {
     Privileges { missing: Vec<&'static str> },
 
     #[error(
-        "permission denied opening {event} on CPU {cpu} ({source}): run as root or with \
+        "permission denied opening `{event}` on CPU {cpu} ({source}): run as root or with \
          CAP_PERFMON, or lower kernel.perf_event_paranoid"
     )]
     PerfPermission {
-        event: &'static str,
+        event: String,
         cpu: u32,
         #[source]
         source: io::Error,
     },
 
-    #[error("cannot open {event} on CPU {cpu}: {source}{hint}")]
+    #[error("cannot open `{event}` on CPU {cpu}: {source}{hint}")]
     PerfOpen {
-        event: &'static str,
+        event: String,
         cpu: u32,
         #[source]
         source: io::Error,
         hint: &'static str,
     },
+
+    #[error(
+        "`{event}` cannot be opened on any selected CPU ({cpus}): the kernel answers \
+         {reason}; `sampler plan -e EVENT` shows what was tried"
+    )]
+    NotSupported {
+        event: String,
+        cpus: CpuList,
+        reason: String,
+    },
+
+    #[error("invalid -e/--event: {0}")]
+    Event(#[from] crate::event::ParseError),
+
+    #[error("{0}")]
+    Plan(#[from] crate::plan::PlanError),
+
+    #[error(
+        "`{0}` asks for several events; sampler samples one event per run for now \
+         (counting group members come with the hardware path): pass one event to -e"
+    )]
+    OneEventOnly(String),
+
+    #[error("--kernel `{0}` is not a kernel release such as 6.1 or 6.12.3")]
+    BadKernel(String),
 
     #[error("cannot {what} the sampling event on CPU {cpu}: {source}")]
     PerfIoctl {

@@ -3,9 +3,9 @@
 //! The modules follow the data flow, one step each:
 //!
 //! ```text
-//! cpus ──► event ──► session (sys) ──► sampler-ebpf ──► bpf ──► model ──► present
-//! which     which     open per CPU,     aggregate per    read     snapshot   table,
-//! CPUs      event     attach, enable    task in maps     maps     per run    JSON
+//! pmu ──────► event ──► plan ────────► session (sys) ──► sampler-ebpf ──► bpf ──► model ──► present
+//! sysfs PMUs,  -e list   (event × CPU)    open per CPU,     aggregate per    read     snapshot   table,
+//! CPUs (cpus)  parsed    -> PMU + attrs   attach, enable    task in maps     maps     per run    JSON
 //! ```
 //!
 //! `cli` drives the steps for each command; `sys` holds every system call; `error`
@@ -17,6 +17,8 @@ pub mod cpus;
 pub mod error;
 pub mod event;
 pub mod model;
+pub mod plan;
+pub mod pmu;
 pub mod present;
 pub mod session;
 pub mod sys;

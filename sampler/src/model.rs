@@ -6,15 +6,24 @@ use std::collections::HashMap;
 use sampler_common::{CpuStats, TaskKey, TaskValue};
 use serde::Serialize;
 
-use crate::{
-    bpf::MapContents,
-    event::{SamplingEvent, Source},
-};
+use crate::{bpf::MapContents, plan::Encoding, session::Source};
+
+/// What one CPU of a run samples: the event it ended up with, through which PMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuRun {
+    pub cpu: u32,
+    pub event: String,
+    pub pmu: Option<String>,
+    pub encoding: Encoding,
+    pub hardware: bool,
+    /// Samples cpu-clock because the planned hardware event does not exist here.
+    pub fell_back: bool,
+}
 
 /// The CPUs a run samples and the event each one ended up with.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
-    pub cpus: Vec<(u32, SamplingEvent)>,
+    pub cpus: Vec<CpuRun>,
     pub frequency_hz: u64,
 }
 
@@ -39,7 +48,10 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CpuRow {
     pub cpu: u32,
-    pub event: &'static str,
+    pub event: String,
+    /// The PMU (core type) the event was opened on; `None`: left to the kernel.
+    pub pmu: Option<String>,
+    pub encoding: &'static str,
     pub samples: u64,
     pub idle_samples: u64,
 }
@@ -60,7 +72,7 @@ pub struct TaskRow {
 impl Snapshot {
     /// Builds the snapshot of `maps` for the CPUs of `run`, over `duration_s`.
     pub fn build(maps: &MapContents, run: &RunInfo, duration_s: f64) -> Self {
-        let selected = |cpu: u32| run.cpus.iter().any(|&(c, _)| c == cpu);
+        let selected = |cpu: u32| run.cpus.iter().any(|c| c.cpu == cpu);
 
         // One row per (tgid, tid, cpu): a task that moved between cgroups is summed.
         let mut per_task: HashMap<(u32, u32, u32), (u64, u64, &TaskValue)> = HashMap::new();
@@ -86,11 +98,13 @@ impl Snapshot {
         let cpus: Vec<CpuRow> = run
             .cpus
             .iter()
-            .map(|&(cpu, event)| CpuRow {
-                cpu,
-                event: event.name(),
-                samples: maps.cpu_stats.get(cpu as usize).map_or(0, |s| s.samples),
-                idle_samples: idle_per_cpu.get(&cpu).copied().unwrap_or(0),
+            .map(|c| CpuRow {
+                cpu: c.cpu,
+                event: c.event.clone(),
+                pmu: c.pmu.clone(),
+                encoding: c.encoding.as_str(),
+                samples: maps.cpu_stats.get(c.cpu as usize).map_or(0, |s| s.samples),
+                idle_samples: idle_per_cpu.get(&c.cpu).copied().unwrap_or(0),
             })
             .collect();
         let samples: u64 = cpus.iter().map(|c| c.samples).sum();
@@ -98,7 +112,7 @@ impl Snapshot {
         let stat_sum = |f: fn(&CpuStats) -> u64| -> u64 {
             run.cpus
                 .iter()
-                .filter_map(|&(cpu, _)| maps.cpu_stats.get(cpu as usize))
+                .filter_map(|c| maps.cpu_stats.get(c.cpu as usize))
                 .map(f)
                 .sum()
         };
@@ -127,7 +141,7 @@ impl Snapshot {
         });
 
         Self {
-            source: Source::of(run.cpus.iter().map(|&(_, e)| e)),
+            source: Source::of(run.cpus.iter().map(|c| (c.hardware, c.fell_back))),
             duration_s,
             frequency_hz: run.frequency_hz,
             samples,
@@ -218,6 +232,17 @@ pub(crate) mod tests {
         }
     }
 
+    pub fn cpu_clock(cpu: u32) -> CpuRun {
+        CpuRun {
+            cpu,
+            event: "cpu-clock".into(),
+            pmu: Some("software".into()),
+            encoding: Encoding::Software,
+            hardware: false,
+            fell_back: true,
+        }
+    }
+
     pub fn stats(samples: u64, inserted: u64, dropped: u64) -> CpuStats {
         CpuStats {
             samples,
@@ -241,7 +266,7 @@ pub(crate) mod tests {
             cpu_stats: vec![stats(92, 4, 2), stats(100, 5, 0), stats(9, 1, 0)],
         };
         let run = RunInfo {
-            cpus: vec![(0, SamplingEvent::CpuClock), (1, SamplingEvent::CpuClock)],
+            cpus: vec![cpu_clock(0), cpu_clock(1)],
             frequency_hz: 50,
         };
         (maps, run)
@@ -262,13 +287,17 @@ pub(crate) mod tests {
             vec![
                 CpuRow {
                     cpu: 0,
-                    event: "cpu-clock",
+                    event: "cpu-clock".into(),
+                    pmu: Some("software".into()),
+                    encoding: "software",
                     samples: 92,
                     idle_samples: 50
                 },
                 CpuRow {
                     cpu: 1,
-                    event: "cpu-clock",
+                    event: "cpu-clock".into(),
+                    pmu: Some("software".into()),
+                    encoding: "software",
                     samples: 100,
                     idle_samples: 2
                 },
@@ -294,7 +323,14 @@ pub(crate) mod tests {
     #[test]
     fn empty_maps_give_zero_shares() {
         let run = RunInfo {
-            cpus: vec![(0, SamplingEvent::Cycles)],
+            cpus: vec![CpuRun {
+                cpu: 0,
+                event: "cycles".into(),
+                pmu: Some("cpu_core".into()),
+                encoding: Encoding::Extended,
+                hardware: true,
+                fell_back: false,
+            }],
             frequency_hz: 1,
         };
         let s = Snapshot::build(&MapContents::default(), &run, 1.0);
