@@ -1,11 +1,10 @@
 //! `sampler pmus`, `plan` and `list` run against the recorded sysfs trees in
 //! `tests/data/sysfs` (no privileges, no perf system calls), and against this machine.
 
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use common::{sampler, stderr};
 use serde_json::Value;
-
-const SAMPLER: &str = env!("CARGO_BIN_EXE_sampler");
 
 fn fixture(machine: &str) -> String {
     format!(
@@ -14,28 +13,16 @@ fn fixture(machine: &str) -> String {
     )
 }
 
-fn sampler(args: &[&str]) -> Output {
-    Command::new(SAMPLER)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sampler")
-}
-
 fn json(args: &[&str]) -> Value {
     let out = sampler(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
 fn error(args: &[&str]) -> String {
     let out = sampler(args);
     assert_eq!(out.status.code(), Some(1), "{args:?}");
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("sampler: error: "), "{err}");
     err

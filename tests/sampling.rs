@@ -4,17 +4,18 @@
 //! without it they print `SKIPPED <test>: <reason>` on the terminal and return. The
 //! bad-input tests run for everyone: arguments are checked before privileges.
 
+mod common;
+
 use std::{
     io::Write as _,
     os::unix::process::CommandExt as _,
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
+use common::{SAMPLER, sampler, stderr};
 use serde_json::Value;
-
-const SAMPLER: &str = env!("CARGO_BIN_EXE_sampler");
 
 fn is_root() -> bool {
     sampler::sys::effective_capabilities().is_ok_and(|caps| {
@@ -43,18 +44,6 @@ fn require_root(test: &str) -> Option<MutexGuard<'static, ()>> {
          run `sudo -E cargo xtask test`",
     );
     None
-}
-
-fn sampler(args: &[&str]) -> Output {
-    Command::new(SAMPLER)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sampler")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A CPU-bound child, killed on drop.

@@ -161,43 +161,34 @@ impl<'s> Session<'s> {
 
     /// Runs `prog` on every sample of every CPU's event.
     pub fn attach(&self, prog: BorrowedFd<'_>) -> Result<(), Error> {
-        for e in &self.events {
-            self.sys
-                .set_bpf(e.fd.as_fd(), prog)
-                .map_err(|source| Error::PerfIoctl {
-                    what: "attach the BPF program to",
-                    cpu: e.cpu,
-                    source,
-                })?;
-        }
-        Ok(())
+        self.each("attach the BPF program to", |sys, fd| sys.set_bpf(fd, prog))
     }
 
     pub fn enable(&mut self) -> Result<(), Error> {
-        for e in &self.events {
-            self.sys
-                .enable(e.fd.as_fd())
-                .map_err(|source| Error::PerfIoctl {
-                    what: "enable",
-                    cpu: e.cpu,
-                    source,
-                })?;
-            self.enabled = true;
-        }
-        Ok(())
+        // Marked first: a failure half-way leaves some CPUs enabled, for Drop to undo.
+        self.enabled = true;
+        self.each("enable", |sys, fd| sys.enable(fd))
     }
 
     pub fn disable(&mut self) -> Result<(), Error> {
-        for e in &self.events {
-            self.sys
-                .disable(e.fd.as_fd())
-                .map_err(|source| Error::PerfIoctl {
-                    what: "disable",
-                    cpu: e.cpu,
-                    source,
-                })?;
-        }
+        self.each("disable", |sys, fd| sys.disable(fd))?;
         self.enabled = false;
+        Ok(())
+    }
+
+    /// Applies one ioctl to every CPU's event; the error names the step and the CPU.
+    fn each(
+        &self,
+        what: &'static str,
+        op: impl Fn(&dyn PerfSys, BorrowedFd<'_>) -> io::Result<()>,
+    ) -> Result<(), Error> {
+        for e in &self.events {
+            op(self.sys, e.fd.as_fd()).map_err(|source| Error::PerfIoctl {
+                what,
+                cpu: e.cpu,
+                source,
+            })?;
+        }
         Ok(())
     }
 
