@@ -7,71 +7,13 @@
 mod common;
 
 use std::{
-    io::Write as _,
     os::unix::process::CommandExt as _,
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::{Mutex, MutexGuard, PoisonError},
+    process::{Command, Stdio},
 };
 
-use common::{SAMPLER, sampler, stderr};
+use common::{Busy, is_root, require_root, sampler, sampler_bin, skip, stderr};
 use serde_json::Value;
-
-fn is_root() -> bool {
-    sampler::sys::effective_capabilities().is_ok_and(|caps| {
-        sampler::sys::missing_capabilities(caps).is_empty()
-            && std::fs::read_to_string("/proc/self/status")
-                .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
-    })
-}
-
-/// Prints why a test is skipped, past the test harness's output capture.
-fn skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
-}
-
-/// Root tests pin busy loops to CPUs and read system-wide shares: one at a time.
-static SYSTEM_WIDE: Mutex<()> = Mutex::new(());
-
-/// `Some(guard)` when the test can run: root, and no other system-wide test running.
-fn require_root(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if is_root() {
-        return Some(SYSTEM_WIDE.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-    skip(
-        test,
-        "needs root (loads BPF programs, opens system-wide perf events); \
-         run `sudo -E cargo xtask test`",
-    );
-    None
-}
-
-/// A CPU-bound child, killed on drop.
-struct Busy(Child);
-
-impl Busy {
-    fn pinned_to(cpu: u32) -> Self {
-        let child = Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn busy loop");
-        let busy = Self(child);
-        sampler::sys::pin_to_cpu(busy.pid() as i32, cpu).expect("pin busy loop");
-        busy
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn online_cpus() -> sampler::cpus::CpuList {
     sampler::cpus::CpuList::read(Path::new("/sys/devices/system/cpu/online")).unwrap()
@@ -246,7 +188,7 @@ fn loads_without_kernel_btf_and_says_so() {
 #[test]
 fn unprivileged_user_gets_one_clear_error() {
     // As root, drop to `nobody` for the child; as a normal user, run as we are.
-    let mut cmd = Command::new(SAMPLER);
+    let mut cmd = Command::new(sampler_bin());
     cmd.args(["stat", "-d", "0.1"]).stdin(Stdio::null());
     if is_root() {
         cmd.uid(65534).gid(65534);
@@ -356,7 +298,7 @@ fn hardware_event_without_fallback_is_opened_or_refused_clearly() {
     let Some(_serial) = require_root(name) else {
         return;
     };
-    let pmus = Command::new(SAMPLER)
+    let pmus = Command::new(sampler_bin())
         .args(["pmus", "--json"])
         .output()
         .unwrap();

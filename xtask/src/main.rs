@@ -6,14 +6,21 @@
 //!   second.
 //! - `run [-- ARGS]`: setup, release build, then `sampler ARGS` (default: `top`, the
 //!   live view) as root, through sudo when not root.
-//! - `test`: setup, then formatting, clippy (host and BPF target) and every test.
+//! - `test`: setup, then formatting, clippy (host and BPF target), every host test,
+//!   and the guest tests on the arm64 test bed (both kernel series, one and two PMUs).
+//! - `build --arch aarch64`: a static arm64 `sampler` with the BPF object built for it.
+//! - `vm-test [--kernel 6.1|6.12] [--hetero] [--icount]`: boots the arm64 guest (a real
+//!   `arm_pmu` driver under QEMU) and runs the in-guest tests there (`vm.rs`).
+
+mod dts;
+mod vm;
 
 use std::{
     env,
     ffi::OsStr,
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
-    time::Instant,
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -42,7 +49,46 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then check formatting and lints and run the whole test suite.
-    Test,
+    Test {
+        /// Skip the arm64 guest tests.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Build a release sampler for another architecture (static, musl).
+    Build {
+        #[arg(long, value_enum, default_value = "aarch64")]
+        arch: Arch,
+    },
+    /// Boot the arm64 guest (QEMU, real arm_pmu driver) and run the in-guest tests.
+    VmTest {
+        /// Debian kernel series to boot.
+        #[arg(long, value_enum, default_value = "6.12")]
+        kernel: vm::Series,
+        /// Two PMUs on disjoint CPU halves (like big.LITTLE).
+        #[arg(long)]
+        hetero: bool,
+        /// Run QEMU with `-icount shift=0` so instructions are counted.
+        #[arg(long)]
+        icount: bool,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 4)]
+        smp: u32,
+        /// Test-name filters passed to the guest test binary.
+        filters: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Arch {
+    Aarch64,
+}
+
+impl Arch {
+    fn target(self) -> &'static str {
+        match self {
+            Self::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -53,7 +99,24 @@ fn main() -> ExitCode {
         .and_then(|()| match cli.command {
             Cmd::Setup => setup(),
             Cmd::Run { args } => run(&root, args),
-            Cmd::Test => test(),
+            Cmd::Test { no_vm } => test(no_vm),
+            Cmd::Build { arch } => build(arch).map(drop),
+            Cmd::VmTest {
+                kernel,
+                hetero,
+                icount,
+                smp,
+                filters,
+            } => vm_test(
+                &vm::Guest {
+                    series: kernel,
+                    hetero,
+                    icount,
+                    smp,
+                    timeout: Duration::from_secs(600),
+                },
+                &filters,
+            ),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,7 +297,7 @@ where
     c
 }
 
-fn test() -> Result<()> {
+fn test(no_vm: bool) -> Result<()> {
     setup()?;
     let started = Instant::now();
     status(&mut cargo(["fmt", "--all", "--", "--check"]))
@@ -278,8 +341,126 @@ fn test() -> Result<()> {
              (each printed SKIPPED with its reason); run `sudo -E cargo xtask test` to run them"
         );
     }
+    if no_vm {
+        eprintln!("xtask: --no-vm: the arm64 guest tests were not run");
+    } else {
+        for (series, hetero, icount) in GUEST_MATRIX {
+            let guest = vm::Guest {
+                series,
+                hetero,
+                icount,
+                smp: 4,
+                timeout: Duration::from_secs(600),
+            };
+            vm_test(&guest, &[])?;
+        }
+    }
     eprintln!(
         "xtask: all checks passed ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The guest runs of `cargo xtask test`: both kernel series with one PMU and with two.
+/// (`--icount` runs single-threaded and ~10x slower; it joins the matrix with the
+/// instruction-count tests of event groups.)
+const GUEST_MATRIX: [(vm::Series, bool, bool); 4] = [
+    (vm::Series::V6_1, false, false),
+    (vm::Series::V6_1, true, false),
+    (vm::Series::V6_12, false, false),
+    (vm::Series::V6_12, true, false),
+];
+
+fn ensure_target(target: &str) -> Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == target) {
+        status(Command::new("rustup").args(["target", "add", target]))?;
+    }
+    Ok(())
+}
+
+/// Builds the release sampler for `arch`; returns the binary's path.
+fn build(arch: Arch) -> Result<PathBuf> {
+    setup()?;
+    ensure_target(arch.target())?;
+    status(&mut cargo([
+        "build",
+        "--release",
+        "--package",
+        "sampler",
+        "--target",
+        arch.target(),
+    ]))?;
+    Ok(workspace_root()
+        .join("target")
+        .join(arch.target())
+        .join("release/sampler"))
+}
+
+/// Builds the guest test binary (`tests/guest.rs`) for `arch`; returns its path.
+fn build_guest_tests(arch: Arch) -> Result<PathBuf> {
+    let mut cmd = cargo([
+        "test",
+        "--release",
+        "--package",
+        "sampler",
+        "--test",
+        "guest",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+        "--target",
+        arch.target(),
+    ]);
+    eprintln!("xtask: {}", display(&cmd));
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("building the guest tests failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "guest")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo reported no guest test executable")
+}
+
+fn vm_test(guest: &vm::Guest, filters: &[String]) -> Result<()> {
+    let sampler = build(Arch::Aarch64)?;
+    let tests = build_guest_tests(Arch::Aarch64)?;
+    let mut command = format!(
+        "SAMPLER_BIN=/sampler SAMPLER_GUEST=1 SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} \
+         SAMPLER_GUEST_KERNEL={} /guest-tests --test-threads=1",
+        if guest.hetero { 2 } else { 1 },
+        u8::from(guest.icount),
+        guest.series.name(),
+    );
+    for f in filters {
+        if !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("test filter `{f}`: only letters, digits and _ are allowed");
+        }
+        command.push(' ');
+        command.push_str(f);
+    }
+    let payload = vm::Payload {
+        files: vec![(sampler, "sampler"), (tests, "guest-tests")],
+        command,
+    };
+    let started = Instant::now();
+    let run = vm::run(guest, &payload)?;
+    print!("{}", run.output);
+    let what = format!(
+        "guest tests on {} ({}{})",
+        guest.series.name(),
+        if guest.hetero { "two PMUs" } else { "one PMU" },
+        if guest.icount { ", icount" } else { "" }
+    );
+    if run.rc != 0 {
+        bail!("{what} failed (exit status {})", run.rc);
+    }
+    eprintln!(
+        "xtask: {what} passed ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
