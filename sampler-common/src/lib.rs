@@ -12,6 +12,18 @@ pub const PROGRAM_NAME: &str = "on_sample";
 pub const TASKS_MAP: &str = "TASKS";
 /// Name of the per-CPU statistics map (`PERCPU_ARRAY` of one [`CpuStats`]).
 pub const CPU_STATS_MAP: &str = "CPU_STATS";
+/// Names of the `PERF_EVENT_ARRAY`s of the sampling group's counting members, one per
+/// member position, indexed by CPU: member `i` of CPU `c` sits at `MEMBER_MAPS[i][c]`.
+/// (One array per member because loaders clamp a perf event array to the CPU count.)
+pub const MEMBER_MAPS: [&str; MAX_MEMBERS] = ["MEMBER0", "MEMBER1", "MEMBER2", "MEMBER3"];
+/// Name of the per-CPU array of the members' last seen counter values ([`MemberLast`]).
+pub const LAST_MAP: &str = "LAST";
+/// Name of the global holding how many members the sampling group has (at most
+/// [`MAX_MEMBERS`]); set by the loader.
+pub const NR_MEMBERS_GLOBAL: &str = "NR_MEMBERS";
+
+/// Counting members of the sampling group whose deltas are attributed per task.
+pub const MAX_MEMBERS: usize = 4;
 
 /// Default capacity of [`TASKS_MAP`]. The map is an LRU hash: when full, the kernel
 /// evicts the least recently updated entries instead of failing the insert, so a host
@@ -47,6 +59,9 @@ pub struct TaskValue {
     /// Sum of the sample periods (events counted between samples: nanoseconds for
     /// `cpu-clock`, cycles for `cycles`).
     pub period_sum: u64,
+    /// Per member of the sampling group: the counter's growth since the previous
+    /// sample on this CPU, summed over this task's samples.
+    pub counts: [u64; MAX_MEMBERS],
     /// The task's command name when the entry was created, NUL padded. Recorded in the
     /// kernel so that tasks that exit before user space reads the map keep their name.
     pub comm: [u8; COMM_LEN],
@@ -66,6 +81,13 @@ pub struct CpuStats {
     pub dropped: u64,
 }
 
+/// The members' counter values at the previous sample on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberLast {
+    pub values: [u64; MAX_MEMBERS],
+}
+
 impl TaskValue {
     /// The command name up to its first NUL, as bytes.
     pub fn comm_bytes(&self) -> &[u8] {
@@ -79,7 +101,8 @@ impl TaskValue {
 }
 
 const _: () = assert!(size_of::<TaskKey>() == 24);
-const _: () = assert!(size_of::<TaskValue>() == 32);
+const _: () = assert!(size_of::<TaskValue>() == 64);
+const _: () = assert!(size_of::<MemberLast>() == 8 * MAX_MEMBERS);
 const _: () = assert!(size_of::<CpuStats>() == 32);
 
 #[cfg(feature = "user")]
@@ -91,6 +114,8 @@ mod pod {
     unsafe impl aya::Pod for super::TaskValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CpuStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MemberLast {}
 }
 
 #[cfg(test)]

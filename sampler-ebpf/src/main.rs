@@ -1,24 +1,33 @@
-//! The in-kernel half of sampler: a `perf_event` program that runs on every counter
-//! overflow (or software-clock tick) of the events the loader opens, and aggregates
-//! the sample per interrupted task and CPU in maps that user space reads.
+//! The in-kernel half of sampler: a `perf_event` program that runs on every overflow
+//! of the sampling group's leader (a hardware counter, or the software clock), and
+//! aggregates per interrupted task and CPU: one sample, the leader's period, and the
+//! growth of each counting member of the group since the previous sample on this CPU
+//! (so IPC and miss ratios come per task, from the kernel).
 //!
-//! Cost per sample is a product metric: the path below is one per-CPU array lookup,
-//! three cheap helpers and one hash lookup; the task's name is only fetched when its
-//! entry is created.
+//! Cost per sample is a product metric: one per-CPU array lookup, a few cheap helpers,
+//! one counter read per member (none without members) and one hash lookup; the task's
+//! name is only fetched when its entry is created.
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST},
+    Global,
+    bindings::{BPF_F_CURRENT_CPU, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, bpf_perf_event_value},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_perf_event_read_value,
+        },
     },
     macros::{map, perf_event},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, PerfEventArray},
     programs::PerfEventContext,
 };
-use sampler_common::{COMM_LEN, CpuStats, DEFAULT_TASK_ENTRIES, TaskKey, TaskValue};
+use sampler_common::{
+    COMM_LEN, CpuStats, DEFAULT_TASK_ENTRIES, MAX_MEMBERS, MemberLast, TaskKey, TaskValue,
+};
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
 /// CPU it is updated on, so CPUs never contend for the same list. The loader resizes
@@ -30,6 +39,24 @@ static TASKS: LruHashMap<TaskKey, TaskValue> =
 /// The program's own counters, one slot per CPU.
 #[map(name = "CPU_STATS")]
 static CPU_STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The sampling group's counting members, one array per position, indexed by CPU.
+#[map(name = "MEMBER0")]
+static MEMBER0: PerfEventArray<u32> = PerfEventArray::new(0);
+#[map(name = "MEMBER1")]
+static MEMBER1: PerfEventArray<u32> = PerfEventArray::new(0);
+#[map(name = "MEMBER2")]
+static MEMBER2: PerfEventArray<u32> = PerfEventArray::new(0);
+#[map(name = "MEMBER3")]
+static MEMBER3: PerfEventArray<u32> = PerfEventArray::new(0);
+
+/// The members' counter values at the previous sample, per CPU.
+#[map(name = "LAST")]
+static LAST: PerCpuArray<MemberLast> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many members the sampling group has (set by the loader, at most MAX_MEMBERS).
+#[unsafe(no_mangle)]
+static NR_MEMBERS: Global<u32> = Global::new(0);
 
 #[perf_event]
 pub fn on_sample(ctx: PerfEventContext) -> u32 {
@@ -52,6 +79,8 @@ fn try_on_sample(ctx: &PerfEventContext) {
     stats.samples += 1;
     stats.period_sum += period;
 
+    let deltas = member_deltas();
+
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = TaskKey {
         tgid: (pid_tgid >> 32) as u32,
@@ -68,11 +97,15 @@ fn try_on_sample(ctx: &PerfEventContext) {
             let value = unsafe { &mut *value };
             value.samples += 1;
             value.period_sum += period;
+            for (count, delta) in value.counts.iter_mut().zip(deltas) {
+                *count += delta;
+            }
         }
         None => {
             let value = TaskValue {
                 samples: 1,
                 period_sum: period,
+                counts: deltas,
                 comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
             };
             if TASKS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
@@ -82,6 +115,60 @@ fn try_on_sample(ctx: &PerfEventContext) {
             }
         }
     }
+}
+
+/// How much each member counted since the previous sample on this CPU.
+#[inline(always)]
+fn member_deltas() -> [u64; MAX_MEMBERS] {
+    let mut deltas = [0u64; MAX_MEMBERS];
+    let n = NR_MEMBERS.load();
+    if n == 0 {
+        return deltas;
+    }
+    let Some(last) = LAST.get_ptr_mut(0) else {
+        return deltas;
+    };
+    // SAFETY: a per-CPU array slot, written only by this CPU's non-nesting program.
+    let last = unsafe { &mut *last };
+    // Written out per member: the verifier needs a constant map at each call.
+    deltas[0] = read_member((&raw const MEMBER0).cast_mut().cast(), &mut last.values[0]);
+    if n > 1 {
+        deltas[1] = read_member((&raw const MEMBER1).cast_mut().cast(), &mut last.values[1]);
+    }
+    if n > 2 {
+        deltas[2] = read_member((&raw const MEMBER2).cast_mut().cast(), &mut last.values[2]);
+    }
+    if n > 3 {
+        deltas[3] = read_member((&raw const MEMBER3).cast_mut().cast(), &mut last.values[3]);
+    }
+    deltas
+}
+
+/// The growth of this CPU's event in `map` since `last`, which it then updates; 0 when
+/// the CPU has no event there.
+#[inline(always)]
+fn read_member(map: *mut c_void, last: &mut u64) -> u64 {
+    let mut value = bpf_perf_event_value {
+        counter: 0,
+        enabled: 0,
+        running: 0,
+    };
+    // SAFETY: `map` is one of the PERF_EVENT_ARRAYs above; `value` is a valid,
+    // writable buffer of the size passed. An empty slot fails and leaves value 0.
+    let ret = unsafe {
+        bpf_perf_event_read_value(
+            map,
+            BPF_F_CURRENT_CPU,
+            &mut value,
+            size_of::<bpf_perf_event_value>() as u32,
+        )
+    };
+    if ret != 0 {
+        return 0;
+    }
+    let delta = value.counter.wrapping_sub(*last);
+    *last = value.counter;
+    delta
 }
 
 #[panic_handler]

@@ -1,14 +1,18 @@
 //! Loading the embedded BPF object and reading what its maps aggregated.
 
-use std::{os::fd::AsFd as _, path::Path};
+use std::{
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{PerfEvent, ProgramError},
 };
 use sampler_common::{
-    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
+    PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::Error;
@@ -39,10 +43,12 @@ pub struct MapContents {
 }
 
 impl Bpf {
-    /// Loads the object and the `perf_event` program (not yet attached to anything).
-    /// `btf_path` is the kernel's BTF ([`KERNEL_BTF`]); the program needs no CO-RE
-    /// relocation, so a kernel without BTF is reported, not fatal.
-    pub fn load(btf_path: &Path, possible_cpus: u32) -> Result<Self, Error> {
+    /// Loads the object and the `perf_event` program (not yet attached to anything),
+    /// for a sampling group with `members` counting members (at most
+    /// [`MAX_MEMBERS`] are attributed per task). `btf_path` is the kernel's BTF
+    /// ([`KERNEL_BTF`]); the program needs no CO-RE relocation, so a kernel without BTF
+    /// is reported, not fatal.
+    pub fn load(btf_path: &Path, possible_cpus: u32, members: u32) -> Result<Self, Error> {
         let (btf, btf_notice) = match Btf::parse_file(btf_path, Endianness::default()) {
             Ok(btf) => (Some(btf), None),
             Err(err) => (
@@ -58,9 +64,11 @@ impl Bpf {
         let entries = TASK_ENTRIES_PER_CPU
             .saturating_mul(possible_cpus.max(1))
             .max(DEFAULT_TASK_ENTRIES);
+        let members = members.min(MAX_MEMBERS as u32);
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .map_max_entries(TASKS_MAP, entries)
+            .override_global(NR_MEMBERS_GLOBAL, &members, true)
             .load(OBJECT)
             .map_err(|e| Error::BpfLoad(format!("{e}")))?;
         let program: &mut PerfEvent = ebpf
@@ -72,10 +80,11 @@ impl Bpf {
         Ok(Self { ebpf, btf_notice })
     }
 
-    /// Calls `f` with the program's fd (to attach it to perf events).
-    pub fn with_program_fd<T>(
+    /// Calls `f` with the program's fd (to attach it to perf events) and the fds of the
+    /// member maps (`MEMBER0`.. : where the sampling group's members go, by CPU).
+    pub fn with_fds<T>(
         &self,
-        f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<T, Error>,
+        f: impl FnOnce(BorrowedFd<'_>, [BorrowedFd<'_>; MAX_MEMBERS]) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let program: &PerfEvent = self
             .ebpf
@@ -86,7 +95,19 @@ impl Bpf {
         let fd = program
             .fd()
             .map_err(|e| Error::BpfLoad(format!("program {PROGRAM_NAME} has no fd: {e}")))?;
-        f(fd.as_fd())
+        let mut maps = Vec::with_capacity(MAX_MEMBERS);
+        for name in MEMBER_MAPS {
+            let Some(Map::PerfEventArray(m)) = self.ebpf.map(name) else {
+                return Err(Error::BpfLoad(format!(
+                    "map {name} missing or not a PERF_EVENT_ARRAY"
+                )));
+            };
+            maps.push(m.fd().as_fd());
+        }
+        let maps: [BorrowedFd<'_>; MAX_MEMBERS] = maps
+            .try_into()
+            .map_err(|_| Error::BpfLoad("member maps".to_owned()))?;
+        f(fd.as_fd(), maps)
     }
 
     /// Reads both maps.

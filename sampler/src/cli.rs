@@ -8,6 +8,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
+use sampler_common::MAX_MEMBERS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
     bpf::{Bpf, KERNEL_BTF},
     cpus::CpuList,
     event::{self, EventKind, EventList},
-    model::{CpuRun, RunInfo, Snapshot, delta},
+    model::{CpuRun, RunInfo, Snapshot, delta, delta_counts},
     plan::{self, KernelVersion, Plan},
     pmu::PmuSet,
     present,
@@ -68,10 +69,10 @@ pub struct SysfsArgs {
 
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
-    /// The event to sample, in perf's syntax (`cycles`, `cpu-clock`,
-    /// `cpu_core/event=0x3c/`, `inst_retired:u`, ...) [default: cycles, or cpu-clock
-    /// where there is no hardware PMU].
-    #[arg(short, long, value_name = "EVENT")]
+    /// Events in perf's syntax. The first group samples: `{cycles,instructions}`
+    /// samples cycles and attributes instructions per task; further events are
+    /// counted per CPU [default: cycles, or cpu-clock where there is no hardware PMU].
+    #[arg(short, long, value_name = "EVENTS")]
     pub event: Option<String>,
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 999)]
@@ -211,7 +212,8 @@ async fn stat(args: StatArgs) -> Result<(), Error> {
     sampling.session.disable()?;
     let elapsed = started.elapsed().as_secs_f64();
     let maps = sampling.bpf.read()?;
-    let snapshot = Snapshot::build(&maps, &sampling.info, elapsed);
+    let counts = sampling.session.read_counts()?;
+    let snapshot = Snapshot::build(&maps, &counts, &sampling.info, elapsed);
     let text = if args.json {
         let mut s = present::json(&snapshot, args.top).to_string();
         s.push('\n');
@@ -227,6 +229,7 @@ async fn top(args: TopArgs) -> Result<(), Error> {
     let sampling = Sampling::start(&args.sampling)?;
     let clear = !args.json && io::stdout().is_terminal();
     let mut prev = sampling.bpf.read()?;
+    let mut prev_counts = sampling.session.read_counts()?;
     let mut last = Instant::now();
     let mut done = 0u64;
     while args.iterations.is_none_or(|n| done < n) {
@@ -234,13 +237,15 @@ async fn top(args: TopArgs) -> Result<(), Error> {
             break;
         }
         let cur = sampling.bpf.read()?;
+        let cur_counts = sampling.session.read_counts()?;
         let now = Instant::now();
         let snapshot = Snapshot::build(
             &delta(&prev, &cur),
+            &delta_counts(&prev_counts, &cur_counts),
             &sampling.info,
             (now - last).as_secs_f64(),
         );
-        (prev, last) = (cur, now);
+        (prev, prev_counts, last) = (cur, cur_counts, now);
         let text = if args.json {
             let mut s = present::json(&snapshot, Some(args.top)).to_string();
             s.push('\n');
@@ -273,30 +278,41 @@ impl Sampling {
         let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
         let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
         let frequency_hz = check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?;
-        let (plan, cpu_clock_fallback) = sampling_plan(args.event.as_deref(), &pmus, &cpus)?;
+        let sp = sampling_plan(args.event.as_deref(), &pmus, &cpus)?;
         check_privileges()?;
-        for note in &plan.notes {
+        for note in &sp.plan.notes {
             eprintln!("sampler: {note}");
         }
         // With the cpu-clock fall-back, the session's own notice says it better.
-        if plan.no_core_pmu && !cpu_clock_fallback {
+        if sp.plan.no_core_pmu && !sp.cpu_clock_fallback {
             eprintln!("sampler: {}", plan::NO_CORE_PMU);
         }
+        if sp.members.len() > MAX_MEMBERS {
+            eprintln!(
+                "sampler: the sampling group has {} counting members; the first {MAX_MEMBERS} \
+                 are attributed per task, the others are counted per CPU only",
+                sp.members.len()
+            );
+        }
         let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
-        let bpf = Bpf::load(Path::new(KERNEL_BTF), possible)?;
+        let bpf = Bpf::load(Path::new(KERNEL_BTF), possible, sp.members.len() as u32)?;
         if let Some(notice) = &bpf.btf_notice {
             eprintln!("{notice}");
         }
-        let mut session = Session::open(&REAL_SYS, &plan.plan, frequency_hz, cpu_clock_fallback)?;
+        let mut session = Session::open(
+            &REAL_SYS,
+            &sp.plan.plan,
+            frequency_hz,
+            sp.cpu_clock_fallback,
+        )?;
         for notice in session.notices() {
             eprintln!("{notice}");
         }
-        bpf.with_program_fd(|prog| session.attach(prog))?;
+        bpf.with_fds(|prog, members| session.attach(prog, members))?;
         session.enable()?;
         let info = RunInfo {
             cpus: session
-                .events()
-                .iter()
+                .leaders()
                 .map(|e| CpuRun {
                     cpu: e.cpu,
                     event: e.event.clone(),
@@ -307,26 +323,37 @@ impl Sampling {
                 })
                 .collect(),
             frequency_hz,
+            members: sp.members.into_iter().take(MAX_MEMBERS).collect(),
         };
         Ok(Self { session, bpf, info })
     }
 }
 
-/// The plan of the one sampling event of a run, and whether CPUs without it may
-/// sample cpu-clock instead (perf's rule: only for `cycles`).
+/// What a sampling run opens: the plan (group 0 samples, the others count), whether
+/// CPUs without the sampling event may sample cpu-clock instead (perf's rule: only
+/// for `cycles`), and the names of the sampling group's counting members.
+#[derive(Debug)]
+pub struct SamplingPlan {
+    pub plan: Plan,
+    pub cpu_clock_fallback: bool,
+    pub members: Vec<String>,
+}
+
 pub fn sampling_plan(
     event_arg: Option<&str>,
     pmus: &PmuSet,
     cpus: &CpuList,
-) -> Result<(Plan, bool), Error> {
-    let text = event_arg.unwrap_or(DEFAULT_EVENT);
-    let list: EventList = event::parse(text)?;
-    if list.groups.len() != 1 || list.groups[0].events.len() != 1 {
-        return Err(Error::OneEventOnly(text.to_owned()));
-    }
-    let fallback = list.groups[0].events[0].kind == EventKind::Hardware(0);
+) -> Result<SamplingPlan, Error> {
+    let list: EventList = event::parse(event_arg.unwrap_or(DEFAULT_EVENT))?;
+    let sampling = &list.groups[0].events;
+    let cpu_clock_fallback = sampling[0].kind == EventKind::Hardware(0);
+    let members = sampling[1..].iter().map(|e| e.display()).collect();
     let plan = plan::plan(&list, pmus, cpus, KernelVersion::running())?;
-    Ok((plan, fallback))
+    Ok(SamplingPlan {
+        plan,
+        cpu_clock_fallback,
+        members,
+    })
 }
 
 /// The CPUs of `--cpu`, which must all be online, or every online CPU.
@@ -457,14 +484,22 @@ mod tests {
     #[test]
     fn sampling_plan_defaults_to_cycles_with_fallback() {
         let pmus = crate::pmu::tests::load("vm");
-        let (plan, fallback) = sampling_plan(None, &pmus, &pmus.online).unwrap();
-        assert!(fallback);
-        assert_eq!(plan.plan.len(), 2);
-        assert!(plan.plan.iter().all(|p| p.event == "cycles"));
-        let (_, fallback) = sampling_plan(Some("page-faults"), &pmus, &pmus.online).unwrap();
-        assert!(!fallback);
-        let e = sampling_plan(Some("cycles,instructions"), &pmus, &pmus.online).unwrap_err();
-        assert!(matches!(e, Error::OneEventOnly(_)), "{e}");
+        let sp = sampling_plan(None, &pmus, &pmus.online).unwrap();
+        assert!(sp.cpu_clock_fallback);
+        assert_eq!(sp.plan.plan.len(), 2);
+        assert!(sp.plan.plan.iter().all(|p| p.event == "cycles"));
+        assert!(sp.members.is_empty());
+        let sp = sampling_plan(Some("page-faults"), &pmus, &pmus.online).unwrap();
+        assert!(!sp.cpu_clock_fallback);
+        let sp = sampling_plan(
+            Some("{cycles,instructions:u,cache-misses},page-faults"),
+            &pmus,
+            &pmus.online,
+        )
+        .unwrap();
+        assert!(sp.cpu_clock_fallback);
+        assert_eq!(sp.members, ["instructions:u", "cache-misses"]);
+        assert_eq!(sp.plan.plan.len(), 8);
         let e = sampling_plan(Some("{cycles"), &pmus, &pmus.online).unwrap_err();
         assert!(
             e.to_string()

@@ -85,12 +85,6 @@ pub enum Error {
     #[error("{0}")]
     Plan(#[from] crate::plan::PlanError),
 
-    #[error(
-        "`{0}` asks for several events; sampler samples one event per run for now \
-         (counting group members come with the hardware path): pass one event to -e"
-    )]
-    OneEventOnly(String),
-
     #[error("--kernel `{0}` is not a kernel release such as 6.1 or 6.12.3")]
     BadKernel(String),
 

@@ -13,6 +13,7 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod counter;
 pub mod cpus;
 pub mod error;
 pub mod event;

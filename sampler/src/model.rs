@@ -1,12 +1,17 @@
 //! One snapshot of a run: what the BPF maps aggregated, turned into rows per task and
 //! per CPU with shares. Pure: built from map contents, unit tested without a kernel.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use sampler_common::{CpuStats, TaskKey, TaskValue};
+use sampler_common::{CpuStats, MAX_MEMBERS, TaskKey, TaskValue};
 use serde::Serialize;
 
-use crate::{bpf::MapContents, plan::Encoding, session::Source};
+use crate::{
+    bpf::MapContents,
+    counter,
+    plan::Encoding,
+    session::{EventCount, Source},
+};
 
 /// What one CPU of a run samples: the event it ended up with, through which PMU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +30,9 @@ pub struct CpuRun {
 pub struct RunInfo {
     pub cpus: Vec<CpuRun>,
     pub frequency_hz: u64,
+    /// The sampling group's counting members, in the order the BPF program counts
+    /// them (at most `MAX_MEMBERS` are attributed per task).
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +51,31 @@ pub struct Snapshot {
     pub cpus: Vec<CpuRow>,
     /// Busiest first; idle is not a task.
     pub tasks: Vec<TaskRow>,
+    /// The sampling group's members attributed per task (`tasks[].counts`), in group
+    /// order.
+    pub members: Vec<String>,
+    /// Every opened event's count on every CPU, from `read()`.
+    pub events: Vec<EventRow>,
+}
+
+/// One event's count on one CPU over the snapshot's interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    pub name: String,
+    pub cpu: u32,
+    /// Event group (0: the sampling group) and position in it (0: its leader).
+    pub group: usize,
+    pub index: usize,
+    pub pmu: Option<String>,
+    /// The raw count (while the event was on the PMU).
+    pub value: u64,
+    /// Nanoseconds enabled and running: less running than enabled means multiplexed.
+    pub enabled: u64,
+    pub running: u64,
+    /// `value * enabled / running`; `None` when it never ran.
+    pub scaled: Option<u64>,
+    /// `running / enabled`.
+    pub coverage: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,15 +100,25 @@ pub struct TaskRow {
     pub period_sum: u64,
     /// Percent of all samples on the selected CPUs.
     pub share: f64,
+    /// Per member of the sampling group: how much it counted during this task's
+    /// sampling intervals.
+    pub counts: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `maps` for the CPUs of `run`, over `duration_s`.
-    pub fn build(maps: &MapContents, run: &RunInfo, duration_s: f64) -> Self {
+    /// Builds the snapshot of `maps` and `counts` for the CPUs of `run`, over
+    /// `duration_s`.
+    pub fn build(
+        maps: &MapContents,
+        counts: &[EventCount],
+        run: &RunInfo,
+        duration_s: f64,
+    ) -> Self {
         let selected = |cpu: u32| run.cpus.iter().any(|c| c.cpu == cpu);
 
         // One row per (tgid, tid, cpu): a task that moved between cgroups is summed.
-        let mut per_task: HashMap<(u32, u32, u32), (u64, u64, &TaskValue)> = HashMap::new();
+        type Acc<'a> = (u64, u64, [u64; MAX_MEMBERS], &'a TaskValue);
+        let mut per_task: HashMap<(u32, u32, u32), Acc<'_>> = HashMap::new();
         let mut idle_per_cpu: HashMap<u32, u64> = HashMap::new();
         for (key, value) in &maps.tasks {
             if !selected(key.cpu) {
@@ -85,13 +128,19 @@ impl Snapshot {
                 *idle_per_cpu.entry(key.cpu).or_default() += value.samples;
                 continue;
             }
-            let e = per_task
-                .entry((key.tgid, key.tid, key.cpu))
-                .or_insert((0, 0, value));
+            let e = per_task.entry((key.tgid, key.tid, key.cpu)).or_insert((
+                0,
+                0,
+                [0; MAX_MEMBERS],
+                value,
+            ));
             e.0 += value.samples;
             e.1 += value.period_sum;
-            if value.samples > e.2.samples {
-                e.2 = value;
+            for (sum, c) in e.2.iter_mut().zip(value.counts) {
+                *sum += c;
+            }
+            if value.samples > e.3.samples {
+                e.3 = value;
             }
         }
 
@@ -122,15 +171,23 @@ impl Snapshot {
 
         let mut tasks: Vec<TaskRow> = per_task
             .into_iter()
-            .map(|((tgid, tid, cpu), (n, period_sum, value))| TaskRow {
-                tgid,
-                tid,
-                comm: printable_comm(value.comm_bytes()),
-                cpu,
-                samples: n,
-                period_sum,
-                share: percent(n, samples),
-            })
+            .map(
+                |((tgid, tid, cpu), (n, period_sum, member_sums, value))| TaskRow {
+                    tgid,
+                    tid,
+                    comm: printable_comm(value.comm_bytes()),
+                    cpu,
+                    samples: n,
+                    period_sum,
+                    share: percent(n, samples),
+                    counts: run
+                        .members
+                        .iter()
+                        .zip(member_sums)
+                        .map(|(name, v)| (name.clone(), v))
+                        .collect(),
+                },
+            )
             .collect();
         tasks.sort_by(|a, b| {
             b.samples
@@ -150,8 +207,42 @@ impl Snapshot {
             evicted: inserted.saturating_sub(live),
             cpus,
             tasks,
+            members: run.members.clone(),
+            events: counts
+                .iter()
+                .map(|c| EventRow {
+                    name: c.event.clone(),
+                    cpu: c.cpu,
+                    group: c.group,
+                    index: c.index,
+                    pmu: c.pmu.clone(),
+                    value: c.value,
+                    enabled: c.enabled,
+                    running: c.running,
+                    scaled: counter::scaled(c.value, c.enabled, c.running),
+                    coverage: counter::coverage(c.enabled, c.running),
+                })
+                .collect(),
         }
     }
+}
+
+/// The counts of an interval: `cur - prev` per (CPU, group, event).
+pub fn delta_counts(prev: &[EventCount], cur: &[EventCount]) -> Vec<EventCount> {
+    cur.iter()
+        .map(|c| {
+            let p = prev
+                .iter()
+                .find(|p| (p.cpu, p.group, p.index) == (c.cpu, c.group, c.index));
+            let mut d = c.clone();
+            if let Some(p) = p {
+                d.value = c.value.saturating_sub(p.value);
+                d.enabled = c.enabled.saturating_sub(p.enabled);
+                d.running = c.running.saturating_sub(p.running);
+            }
+            d
+        })
+        .collect()
 }
 
 /// What happened between two readings of the maps (for refreshing views). An entry
@@ -228,6 +319,7 @@ pub(crate) mod tests {
         TaskValue {
             samples,
             period_sum: samples * 1_001_001,
+            counts: [samples * 3, samples * 5, 0, 0],
             comm: c,
         }
     }
@@ -268,6 +360,7 @@ pub(crate) mod tests {
         let run = RunInfo {
             cpus: vec![cpu_clock(0), cpu_clock(1)],
             frequency_hz: 50,
+            members: vec!["context-switches".into(), "page-faults".into()],
         };
         (maps, run)
     }
@@ -275,7 +368,7 @@ pub(crate) mod tests {
     #[test]
     fn builds_rows_per_task_and_cpu() {
         let (maps, run) = example();
-        let s = Snapshot::build(&maps, &run, 2.0);
+        let s = Snapshot::build(&maps, &[], &run, 2.0);
         assert_eq!(s.source, Source::SoftwareFallback);
         assert_eq!(s.samples, 192);
         assert_eq!(s.idle_samples, 52);
@@ -318,6 +411,51 @@ pub(crate) mod tests {
         );
         assert!((s.tasks[0].share - 95.0 * 100.0 / 192.0).abs() < 1e-9);
         assert_eq!(s.tasks[0].period_sum, 95 * 1_001_001);
+        // Member counts, summed over the task's two cgroups.
+        let counts: Vec<(&str, u64)> = s.tasks[0]
+            .counts
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            counts,
+            [("context-switches", 95 * 3), ("page-faults", 95 * 5)]
+        );
+    }
+
+    #[test]
+    fn event_rows_scale_and_report_coverage() {
+        let (maps, run) = example();
+        let count = |cpu, value, enabled, running| EventCount {
+            cpu,
+            group: 1,
+            index: 0,
+            event: "instructions".into(),
+            pmu: Some("armv8_pmuv3_0".into()),
+            value,
+            enabled,
+            running,
+        };
+        let s = Snapshot::build(
+            &maps,
+            &[count(0, 100, 1000, 250), count(1, 7, 1000, 0)],
+            &run,
+            2.0,
+        );
+        assert_eq!(s.events[0].scaled, Some(400));
+        assert!((s.events[0].coverage - 0.25).abs() < 1e-12);
+        assert_eq!(s.events[1].scaled, None);
+        assert_eq!(s.events[1].coverage, 0.0);
+        let d = delta_counts(
+            &[count(0, 40, 400, 100)],
+            &[count(0, 100, 1000, 250), count(1, 7, 9, 9)],
+        );
+        assert_eq!((d[0].value, d[0].enabled, d[0].running), (60, 600, 150));
+        assert_eq!(
+            (d[1].value, d[1].enabled),
+            (7, 9),
+            "new events count from zero"
+        );
     }
 
     #[test]
@@ -332,8 +470,9 @@ pub(crate) mod tests {
                 fell_back: false,
             }],
             frequency_hz: 1,
+            members: vec![],
         };
-        let s = Snapshot::build(&MapContents::default(), &run, 1.0);
+        let s = Snapshot::build(&MapContents::default(), &[], &run, 1.0);
         assert_eq!(s.samples, 0);
         assert!(s.tasks.is_empty());
         assert_eq!(s.cpus[0].samples, 0);

@@ -29,6 +29,7 @@ use perf_event_open_sys::bindings::{
 use serde::Serialize;
 
 use crate::{
+    counter::READ_FORMAT,
     cpus::CpuList,
     event::{self, EventKind, EventList, EventSpec, Term},
     pmu::{ConfigWord, FormatError, Pmu, PmuSet},
@@ -92,6 +93,8 @@ pub struct PlannedEvent {
     pub group: usize,
     /// The group's first event: it samples; the others count.
     pub leader: bool,
+    /// Position in the group (0: the leader).
+    pub index: usize,
     /// The event as the user wrote it, with modifiers.
     pub event: String,
     /// The PMU that covers this CPU for this event (`None`: left to the kernel).
@@ -116,6 +119,7 @@ impl PlannedEvent {
             cpu,
             group: 0,
             leader: true,
+            index: 0,
             event: "cpu-clock".to_owned(),
             pmu: Some("software".to_owned()),
             hardware: false,
@@ -138,26 +142,45 @@ impl PlannedEvent {
         std::iter::once(&self.attr).chain(&self.fallbacks)
     }
 
-    /// A disabled, per-CPU, frequency-mode sampling attr for `encoding`.
-    pub fn sampling_attr(&self, encoding: &Attr, freq_hz: u64) -> perf_event_attr {
+    /// The attr for `encoding` in `mode`, with the group [`READ_FORMAT`].
+    pub fn attr(&self, encoding: &Attr, mode: Mode) -> perf_event_attr {
         let mut attr = perf_event_attr {
             type_: encoding.type_,
             size: size_of::<perf_event_attr>() as u32,
             config: encoding.config,
+            read_format: READ_FORMAT,
             ..Default::default()
         };
         // The union-backed fields are reached through perf-event-open-sys' derefs.
         attr.config1 = encoding.config1;
         attr.config2 = encoding.config2;
-        attr.sample_freq = freq_hz;
-        attr.set_freq(1);
-        // Enabled only once the BPF program is attached on every CPU.
-        attr.set_disabled(1);
+        match mode {
+            Mode::Sample { freq_hz } => {
+                attr.sample_freq = freq_hz;
+                attr.set_freq(1);
+                // Enabled only once the BPF program is attached on every CPU.
+                attr.set_disabled(1);
+            }
+            // A group leader starts disabled; members follow their leader.
+            Mode::CountLeader => attr.set_disabled(1),
+            Mode::CountMember => {}
+        }
         attr.set_exclude_user(u64::from(self.exclude_user));
         attr.set_exclude_kernel(u64::from(self.exclude_kernel));
         attr.set_exclude_hv(u64::from(self.exclude_hv));
         attr
     }
+}
+
+/// How an event is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The sampling group's leader: frequency-mode overflows run the BPF program.
+    Sample { freq_hz: u64 },
+    /// The leader of a counting-only group.
+    CountLeader,
+    /// A group member: counts while its group is on the PMU.
+    CountMember,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -295,6 +318,7 @@ pub fn plan(
                 for p in &mut r {
                     p.group = gi;
                     p.leader = i == 0;
+                    p.index = i;
                 }
                 members.push(r);
             }
@@ -557,6 +581,7 @@ fn entry(
         cpu,
         group: 0,
         leader: true,
+        index: 0,
         event: e.display(),
         pmu: pmu.map(|p| p.name.clone()),
         hardware,
@@ -961,21 +986,46 @@ mod tests {
     }
 
     #[test]
-    fn sampling_attr_carries_encoding_and_modifiers() {
+    fn attrs_carry_encoding_mode_and_modifiers() {
         let p = plan_on("adl", "cycles:k", Some("16"), K6_12).unwrap();
         let e = &p.plan[0];
-        let a = e.sampling_attr(&e.fallbacks[0], 999);
+        let a = e.attr(&e.fallbacks[0], Mode::Sample { freq_hz: 999 });
         assert_eq!((a.type_, a.config), (10, 0x3c));
         assert_eq!(
             (a.exclude_user(), a.exclude_kernel(), a.exclude_hv()),
             (1, 0, 1)
         );
         assert_eq!((a.freq(), a.sample_freq, a.disabled()), (1, 999, 1));
+        assert_eq!(a.read_format, READ_FORMAT);
+        let m = e.attr(&e.attr, Mode::CountMember);
+        assert_eq!((m.freq(), m.sample_period, m.disabled()), (0, 0, 0));
+        let l = e.attr(&e.attr, Mode::CountLeader);
+        assert_eq!((l.freq(), l.sample_period, l.disabled()), (0, 0, 1));
         let c = PlannedEvent::cpu_clock(3);
-        let a = c.sampling_attr(&c.attr, 99);
+        let a = c.attr(&c.attr, Mode::Sample { freq_hz: 99 });
         assert_eq!(
             (a.type_, a.config),
             (PERF_TYPE_SOFTWARE, u64::from(PERF_COUNT_SW_CPU_CLOCK))
+        );
+    }
+
+    #[test]
+    fn members_know_their_position() {
+        let p = plan_on(
+            "adl",
+            "{cycles,instructions,cache-misses},page-faults",
+            Some("0"),
+            K6_12,
+        )
+        .unwrap();
+        let pos: Vec<(usize, usize, bool)> = p
+            .plan
+            .iter()
+            .map(|e| (e.group, e.index, e.leader))
+            .collect();
+        assert_eq!(
+            pos,
+            [(0, 0, true), (0, 1, false), (0, 2, false), (1, 0, true)]
         );
     }
 

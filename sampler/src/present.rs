@@ -11,8 +11,13 @@ use crate::{
     pmu::PmuSet,
 };
 
+/// Width of a member count column.
+const COUNT_WIDTH: usize = 16;
+
 /// The snapshot as a table: a summary line, the `limit` busiest tasks (all with
-/// `None`), then idle.
+/// `None`) with their member counts (and IPC when `cycles` samples and
+/// `instructions` counts), idle, then each counted event per CPU when the run counts
+/// more than its sampling event.
 pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
     let mut out = String::new();
     let events = event_summary(s);
@@ -28,45 +33,130 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
         s.dropped,
         s.evicted,
     );
-    let _ = writeln!(
-        out,
+    let members: Vec<&String> = s.members.iter().collect();
+    let ipc_of = ipc_member(s);
+    let mut header = format!(
         "{:>8} {:>8} {:<16} {:>4} {:>9} {:>7}",
         "PID", "TID", "COMM", "CPU", "SAMPLES", "SHARE"
     );
-    let shown = limit.unwrap_or(usize::MAX);
-    for t in s.tasks.iter().take(shown) {
-        let _ = writeln!(
+    for m in &members {
+        let name: String = m.chars().take(COUNT_WIDTH).collect();
+        let _ = write!(header, " {name:>COUNT_WIDTH$}");
+    }
+    if ipc_of.is_some() {
+        let _ = write!(header, " {:>5}", "IPC");
+    }
+    let _ = writeln!(out, "{header}");
+    let row = |out: &mut String,
+               c: [&dyn std::fmt::Display; 4],
+               samples: u64,
+               share: f64,
+               counts: Vec<Option<u64>>,
+               ipc: Option<f64>| {
+        let _ = write!(
             out,
             "{:>8} {:>8} {:<16} {:>4} {:>9} {:>6.1}%",
-            t.tgid, t.tid, t.comm, t.cpu, t.samples, t.share
+            c[0], c[1], c[2], c[3], samples, share
+        );
+        for v in counts {
+            match v {
+                Some(v) => {
+                    let _ = write!(out, " {v:>COUNT_WIDTH$}");
+                }
+                None => {
+                    let _ = write!(out, " {:>COUNT_WIDTH$}", "-");
+                }
+            }
+        }
+        match (ipc_of.is_some(), ipc) {
+            (false, _) => {}
+            (true, Some(ipc)) => {
+                let _ = write!(out, " {ipc:>5.2}");
+            }
+            (true, None) => {
+                let _ = write!(out, " {:>5}", "-");
+            }
+        }
+        out.push('\n');
+    };
+    let ipc =
+        |instructions: u64, cycles: u64| (cycles > 0).then(|| instructions as f64 / cycles as f64);
+    let shown = limit.unwrap_or(usize::MAX);
+    for t in s.tasks.iter().take(shown) {
+        let counts = members.iter().map(|m| t.counts.get(*m).copied()).collect();
+        let i = ipc_of.and_then(|m| ipc(t.counts.get(m).copied().unwrap_or(0), t.period_sum));
+        row(
+            &mut out,
+            [&t.tgid, &t.tid, &t.comm, &t.cpu],
+            t.samples,
+            t.share,
+            counts,
+            i,
         );
     }
     if s.tasks.len() > shown {
         let rest = &s.tasks[shown..];
         let samples: u64 = rest.iter().map(|t| t.samples).sum();
         let share: f64 = rest.iter().map(|t| t.share).sum();
-        let _ = writeln!(
-            out,
-            "{:>8} {:>8} {:<16} {:>4} {:>9} {:>6.1}%",
-            "",
-            "",
-            format!("({} more)", rest.len()),
-            "",
-            samples,
-            share
-        );
+        let sum = |m: &str| rest.iter().filter_map(|t| t.counts.get(m)).sum::<u64>();
+        let counts = members.iter().map(|m| Some(sum(m))).collect();
+        let cycles: u64 = rest.iter().map(|t| t.period_sum).sum();
+        let i = ipc_of.and_then(|m| ipc(sum(m), cycles));
+        let more = format!("({} more)", rest.len());
+        row(&mut out, [&"", &"", &more, &""], samples, share, counts, i);
     }
     let idle_share = if s.samples == 0 {
         0.0
     } else {
         s.idle_samples as f64 * 100.0 / s.samples as f64
     };
-    let _ = writeln!(
-        out,
-        "{:>8} {:>8} {:<16} {:>4} {:>9} {:>6.1}%",
-        "-", "-", "[idle]", "*", s.idle_samples, idle_share
+    let idle = vec![None; members.len()];
+    row(
+        &mut out,
+        [&"-", &"-", &"[idle]", &"*"],
+        s.idle_samples,
+        idle_share,
+        idle,
+        None,
     );
+
+    if s.events.iter().any(|e| e.group > 0 || e.index > 0) {
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:>4} {:<18} {:>16} {:>16} {:>9}",
+            "EVENT", "CPU", "PMU", "COUNT", "SCALED", "COVERAGE"
+        );
+        for e in &s.events {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>4} {:<18} {:>16} {:>16} {:>8.1}%",
+                e.name,
+                e.cpu,
+                e.pmu.as_deref().unwrap_or("(kernel)"),
+                e.value,
+                e.scaled.map_or("-".to_owned(), |v| v.to_string()),
+                e.coverage * 100.0
+            );
+        }
+    }
     out
+}
+
+/// The member whose count over the sampled cycles is the IPC: `instructions` (with
+/// any modifiers) when every CPU samples `cycles`.
+fn ipc_member(s: &Snapshot) -> Option<&str> {
+    let base = |n: &str| n.split(':').next().unwrap_or(n).to_owned();
+    let cycles = !s.cpus.is_empty()
+        && s.cpus
+            .iter()
+            .all(|c| matches!(base(&c.event).as_str(), "cycles" | "cpu-cycles"));
+    if !cycles {
+        return None;
+    }
+    s.members
+        .iter()
+        .find(|m| base(m) == "instructions")
+        .map(String::as_str)
 }
 
 /// `cycles` or `cpu-clock`, or both with their CPU counts when CPUs differ.
@@ -272,15 +362,15 @@ pub fn event_list(s: &PmuSet, only: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::example;
+    use crate::{model::tests::example, session::EventCount};
 
     fn snapshot() -> Snapshot {
         let (maps, run) = example();
-        Snapshot::build(&maps, &run, 2.0)
+        Snapshot::build(&maps, &[], &run, 2.0)
     }
 
     #[test]
-    fn table_has_summary_rows_and_idle() {
+    fn table_has_summary_rows_members_and_idle() {
         let t = table(&snapshot(), None);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
@@ -289,16 +379,20 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "     PID      TID COMM              CPU   SAMPLES   SHARE"
+            "     PID      TID COMM              CPU   SAMPLES   SHARE context-switches      page-faults"
         );
         assert_eq!(
             lines[2],
-            "     100      100 busy                1        95   49.5%"
+            "     100      100 busy                1        95   49.5%              285              475"
         );
-        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines.len(),
+            6,
+            "no event section without counted events: {t}"
+        );
         assert_eq!(
             lines[5],
-            "       -        - [idle]              *        52   27.1%"
+            "       -        - [idle]              *        52   27.1%                -                -"
         );
     }
 
@@ -307,8 +401,45 @@ mod tests {
         let t = table(&snapshot(), Some(1));
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5);
-        assert!(lines[3].contains("(2 more)"), "{}", lines[3]);
-        assert!(lines[3].contains("43"), "{}", lines[3]);
+        let more: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(more, ["(2", "more)", "43", "22.4%", "129", "215"]);
+    }
+
+    #[test]
+    fn ipc_and_event_section_when_cycles_sample_and_instructions_count() {
+        let (maps, mut run) = example();
+        for c in &mut run.cpus {
+            c.event = "cycles:u".into();
+            c.hardware = true;
+        }
+        run.members = vec!["instructions:u".into()];
+        let counts = [EventCount {
+            cpu: 0,
+            group: 0,
+            index: 1,
+            event: "instructions:u".into(),
+            pmu: Some("cpu_core".into()),
+            value: 500,
+            enabled: 1000,
+            running: 500,
+        }];
+        let t = table(&Snapshot::build(&maps, &counts, &run, 2.0), None);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].ends_with(" instructions:u   IPC"), "{t}");
+        // busy: 95 samples, instructions 95*3 over cycles 95*1_001_001.
+        let ipc = format!("{:.2}", 3.0 / 1_001_001.0);
+        assert!(
+            lines[2].ends_with(&format!("             285  {ipc}")),
+            "{t}"
+        );
+        assert!(lines[5].ends_with("    -"), "idle has no IPC: {t}");
+        assert_eq!(lines[6], "");
+        assert!(lines[7].starts_with("EVENT"), "{t}");
+        let ev: Vec<&str> = lines[8].split_whitespace().collect();
+        assert_eq!(
+            ev,
+            ["instructions:u", "0", "cpu_core", "500", "1000", "50.0%"]
+        );
     }
 
     #[test]

@@ -1,39 +1,85 @@
-//! Opens the sampling event on every selected CPU, attaches the BPF program to each,
-//! and owns the file descriptors: dropping a [`Session`] disables and closes them all,
-//! which also detaches the program.
+//! Opens the plan on every selected CPU as perf event groups, attaches the BPF program
+//! to the sampling leaders, and owns the file descriptors: dropping a [`Session`]
+//! disables and closes them all, which also detaches the program.
+//!
+//! Plan group 0 is the sampling group: its leader samples (frequency mode) and runs
+//! the BPF program on each overflow; its other events count, and the program reads
+//! them through the `MEMBERS` map to attribute their growth per task. Further groups
+//! count only and are read per CPU with `read()`. Every event walks its plan's
+//! encoding chain on "no such event" errors.
 
 use std::{
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
 };
 
+use sampler_common::MAX_MEMBERS;
+
 use crate::{
     Error,
+    counter::{group_read_size, parse_group_read},
     cpus::CpuList,
-    plan::{Encoding, PlannedEvent},
+    plan::{Encoding, Mode, PlannedEvent},
     sys::{PerfSys, errno_name},
 };
 
-/// The event opened on one CPU.
+/// One event opened on one CPU.
 #[derive(Debug)]
-pub struct CpuEvent {
+pub struct OpenEvent {
     pub cpu: u32,
+    /// Plan group (0: the sampling group).
+    pub group: usize,
+    /// Position in the plan group (0: leader).
+    pub index: usize,
     pub event: String,
     pub pmu: Option<String>,
     /// The encoding of the plan's chain the kernel accepted.
     pub encoding: Encoding,
     pub hardware: bool,
-    /// Why the planned event could not be used, when this CPU fell back to cpu-clock.
+    /// Why the planned leader could not be used, when this CPU fell back to cpu-clock.
     pub fallback_reason: Option<io::Error>,
+    /// The id `read()` reports it under.
+    pub id: u64,
     fd: OwnedFd,
 }
 
-/// A CPU on which the planned event could not be opened at all.
+/// The events of one plan group on one CPU; `events[0]` is the leader.
+#[derive(Debug)]
+pub struct CpuGroup {
+    pub cpu: u32,
+    pub group: usize,
+    pub events: Vec<OpenEvent>,
+}
+
+impl CpuGroup {
+    pub fn leader(&self) -> &OpenEvent {
+        &self.events[0]
+    }
+
+    pub fn sampling(&self) -> bool {
+        self.group == 0
+    }
+}
+
+/// An event, or a whole group, that could not be opened on a CPU.
 #[derive(Debug)]
 pub struct Skipped {
     pub cpu: u32,
     pub event: String,
     pub reason: io::Error,
+}
+
+/// One event's counts on one CPU, from `read()` of its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCount {
+    pub cpu: u32,
+    pub group: usize,
+    pub index: usize,
+    pub event: String,
+    pub pmu: Option<String>,
+    pub value: u64,
+    pub enabled: u64,
+    pub running: u64,
 }
 
 /// Where the samples of a run come from, as reported to users (`"source"` in JSON).
@@ -92,125 +138,219 @@ pub fn is_unsupported_error(err: &io::Error) -> bool {
 /// The open events of one run.
 pub struct Session<'s> {
     sys: &'s dyn PerfSys,
-    events: Vec<CpuEvent>,
+    groups: Vec<CpuGroup>,
     skipped: Vec<Skipped>,
     enabled: bool,
 }
 
 impl<'s> Session<'s> {
-    /// Opens each planned sampling event (one per CPU), disabled, at `freq_hz`,
-    /// trying the plan's encodings in order. Where none is supported, the CPU samples
-    /// `cpu-clock` instead when `cpu_clock_fallback` (perf's rule for `cycles`), else
-    /// it is skipped and reported; it is an error only when no CPU could be opened.
+    /// Opens every planned group on its CPU, disabled, the sampling leader at
+    /// `freq_hz`, walking each event's encoding chain. Where the sampling leader has
+    /// no encoding, the CPU samples `cpu-clock` instead when `cpu_clock_fallback`
+    /// (perf's rule for `cycles`), else that CPU's group is skipped and reported; so
+    /// are members and counting groups a CPU's PMU lacks. It is an error only when no
+    /// CPU could open the sampling leader.
     pub fn open(
         sys: &'s dyn PerfSys,
-        planned: &[PlannedEvent],
+        plan: &[PlannedEvent],
         freq_hz: u64,
         cpu_clock_fallback: bool,
     ) -> Result<Self, Error> {
-        let mut events = Vec::with_capacity(planned.len());
+        let mut groups = Vec::new();
         let mut skipped = Vec::new();
-        for p in planned {
-            match open_chain(sys, p, freq_hz)? {
-                Ok((fd, encoding)) => events.push(CpuEvent {
-                    cpu: p.cpu,
-                    event: p.event.clone(),
-                    pmu: p.pmu.clone(),
-                    encoding,
-                    hardware: p.hardware,
-                    fallback_reason: None,
-                    fd,
-                }),
-                Err(reason) if cpu_clock_fallback => {
-                    let clock = PlannedEvent::cpu_clock(p.cpu);
-                    let (fd, encoding) = open_chain(sys, &clock, freq_hz)?
-                        .map_err(|e| open_error(&clock.event, clock.cpu, e))?;
-                    events.push(CpuEvent {
-                        cpu: p.cpu,
-                        event: clock.event,
-                        pmu: clock.pmu,
-                        encoding,
-                        hardware: false,
-                        fallback_reason: Some(reason),
-                        fd,
-                    });
-                }
-                Err(reason) => skipped.push(Skipped {
-                    cpu: p.cpu,
-                    event: p.event.clone(),
-                    reason,
-                }),
+        let mut i = 0;
+        while i < plan.len() {
+            let (cpu, group) = (plan[i].cpu, plan[i].group);
+            let mut j = i + 1;
+            while j < plan.len() && plan[j].cpu == cpu && plan[j].group == group && !plan[j].leader
+            {
+                j += 1;
             }
+            let members = &plan[i..j];
+            i = j;
+            let leader_plan = &members[0];
+            let mode = if group == 0 {
+                Mode::Sample { freq_hz }
+            } else {
+                Mode::CountLeader
+            };
+            let leader = match open_chain(sys, leader_plan, mode, None)? {
+                Ok((fd, encoding)) => opened(sys, leader_plan, fd, encoding, None)?,
+                Err(reason) if group == 0 && cpu_clock_fallback => {
+                    let clock = PlannedEvent::cpu_clock(cpu);
+                    let (fd, encoding) = open_chain(sys, &clock, mode, None)?
+                        .map_err(|e| open_error(&clock.event, cpu, e))?;
+                    opened(sys, &clock, fd, encoding, Some(reason))?
+                }
+                Err(reason) => {
+                    skipped.push(Skipped {
+                        cpu,
+                        event: leader_plan.event.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            let mut events = vec![leader];
+            for m in &members[1..] {
+                let leader_fd = events[0].fd.as_fd();
+                match open_chain(sys, m, Mode::CountMember, Some(leader_fd))? {
+                    Ok((fd, encoding)) => {
+                        let e = opened(sys, m, fd, encoding, None)?;
+                        events.push(e);
+                    }
+                    Err(reason) => skipped.push(Skipped {
+                        cpu,
+                        event: m.event.clone(),
+                        reason,
+                    }),
+                }
+            }
+            groups.push(CpuGroup { cpu, group, events });
         }
-        if events.is_empty()
-            && let Some(first) = skipped.first()
-        {
+        if !groups.iter().any(CpuGroup::sampling) {
+            let first = skipped.first();
             return Err(Error::NotSupported {
-                event: first.event.clone(),
-                cpus: CpuList::from_cpus(skipped.iter().map(|s| s.cpu).collect()),
-                reason: errno_name(&first.reason),
+                event: first.map_or_else(|| "the sampling event".to_owned(), |s| s.event.clone()),
+                cpus: CpuList::from_cpus(
+                    plan.iter()
+                        .filter(|p| p.group == 0 && p.leader)
+                        .map(|p| p.cpu)
+                        .collect(),
+                ),
+                reason: first.map_or_else(|| "nothing".to_owned(), |s| errno_name(&s.reason)),
             });
         }
         Ok(Self {
             sys,
-            events,
+            groups,
             skipped,
             enabled: false,
         })
     }
 
-    /// Runs `prog` on every sample of every CPU's event.
-    pub fn attach(&self, prog: BorrowedFd<'_>) -> Result<(), Error> {
-        self.each("attach the BPF program to", |sys, fd| sys.set_bpf(fd, prog))
+    /// Runs `prog` on every overflow of each CPU's sampling leader, and puts the
+    /// sampling group's members where it reads them: member `i` of CPU `c` at index
+    /// `c` of `members[i]`.
+    pub fn attach(
+        &self,
+        prog: BorrowedFd<'_>,
+        members: [BorrowedFd<'_>; MAX_MEMBERS],
+    ) -> Result<(), Error> {
+        for g in self.groups.iter().filter(|g| g.sampling()) {
+            let leader = g.leader();
+            self.sys
+                .set_bpf(leader.fd.as_fd(), prog)
+                .map_err(|source| Error::PerfIoctl {
+                    what: "attach the BPF program to",
+                    cpu: g.cpu,
+                    source,
+                })?;
+            for m in g.events.iter().skip(1).filter(|m| m.index <= MAX_MEMBERS) {
+                self.sys
+                    .set_map_event(members[m.index - 1], g.cpu, m.fd.as_fd())
+                    .map_err(|source| Error::PerfIoctl {
+                        what: "hand the BPF program a member of",
+                        cpu: g.cpu,
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn enable(&mut self) -> Result<(), Error> {
         // Marked first: a failure half-way leaves some CPUs enabled, for Drop to undo.
         self.enabled = true;
-        self.each("enable", |sys, fd| sys.enable(fd))
+        self.each_leader("enable", |sys, fd| sys.enable(fd))
     }
 
     pub fn disable(&mut self) -> Result<(), Error> {
-        self.each("disable", |sys, fd| sys.disable(fd))?;
+        self.each_leader("disable", |sys, fd| sys.disable(fd))?;
         self.enabled = false;
         Ok(())
     }
 
-    /// Applies one ioctl to every CPU's event; the error names the step and the CPU.
-    fn each(
+    /// Applies one ioctl to every group leader; the error names the step and the CPU.
+    fn each_leader(
         &self,
         what: &'static str,
         op: impl Fn(&dyn PerfSys, BorrowedFd<'_>) -> io::Result<()>,
     ) -> Result<(), Error> {
-        for e in &self.events {
-            op(self.sys, e.fd.as_fd()).map_err(|source| Error::PerfIoctl {
+        for g in &self.groups {
+            op(self.sys, g.leader().fd.as_fd()).map_err(|source| Error::PerfIoctl {
                 what,
-                cpu: e.cpu,
+                cpu: g.cpu,
                 source,
             })?;
         }
         Ok(())
     }
 
-    pub fn events(&self) -> &[CpuEvent] {
-        &self.events
+    /// Reads every group: the counts of each event on each CPU.
+    pub fn read_counts(&self) -> Result<Vec<EventCount>, Error> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            let mut buf = vec![0u8; group_read_size(g.events.len())];
+            let n = self
+                .sys
+                .read(g.leader().fd.as_fd(), &mut buf)
+                .map_err(|source| Error::PerfIoctl {
+                    what: "read",
+                    cpu: g.cpu,
+                    source,
+                })?;
+            let r = parse_group_read(&buf[..n]).ok_or_else(|| Error::PerfIoctl {
+                what: "parse the read() of",
+                cpu: g.cpu,
+                source: io::Error::new(io::ErrorKind::InvalidData, "short group read"),
+            })?;
+            for e in &g.events {
+                let value = r
+                    .values
+                    .iter()
+                    .find(|(id, _)| *id == e.id)
+                    .map_or(0, |v| v.1);
+                out.push(EventCount {
+                    cpu: g.cpu,
+                    group: g.group,
+                    index: e.index,
+                    event: e.event.clone(),
+                    pmu: e.pmu.clone(),
+                    value,
+                    enabled: r.enabled,
+                    running: r.running,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn groups(&self) -> &[CpuGroup] {
+        &self.groups
+    }
+
+    /// The sampling leader of each CPU.
+    pub fn leaders(&self) -> impl Iterator<Item = &OpenEvent> {
+        self.groups
+            .iter()
+            .filter(|g| g.sampling())
+            .map(CpuGroup::leader)
     }
 
     pub fn source(&self) -> Source {
         Source::of(
-            self.events
-                .iter()
+            self.leaders()
                 .map(|e| (e.hardware, e.fallback_reason.is_some())),
         )
     }
 
-    /// Lines for stderr: CPUs that fell back to `cpu-clock`, CPUs skipped, each with
-    /// the CPUs and the kernel's reason.
+    /// Lines for stderr: CPUs that fell back to `cpu-clock`, and events not opened on
+    /// some CPUs, each with the CPUs and the kernel's reason.
     pub fn notices(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let fell_back: Vec<&CpuEvent> = self
-            .events
-            .iter()
+        let fell_back: Vec<&OpenEvent> = self
+            .leaders()
             .filter(|e| e.fallback_reason.is_some())
             .collect();
         if let Some(first) = fell_back.first() {
@@ -226,16 +366,44 @@ impl<'s> Session<'s> {
                  `cpu-clock` instead"
             ));
         }
-        if let Some(first) = self.skipped.first() {
-            let cpus = CpuList::from_cpus(self.skipped.iter().map(|s| s.cpu).collect());
+        let mut events: Vec<&str> = self.skipped.iter().map(|s| s.event.as_str()).collect();
+        events.dedup();
+        for event in events {
+            let these: Vec<&Skipped> = self.skipped.iter().filter(|s| s.event == event).collect();
+            let cpus = CpuList::from_cpus(these.iter().map(|s| s.cpu).collect());
             out.push(format!(
-                "sampler: `{}` is not supported on CPU {cpus} ({}): not sampled there",
-                first.event,
-                errno_name(&first.reason)
+                "sampler: `{event}` is not supported on CPU {cpus} ({}): not counted there",
+                errno_name(&these[0].reason)
             ));
         }
         out
     }
+}
+
+fn opened(
+    sys: &dyn PerfSys,
+    p: &PlannedEvent,
+    fd: OwnedFd,
+    encoding: Encoding,
+    fallback_reason: Option<io::Error>,
+) -> Result<OpenEvent, Error> {
+    let id = sys.id(fd.as_fd()).map_err(|source| Error::PerfIoctl {
+        what: "get the id of",
+        cpu: p.cpu,
+        source,
+    })?;
+    Ok(OpenEvent {
+        cpu: p.cpu,
+        group: p.group,
+        index: p.index,
+        event: p.event.clone(),
+        pmu: p.pmu.clone(),
+        encoding,
+        hardware: p.hardware,
+        fallback_reason,
+        id,
+        fd,
+    })
 }
 
 /// Tries `p`'s encodings in order. `Ok(Err(e))`: none is supported (last error);
@@ -243,11 +411,12 @@ impl<'s> Session<'s> {
 fn open_chain(
     sys: &dyn PerfSys,
     p: &PlannedEvent,
-    freq_hz: u64,
+    mode: Mode,
+    group: Option<BorrowedFd<'_>>,
 ) -> Result<Result<(OwnedFd, Encoding), io::Error>, Error> {
     let mut last = io::Error::from_raw_os_error(libc::ENOENT);
     for enc in p.encodings() {
-        match sys.perf_event_open(&p.sampling_attr(enc, freq_hz), -1, p.cpu as i32) {
+        match sys.perf_event_open(&p.attr(enc, mode), -1, p.cpu as i32, group) {
             Ok(fd) => return Ok(Ok((fd, enc.encoding))),
             Err(e) if is_unsupported_error(&e) => last = e,
             Err(e) => return Err(open_error(&p.event, p.cpu, e)),
@@ -291,28 +460,38 @@ fn open_error(event: &str, cpu: u32, source: io::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::{cell::RefCell, fs::File};
+    use std::{
+        cell::RefCell,
+        fs::File,
+        os::fd::{AsRawFd, RawFd},
+    };
 
     use perf_event_open_sys::bindings::{PERF_TYPE_HARDWARE, PERF_TYPE_SOFTWARE, perf_event_attr};
 
     use super::*;
-    use crate::plan::Attr;
+    use crate::{counter::READ_FORMAT, plan::Attr};
 
-    /// A kernel that accepts the (type, config) pairs listed per CPU (software events
-    /// everywhere unless `software_errno`), and records every call.
+    /// A kernel that accepts the (cpu, type, config) triples listed (software events
+    /// everywhere unless `software_errno`), records every call, and keeps an id and a
+    /// group leader per fd so that group reads can be answered.
+    #[derive(Default)]
     struct FakeSys {
         accepts: Vec<(u32, u32, u64)>,
         software_errno: Option<i32>,
         calls: RefCell<Vec<String>>,
+        /// (fd, id, leader fd)
+        fds: RefCell<Vec<(RawFd, u64, RawFd)>>,
     }
 
     impl FakeSys {
         fn new(accepts: Vec<(u32, u32, u64)>) -> Self {
             Self {
                 accepts,
-                software_errno: None,
-                calls: RefCell::new(Vec::new()),
+                ..Self::default()
             }
+        }
+        fn id_of(&self, fd: RawFd) -> u64 {
+            self.fds.borrow().iter().find(|f| f.0 == fd).unwrap().1
         }
     }
 
@@ -322,12 +501,21 @@ mod tests {
             attr: &perf_event_attr,
             pid: i32,
             cpu: i32,
+            group: Option<BorrowedFd<'_>>,
         ) -> io::Result<OwnedFd> {
             assert_eq!(pid, -1, "system-wide events only");
-            assert_eq!(attr.disabled(), 1, "opened disabled");
-            self.calls
-                .borrow_mut()
-                .push(format!("open cpu{cpu} {}:{:#x}", attr.type_, attr.config));
+            assert_eq!(attr.read_format, READ_FORMAT);
+            assert_eq!(
+                attr.disabled() == 1,
+                group.is_none(),
+                "leaders start disabled"
+            );
+            self.calls.borrow_mut().push(format!(
+                "open cpu{cpu} {}:{:#x}{}",
+                attr.type_,
+                attr.config,
+                if group.is_some() { " member" } else { "" }
+            ));
             let ok = if attr.type_ == PERF_TYPE_SOFTWARE {
                 match self.software_errno {
                     Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
@@ -337,22 +525,62 @@ mod tests {
                 self.accepts
                     .contains(&(cpu as u32, attr.type_, attr.config))
             };
-            if ok {
-                Ok(File::open("/dev/null").unwrap().into())
-            } else {
-                Err(io::Error::from_raw_os_error(libc::ENOENT))
+            if !ok {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
             }
+            let fd: OwnedFd = File::open("/dev/null").unwrap().into();
+            let raw = fd.as_raw_fd();
+            let id = 100 + self.fds.borrow().len() as u64;
+            let leader = group.map_or(raw, |g| g.as_raw_fd());
+            self.fds.borrow_mut().push((raw, id, leader));
+            Ok(fd)
         }
-        fn set_bpf(&self, _: BorrowedFd<'_>, _: BorrowedFd<'_>) -> io::Result<()> {
-            self.calls.borrow_mut().push("set_bpf".into());
+        fn set_bpf(&self, e: BorrowedFd<'_>, _: BorrowedFd<'_>) -> io::Result<()> {
+            let id = self.id_of(e.as_raw_fd());
+            self.calls.borrow_mut().push(format!("set_bpf {id}"));
             Ok(())
         }
-        fn enable(&self, _: BorrowedFd<'_>) -> io::Result<()> {
-            self.calls.borrow_mut().push("enable".into());
+        fn enable(&self, e: BorrowedFd<'_>) -> io::Result<()> {
+            let id = self.id_of(e.as_raw_fd());
+            self.calls.borrow_mut().push(format!("enable {id}"));
             Ok(())
         }
-        fn disable(&self, _: BorrowedFd<'_>) -> io::Result<()> {
-            self.calls.borrow_mut().push("disable".into());
+        fn disable(&self, e: BorrowedFd<'_>) -> io::Result<()> {
+            let id = self.id_of(e.as_raw_fd());
+            self.calls.borrow_mut().push(format!("disable {id}"));
+            Ok(())
+        }
+        fn id(&self, e: BorrowedFd<'_>) -> io::Result<u64> {
+            Ok(self.id_of(e.as_raw_fd()))
+        }
+        fn read(&self, e: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+            let leader = e.as_raw_fd();
+            let ids: Vec<u64> = self
+                .fds
+                .borrow()
+                .iter()
+                .filter(|f| f.2 == leader)
+                .map(|f| f.1)
+                .collect();
+            let mut words = vec![ids.len() as u64, 1000, 500];
+            for id in ids {
+                words.extend([id * 10, id]);
+            }
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok(bytes.len())
+        }
+        fn set_map_event(
+            &self,
+            map: BorrowedFd<'_>,
+            index: u32,
+            e: BorrowedFd<'_>,
+        ) -> io::Result<()> {
+            let id = self.id_of(e.as_raw_fd());
+            let map = map.as_raw_fd();
+            self.calls
+                .borrow_mut()
+                .push(format!("map fd{map}[{index}] = {id}"));
             Ok(())
         }
     }
@@ -367,18 +595,45 @@ mod tests {
         }
     }
 
-    /// `cycles` on a hybrid CPU: extended, then the PMU's alias, then legacy.
-    fn cycles(cpu: u32) -> PlannedEvent {
+    /// A hardware event planned on a hybrid CPU: extended, then the PMU's alias, then
+    /// legacy.
+    fn hw(cpu: u32, name: &str, id: u64, alias: u64, group: usize, index: usize) -> PlannedEvent {
         let mut p = PlannedEvent::cpu_clock(cpu);
-        p.event = "cycles".into();
+        p.event = name.into();
         p.pmu = Some("cpu_core".into());
         p.hardware = true;
-        p.attr = a(Encoding::Extended, PERF_TYPE_HARDWARE, 4 << 32);
+        p.group = group;
+        p.index = index;
+        p.leader = index == 0;
+        p.attr = a(Encoding::Extended, PERF_TYPE_HARDWARE, 4 << 32 | id);
         p.fallbacks = vec![
-            a(Encoding::PmuAlias, 4, 0x3c),
-            a(Encoding::Legacy, PERF_TYPE_HARDWARE, 0),
+            a(Encoding::PmuAlias, 4, alias),
+            a(Encoding::Legacy, PERF_TYPE_HARDWARE, id),
         ];
         p
+    }
+
+    fn cycles(cpu: u32) -> PlannedEvent {
+        hw(cpu, "cycles", 0, 0x3c, 0, 0)
+    }
+
+    fn sw(cpu: u32, name: &str, config: u64, group: usize, index: usize) -> PlannedEvent {
+        let mut p = PlannedEvent::cpu_clock(cpu);
+        p.event = name.into();
+        p.attr.config = config;
+        p.group = group;
+        p.index = index;
+        p.leader = index == 0;
+        p
+    }
+
+    fn opened_calls(sys: &FakeSys) -> Vec<String> {
+        sys.calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with("open"))
+            .cloned()
+            .collect()
     }
 
     #[test]
@@ -390,7 +645,7 @@ mod tests {
             (2, PERF_TYPE_HARDWARE, 0),
         ]);
         let s = Session::open(&sys, &[cycles(0), cycles(1), cycles(2)], 999, true).unwrap();
-        let got: Vec<_> = s.events().iter().map(|e| (e.cpu, e.encoding)).collect();
+        let got: Vec<_> = s.leaders().map(|e| (e.cpu, e.encoding)).collect();
         assert_eq!(
             got,
             [
@@ -402,7 +657,7 @@ mod tests {
         assert_eq!(s.source(), Source::Hardware);
         assert!(s.notices().is_empty());
         assert_eq!(
-            *sys.calls.borrow(),
+            opened_calls(&sys),
             [
                 "open cpu0 0:0x400000000",
                 "open cpu1 0:0x400000000",
@@ -420,8 +675,7 @@ mod tests {
         let s = Session::open(&sys, &[cycles(0), cycles(1), cycles(2)], 999, true).unwrap();
         assert_eq!(s.source(), Source::Mixed);
         let events: Vec<_> = s
-            .events()
-            .iter()
+            .leaders()
             .map(|e| (e.cpu, e.event.as_str(), e.hardware))
             .collect();
         assert_eq!(
@@ -443,12 +697,11 @@ mod tests {
     fn without_fallback_unsupported_cpus_are_skipped_and_reported() {
         let sys = FakeSys::new(vec![(1, PERF_TYPE_HARDWARE, 0)]);
         let s = Session::open(&sys, &[cycles(0), cycles(1)], 99, false).unwrap();
-        assert_eq!(s.events().len(), 1);
-        assert_eq!(s.events()[0].cpu, 1);
-        let n = s.notices();
+        assert_eq!(s.leaders().count(), 1);
+        assert_eq!(s.leaders().next().unwrap().cpu, 1);
         assert_eq!(
-            n,
-            ["sampler: `cycles` is not supported on CPU 0 (ENOENT): not sampled there"]
+            s.notices(),
+            ["sampler: `cycles` is not supported on CPU 0 (ENOENT): not counted there"]
         );
         // Nowhere supported: an error naming the event and CPUs.
         let sys = FakeSys::new(vec![]);
@@ -463,24 +716,108 @@ mod tests {
     }
 
     #[test]
-    fn enable_disable_and_drop() {
-        let sys = FakeSys::new(vec![]);
-        {
-            let mut s = Session::open(&sys, &[cycles(0)], 99, true).unwrap();
-            assert_eq!(s.source(), Source::SoftwareFallback);
-            let devnull = File::open("/dev/null").unwrap();
-            s.attach(devnull.as_fd()).unwrap();
-            s.enable().unwrap();
-            sys.calls.borrow_mut().clear();
+    fn groups_members_counting_groups_and_reads() {
+        // CPU 0 has instructions, CPU 1 does not: that member is skipped there.
+        let sys = FakeSys::new(vec![
+            (0, PERF_TYPE_HARDWARE, 4 << 32),
+            (1, PERF_TYPE_HARDWARE, 4 << 32),
+            (0, PERF_TYPE_HARDWARE, 4 << 32 | 1),
+            (0, PERF_TYPE_HARDWARE, 4 << 32 | 3),
+            (1, PERF_TYPE_HARDWARE, 4 << 32 | 3),
+        ]);
+        let mut plan = Vec::new();
+        for cpu in [0, 1] {
+            plan.push(cycles(cpu));
+            plan.push(hw(cpu, "instructions", 1, 0xc0, 0, 1));
+            plan.push(hw(cpu, "cache-misses", 3, 0x2e, 0, 2));
         }
-        assert_eq!(*sys.calls.borrow(), ["disable"]);
+        for cpu in [0, 1] {
+            plan.push(sw(cpu, "page-faults", 2, 1, 0));
+        }
+        let mut s = Session::open(&sys, &plan, 999, false).unwrap();
+        let shape: Vec<(u32, usize, Vec<usize>)> = s
+            .groups()
+            .iter()
+            .map(|g| (g.cpu, g.group, g.events.iter().map(|e| e.index).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, 0, vec![0, 1, 2]),
+                (1, 0, vec![0, 2]),
+                (0, 1, vec![0]),
+                (1, 1, vec![0])
+            ]
+        );
+        assert_eq!(
+            s.notices(),
+            ["sampler: `instructions` is not supported on CPU 1 (ENOENT): not counted there"]
+        );
+        let maps: Vec<File> = (0..MAX_MEMBERS)
+            .map(|_| File::open("/dev/null").unwrap())
+            .collect();
+        let map_fds: [BorrowedFd<'_>; MAX_MEMBERS] = std::array::from_fn(|i| maps[i].as_fd());
+        let (m0, m1) = (maps[0].as_raw_fd(), maps[1].as_raw_fd());
+        let prog = File::open("/dev/null").unwrap();
+        sys.calls.borrow_mut().clear();
+        s.attach(prog.as_fd(), map_fds).unwrap();
+        s.enable().unwrap();
+        // ids: cpu0 cycles 100, instructions 101, cache-misses 102; cpu1 cycles 103,
+        // cache-misses 104; page-faults 105 (cpu0), 106 (cpu1). Member i of CPU c goes
+        // to index c of map i.
+        assert_eq!(
+            *sys.calls.borrow(),
+            [
+                "set_bpf 100".to_owned(),
+                format!("map fd{m0}[0] = 101"),
+                format!("map fd{m1}[0] = 102"),
+                "set_bpf 103".to_owned(),
+                format!("map fd{m1}[1] = 104"),
+                "enable 100".to_owned(),
+                "enable 103".to_owned(),
+                "enable 105".to_owned(),
+                "enable 106".to_owned(),
+            ]
+        );
+        let counts = s.read_counts().unwrap();
+        let got: Vec<(u32, usize, &str, u64, u64, u64)> = counts
+            .iter()
+            .map(|c| {
+                (
+                    c.cpu,
+                    c.group,
+                    c.event.as_str(),
+                    c.value,
+                    c.enabled,
+                    c.running,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, "cycles", 1000, 1000, 500),
+                (0, 0, "instructions", 1010, 1000, 500),
+                (0, 0, "cache-misses", 1020, 1000, 500),
+                (1, 0, "cycles", 1030, 1000, 500),
+                (1, 0, "cache-misses", 1040, 1000, 500),
+                (0, 1, "page-faults", 1050, 1000, 500),
+                (1, 1, "page-faults", 1060, 1000, 500),
+            ]
+        );
+        sys.calls.borrow_mut().clear();
+        drop(s);
+        assert_eq!(
+            *sys.calls.borrow(),
+            ["disable 100", "disable 103", "disable 105", "disable 106"]
+        );
     }
 
     #[test]
     fn permission_errors_stop_the_chain() {
         let sys = FakeSys {
             software_errno: Some(libc::EACCES),
-            ..FakeSys::new(vec![])
+            ..FakeSys::default()
         };
         let err = Session::open(&sys, &[cycles(0)], 99, true).err().unwrap();
         assert!(matches!(err, Error::PerfPermission { cpu: 0, .. }), "{err}");
@@ -488,15 +825,16 @@ mod tests {
     }
 
     #[test]
-    fn einval_hints_at_frequency() {
+    fn einval_hints_at_frequency_and_counting_only_pmus() {
         let sys = FakeSys {
             software_errno: Some(libc::EINVAL),
-            ..FakeSys::new(vec![])
+            ..FakeSys::default()
         };
         let err = Session::open(&sys, &[PlannedEvent::cpu_clock(0)], 99, false)
             .err()
             .unwrap();
         assert!(err.to_string().contains("--frequency"), "{err}");
+        assert!(err.to_string().contains("counting-only"), "{err}");
     }
 
     #[test]

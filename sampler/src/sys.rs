@@ -15,14 +15,33 @@ use perf_event_open_sys::{self as sys, bindings::perf_event_attr};
 
 /// The perf-event system calls, so tests can replace the kernel.
 pub trait PerfSys {
-    /// `perf_event_open(attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)`.
-    fn perf_event_open(&self, attr: &perf_event_attr, pid: i32, cpu: i32) -> io::Result<OwnedFd>;
+    /// `perf_event_open(attr, pid, cpu, group, PERF_FLAG_FD_CLOEXEC)`; `group` is the
+    /// leader's fd for a group member.
+    fn perf_event_open(
+        &self,
+        attr: &perf_event_attr,
+        pid: i32,
+        cpu: i32,
+        group: Option<BorrowedFd<'_>>,
+    ) -> io::Result<OwnedFd>;
     /// `ioctl(PERF_EVENT_IOC_SET_BPF)`: run `prog` on every overflow of `event`.
     fn set_bpf(&self, event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>;
     /// `ioctl(PERF_EVENT_IOC_ENABLE)`.
     fn enable(&self, event: BorrowedFd<'_>) -> io::Result<()>;
     /// `ioctl(PERF_EVENT_IOC_DISABLE)`.
     fn disable(&self, event: BorrowedFd<'_>) -> io::Result<()>;
+    /// `ioctl(PERF_EVENT_IOC_ID)`: the id `read()` reports the event under.
+    fn id(&self, event: BorrowedFd<'_>) -> io::Result<u64>;
+    /// `read()` of an event: its counts in the layout of its `read_format`.
+    fn read(&self, event: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize>;
+    /// `bpf(BPF_MAP_UPDATE_ELEM)`: puts perf event `event` at `index` of the
+    /// `PERF_EVENT_ARRAY` map `map`, where BPF programs read it.
+    fn set_map_event(
+        &self,
+        map: BorrowedFd<'_>,
+        index: u32,
+        event: BorrowedFd<'_>,
+    ) -> io::Result<()>;
 }
 
 /// The running kernel.
@@ -38,17 +57,25 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl PerfSys for RealSys {
-    fn perf_event_open(&self, attr: &perf_event_attr, pid: i32, cpu: i32) -> io::Result<OwnedFd> {
+    fn perf_event_open(
+        &self,
+        attr: &perf_event_attr,
+        pid: i32,
+        cpu: i32,
+        group: Option<BorrowedFd<'_>>,
+    ) -> io::Result<OwnedFd> {
         let mut attr = *attr;
         attr.size = size_of::<perf_event_attr>() as u32;
+        let group_fd = group.map_or(-1, |g| g.as_raw_fd());
         // SAFETY: `attr` is a valid, fully initialised perf_event_attr with its `size`
         // set; the kernel only reads it (and may write the size back on E2BIG).
+        // `group_fd` is -1 or a borrowed, open perf event fd.
         let fd = check(unsafe {
             sys::perf_event_open(
                 &mut attr,
                 pid,
                 cpu,
-                -1,
+                group_fd,
                 libc::c_ulong::from(sys::bindings::PERF_FLAG_FD_CLOEXEC),
             )
         })?;
@@ -71,6 +98,66 @@ impl PerfSys for RealSys {
     fn disable(&self, event: BorrowedFd<'_>) -> io::Result<()> {
         // SAFETY: as for `enable`.
         check(unsafe { sys::ioctls::DISABLE(event.as_raw_fd(), 0) }).map(drop)
+    }
+
+    fn id(&self, event: BorrowedFd<'_>) -> io::Result<u64> {
+        let mut id = 0u64;
+        // SAFETY: `event` is an open perf-event fd and `id` a valid u64 to write.
+        check(unsafe { sys::ioctls::ID(event.as_raw_fd(), &mut id) })?;
+        Ok(id)
+    }
+
+    fn read(&self, event: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length; `event` is open.
+        let n = unsafe { libc::read(event.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn set_map_event(
+        &self,
+        map: BorrowedFd<'_>,
+        index: u32,
+        event: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+        #[repr(C)]
+        struct MapElemAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+        const BPF_ANY: u64 = 0;
+        let key = index;
+        let value = event.as_raw_fd() as u32;
+        let attr = MapElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: (&raw const key) as u64,
+            value: (&raw const value) as u64,
+            flags: BPF_ANY,
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_UPDATE_ELEM of the size
+        // passed; `key` and `value` outlive the call; the kernel only reads them.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                &raw const attr,
+                size_of::<MapElemAttr>() as libc::c_uint,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 }
 
