@@ -327,3 +327,138 @@ fn more_events_than_counters_are_multiplexed_and_scaled() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("COVERAGE"), "{table}");
 }
+
+#[test]
+fn a_group_larger_than_the_pmu_is_reported_and_the_rest_counted() {
+    let Some(g) = guest("a_group_larger_than_the_pmu_is_reported_and_the_rest_counted") else {
+        return;
+    };
+    if g.icount {
+        return;
+    }
+    // cpu-clock samples; a counting group of eight cycles events (0x11) asks for more
+    // counters than the PMU has (7). Kernels either refuse the member that does not fit
+    // at open (EINVAL: the group is cut, the rest counted) or accept the group, which
+    // then never gets on the PMU. Either way it is reported and sampling goes on.
+    let events = format!("cpu-clock,{{r11{}}}", ",r11".repeat(7));
+    let out = sampler(&["stat", "-e", &events, "-F", "100", "-d", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["samples"].as_u64().unwrap() > 0, "sampling went on");
+    let r11: Vec<&Value> = doc["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "r11")
+        .collect();
+    if err.contains("`r11` does not fit in its group on CPU 0-3 (EINVAL") {
+        assert!(r11.len() < 8 * 4);
+        assert!(
+            r11.iter().all(|e| e["running"].as_u64().unwrap() > 0),
+            "what fits is counted"
+        );
+    } else {
+        assert_eq!(r11.len(), 8 * 4, "{err}");
+        assert!(
+            r11.iter()
+                .all(|e| e["running"] == 0 && e["scaled"].is_null())
+        );
+        let warnings = doc["warnings"].as_array().unwrap();
+        assert!(
+            warnings.iter().any(|w| w
+                .as_str()
+                .unwrap()
+                .starts_with("the group of `r11` never ran on CPU 0-3")),
+            "{warnings:?}"
+        );
+        let table = sampler(&["stat", "-e", &events, "-F", "100", "-d", "0.3"]);
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            text.contains("warning: the group of `r11` never ran"),
+            "{text}"
+        );
+    }
+}
+
+/// Restores the test bed's sysctls when a test changed them.
+struct Sysctls(Vec<(&'static str, String)>);
+
+impl Sysctls {
+    fn set(values: &[(&'static str, &str)]) -> Self {
+        let mut saved = Vec::new();
+        for (path, value) in values {
+            saved.push((*path, std::fs::read_to_string(path).unwrap()));
+            std::fs::write(path, value).unwrap();
+        }
+        Self(saved)
+    }
+}
+
+impl Drop for Sysctls {
+    fn drop(&mut self) {
+        for (path, value) in &self.0 {
+            let _ = std::fs::write(path, value.trim());
+        }
+    }
+}
+
+#[test]
+fn kernel_throttling_is_reported() {
+    let Some(g) = guest("kernel_throttling_is_reported") else {
+        return;
+    };
+    if g.icount {
+        return;
+    }
+    // Let the kernel police sampling time (1 % of the CPU): emulated interrupts are slow,
+    // so at 20 kHz it lowers the maximum sample rate, i.e. throttles.
+    let _restore = Sysctls::set(&[
+        ("/proc/sys/kernel/perf_cpu_time_max_percent", "1"),
+        ("/proc/sys/kernel/perf_event_max_sample_rate", "100000"),
+    ]);
+    let _busy = Busy::pinned_to(0);
+    let out = sampler(&[
+        "stat", "-e", "cycles", "-C", "0", "-F", "20000", "-d", "2", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings: Vec<&str> = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("the kernel throttled sampling")),
+        "{warnings:?}"
+    );
+    assert!(doc["samples"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn opening_walks_the_encoding_chain_on_the_real_kernel() {
+    let Some(g) = guest("opening_walks_the_encoding_chain_on_the_real_kernel") else {
+        return;
+    };
+    if g.pmus != 2 || g.icount {
+        return; // one PMU: the legacy encoding is the whole chain.
+    }
+    // Plan as if for 6.12, so the extended type comes first on every CPU: 6.1's
+    // arm_pmu answers ENOENT and the open moves on to the PMU's own alias.
+    let doc = json(&[
+        "stat", "-e", "cycles", "--kernel", "6.12", "-F", "100", "-d", "0.5", "--json",
+    ]);
+    let expected = if g.kernel == "6.1" {
+        "pmu-alias"
+    } else {
+        "extended"
+    };
+    for c in doc["cpus"].as_array().unwrap() {
+        assert_eq!(c["encoding"], expected, "{c}");
+        assert!(c["samples"].as_u64().unwrap() > 0 || c["cpu"] != 0, "{c}");
+    }
+    assert_eq!(doc["source"], "hardware");
+}

@@ -16,7 +16,7 @@ use crate::{
     bpf::{Bpf, KERNEL_BTF},
     cpus::CpuList,
     event::{self, EventKind, EventList},
-    model::{CpuRun, RunInfo, Snapshot, delta, delta_counts},
+    model::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
     plan::{self, KernelVersion, Plan},
     pmu::PmuSet,
     present,
@@ -80,6 +80,10 @@ pub struct SamplingArgs {
     /// CPUs to sample, e.g. `0-3,6` [default: all online CPUs].
     #[arg(short = 'C', long, value_name = "LIST")]
     pub cpu: Option<String>,
+    /// Plan for this kernel release instead of the running one (e.g. `6.12`): decides
+    /// the first encoding tried; opening still falls back along the chain.
+    #[arg(long, value_name = "RELEASE")]
+    pub kernel: Option<String>,
     #[command(flatten)]
     pub sysfs: SysfsArgs,
 }
@@ -166,10 +170,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 fn plan_cmd(args: &PlanArgs) -> Result<(), Error> {
     let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
     let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
-    let kernel = match &args.kernel {
-        Some(k) => Some(KernelVersion::parse(k).ok_or_else(|| Error::BadKernel(k.clone()))?),
-        None => KernelVersion::running(),
-    };
+    let kernel = kernel_version(args.kernel.as_deref())?;
     let plan = plan::plan(&event::parse(&args.event)?, &pmus, &cpus, kernel)?;
     let text = if args.json {
         format!("{}\n", serde_json::to_string(&plan).unwrap_or_default())
@@ -177,6 +178,16 @@ fn plan_cmd(args: &PlanArgs) -> Result<(), Error> {
         present::plan_table(&plan)
     };
     emit(&text).map(drop)
+}
+
+/// `--kernel RELEASE`, or the running kernel's release.
+fn kernel_version(arg: Option<&str>) -> Result<Option<KernelVersion>, Error> {
+    match arg {
+        Some(k) => KernelVersion::parse(k)
+            .map(Some)
+            .ok_or_else(|| Error::BadKernel(k.to_owned())),
+        None => Ok(KernelVersion::running()),
+    }
 }
 
 fn pmus_cmd(args: &PmusArgs) -> Result<(), Error> {
@@ -213,7 +224,8 @@ async fn stat(args: StatArgs) -> Result<(), Error> {
     let elapsed = started.elapsed().as_secs_f64();
     let maps = sampling.bpf.read()?;
     let counts = sampling.session.read_counts()?;
-    let snapshot = Snapshot::build(&maps, &counts, &sampling.info, elapsed);
+    let mut snapshot = Snapshot::build(&maps, &counts, &sampling.info, elapsed);
+    snapshot.warnings.extend(sampling.throttled());
     let text = if args.json {
         let mut s = present::json(&snapshot, args.top).to_string();
         s.push('\n');
@@ -239,12 +251,13 @@ async fn top(args: TopArgs) -> Result<(), Error> {
         let cur = sampling.bpf.read()?;
         let cur_counts = sampling.session.read_counts()?;
         let now = Instant::now();
-        let snapshot = Snapshot::build(
+        let mut snapshot = Snapshot::build(
             &delta(&prev, &cur),
             &delta_counts(&prev_counts, &cur_counts),
             &sampling.info,
             (now - last).as_secs_f64(),
         );
+        snapshot.warnings.extend(sampling.throttled());
         (prev, prev_counts, last) = (cur, cur_counts, now);
         let text = if args.json {
             let mut s = present::json(&snapshot, Some(args.top)).to_string();
@@ -269,6 +282,8 @@ struct Sampling {
     session: Session<'static>,
     bpf: Bpf,
     info: RunInfo,
+    /// `kernel.perf_event_max_sample_rate` when sampling started.
+    max_rate_at_start: Option<u64>,
 }
 
 static REAL_SYS: RealSys = RealSys;
@@ -278,7 +293,8 @@ impl Sampling {
         let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
         let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
         let frequency_hz = check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?;
-        let sp = sampling_plan(args.event.as_deref(), &pmus, &cpus)?;
+        let kernel = kernel_version(args.kernel.as_deref())?;
+        let sp = sampling_plan(args.event.as_deref(), &pmus, &cpus, kernel)?;
         check_privileges()?;
         for note in &sp.plan.notes {
             eprintln!("sampler: {note}");
@@ -325,7 +341,19 @@ impl Sampling {
             frequency_hz,
             members: sp.members.into_iter().take(MAX_MEMBERS).collect(),
         };
-        Ok(Self { session, bpf, info })
+        Ok(Self {
+            session,
+            bpf,
+            info,
+            max_rate_at_start: sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok(),
+        })
+    }
+
+    /// Whether the kernel throttled sampling since the start (it lowers the maximum
+    /// sample rate when sampling interrupts take too long).
+    fn throttled(&self) -> Option<String> {
+        let now = sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok();
+        model::throttle_warning(self.max_rate_at_start, now, self.info.frequency_hz)
     }
 }
 
@@ -343,12 +371,13 @@ pub fn sampling_plan(
     event_arg: Option<&str>,
     pmus: &PmuSet,
     cpus: &CpuList,
+    kernel: Option<KernelVersion>,
 ) -> Result<SamplingPlan, Error> {
     let list: EventList = event::parse(event_arg.unwrap_or(DEFAULT_EVENT))?;
     let sampling = &list.groups[0].events;
     let cpu_clock_fallback = sampling[0].kind == EventKind::Hardware(0);
     let members = sampling[1..].iter().map(|e| e.display()).collect();
-    let plan = plan::plan(&list, pmus, cpus, KernelVersion::running())?;
+    let plan = plan::plan(&list, pmus, cpus, kernel)?;
     Ok(SamplingPlan {
         plan,
         cpu_clock_fallback,
@@ -484,23 +513,24 @@ mod tests {
     #[test]
     fn sampling_plan_defaults_to_cycles_with_fallback() {
         let pmus = crate::pmu::tests::load("vm");
-        let sp = sampling_plan(None, &pmus, &pmus.online).unwrap();
+        let sp = sampling_plan(None, &pmus, &pmus.online, None).unwrap();
         assert!(sp.cpu_clock_fallback);
         assert_eq!(sp.plan.plan.len(), 2);
         assert!(sp.plan.plan.iter().all(|p| p.event == "cycles"));
         assert!(sp.members.is_empty());
-        let sp = sampling_plan(Some("page-faults"), &pmus, &pmus.online).unwrap();
+        let sp = sampling_plan(Some("page-faults"), &pmus, &pmus.online, None).unwrap();
         assert!(!sp.cpu_clock_fallback);
         let sp = sampling_plan(
             Some("{cycles,instructions:u,cache-misses},page-faults"),
             &pmus,
             &pmus.online,
+            None,
         )
         .unwrap();
         assert!(sp.cpu_clock_fallback);
         assert_eq!(sp.members, ["instructions:u", "cache-misses"]);
         assert_eq!(sp.plan.plan.len(), 8);
-        let e = sampling_plan(Some("{cycles"), &pmus, &pmus.online).unwrap_err();
+        let e = sampling_plan(Some("{cycles"), &pmus, &pmus.online, None).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("invalid -e/--event: `{` has no matching `}`"),

@@ -56,6 +56,9 @@ pub struct Snapshot {
     pub members: Vec<String>,
     /// Every opened event's count on every CPU, from `read()`.
     pub events: Vec<EventRow>,
+    /// What went wrong during the run that the numbers alone do not say (groups that
+    /// never ran, kernel throttling).
+    pub warnings: Vec<String>,
 }
 
 /// One event's count on one CPU over the snapshot's interval.
@@ -208,6 +211,7 @@ impl Snapshot {
             cpus,
             tasks,
             members: run.members.clone(),
+            warnings: run_warnings(counts),
             events: counts
                 .iter()
                 .map(|c| EventRow {
@@ -225,6 +229,53 @@ impl Snapshot {
                 .collect(),
         }
     }
+}
+
+/// Groups that were enabled but never got on the PMU: more events than counters, or
+/// a PMU that refuses them.
+pub fn run_warnings(counts: &[EventCount]) -> Vec<String> {
+    let mut by_event: Vec<(String, Vec<u32>)> = Vec::new();
+    for c in counts
+        .iter()
+        .filter(|c| c.index == 0 && c.enabled > 0 && c.running == 0)
+    {
+        match by_event.iter_mut().find(|(e, _)| *e == c.event) {
+            Some((_, cpus)) => cpus.push(c.cpu),
+            None => by_event.push((c.event.clone(), vec![c.cpu])),
+        }
+    }
+    by_event
+        .into_iter()
+        .map(|(event, cpus)| {
+            format!(
+                "the group of `{event}` never ran on CPU {} (other events held the \
+                 counters, or the group needs more counters than the PMU has): its counts \
+                 are 0",
+                crate::cpus::CpuList::from_cpus(cpus)
+            )
+        })
+        .collect()
+}
+
+/// A warning when the kernel lowered `kernel.perf_event_max_sample_rate` during the
+/// run (sampling interrupts took too long), i.e. it throttled the samples.
+pub fn throttle_warning(
+    rate_before: Option<u64>,
+    rate_after: Option<u64>,
+    freq_hz: u64,
+) -> Option<String> {
+    let (before, after) = (rate_before?, rate_after?);
+    (after < before).then(|| {
+        format!(
+            "the kernel throttled sampling: it lowered kernel.perf_event_max_sample_rate from \
+             {before} to {after} during the run (sampling interrupts took too long){}",
+            if after < freq_hz {
+                format!("; fewer than {freq_hz} samples per second were taken: lower --frequency")
+            } else {
+                String::new()
+            }
+        )
+    })
 }
 
 /// The counts of an interval: `cur - prev` per (CPU, group, event).
@@ -421,6 +472,41 @@ pub(crate) mod tests {
             counts,
             [("context-switches", 95 * 3), ("page-faults", 95 * 5)]
         );
+    }
+
+    #[test]
+    fn warnings_for_groups_that_never_ran_and_throttling() {
+        let c = |cpu, index, enabled, running| EventCount {
+            cpu,
+            group: 1,
+            index,
+            event: "r11".into(),
+            pmu: None,
+            value: 0,
+            enabled,
+            running,
+        };
+        let w = run_warnings(&[
+            c(0, 0, 10, 0),
+            c(0, 1, 10, 0),
+            c(1, 0, 10, 0),
+            c(2, 0, 10, 5),
+            c(3, 0, 0, 0),
+        ]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("the group of `r11` never ran on CPU 0-1 "),
+            "{w:?}"
+        );
+        assert_eq!(throttle_warning(Some(100_000), Some(100_000), 999), None);
+        assert_eq!(throttle_warning(None, Some(1), 999), None);
+        let t = throttle_warning(Some(100_000), Some(500), 999).unwrap();
+        assert!(
+            t.contains("from 100000 to 500") && t.contains("lower --frequency"),
+            "{t}"
+        );
+        let t = throttle_warning(Some(100_000), Some(50_000), 999).unwrap();
+        assert!(!t.contains("lower --frequency"), "{t}");
     }
 
     #[test]

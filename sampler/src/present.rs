@@ -139,6 +139,9 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
             );
         }
     }
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     out
 }
 

@@ -194,16 +194,29 @@ impl<'s> Session<'s> {
             let mut events = vec![leader];
             for m in &members[1..] {
                 let leader_fd = events[0].fd.as_fd();
-                match open_chain(sys, m, Mode::CountMember, Some(leader_fd))? {
-                    Ok((fd, encoding)) => {
+                match open_chain(sys, m, Mode::CountMember, Some(leader_fd)) {
+                    Ok(Ok((fd, encoding))) => {
                         let e = opened(sys, m, fd, encoding, None)?;
                         events.push(e);
                     }
-                    Err(reason) => skipped.push(Skipped {
+                    Ok(Err(reason)) => skipped.push(Skipped {
                         cpu,
                         event: m.event.clone(),
                         reason,
                     }),
+                    // A PMU refuses a member that would make the group need more
+                    // counters than it has (arm_pmu's validate_group): the rest of the
+                    // group is still counted.
+                    Err(Error::PerfOpen { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        skipped.push(Skipped {
+                            cpu,
+                            event: m.event.clone(),
+                            reason: source,
+                        });
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             groups.push(CpuGroup { cpu, group, events });
@@ -366,15 +379,28 @@ impl<'s> Session<'s> {
                  `cpu-clock` instead"
             ));
         }
-        let mut events: Vec<&str> = self.skipped.iter().map(|s| s.event.as_str()).collect();
-        events.dedup();
+        let mut events: Vec<&str> = Vec::new();
+        for s in &self.skipped {
+            if !events.contains(&s.event.as_str()) {
+                events.push(&s.event);
+            }
+        }
         for event in events {
             let these: Vec<&Skipped> = self.skipped.iter().filter(|s| s.event == event).collect();
             let cpus = CpuList::from_cpus(these.iter().map(|s| s.cpu).collect());
-            out.push(format!(
-                "sampler: `{event}` is not supported on CPU {cpus} ({}): not counted there",
-                errno_name(&these[0].reason)
-            ));
+            let reason = &these[0].reason;
+            out.push(if reason.raw_os_error() == Some(libc::EINVAL) {
+                format!(
+                    "sampler: `{event}` does not fit in its group on CPU {cpus} (EINVAL: the \
+                     PMU has fewer counters than the group has events): not counted there; \
+                     split the group"
+                )
+            } else {
+                format!(
+                    "sampler: `{event}` is not supported on CPU {cpus} ({}): not counted there",
+                    errno_name(reason)
+                )
+            });
         }
         out
     }
