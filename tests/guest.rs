@@ -251,7 +251,11 @@ fn a_member_the_pmu_lacks_is_reported_not_fatal() {
         return;
     };
     if g.icount {
-        return; // instructions exist under -icount: nothing is missing there.
+        skip(
+            "a_member_the_pmu_lacks_is_reported_not_fatal",
+            "not run under QEMU -icount (the icount run covers instruction counts only)",
+        );
+        return;
     }
     let out = sampler(&[
         "stat",
@@ -287,6 +291,10 @@ fn more_events_than_counters_are_multiplexed_and_scaled() {
         return;
     };
     if g.icount {
+        skip(
+            "more_events_than_counters_are_multiplexed_and_scaled",
+            "not run under QEMU -icount (the icount run covers instruction counts only)",
+        );
         return;
     }
     let _busy: Vec<Busy> = pmu_of_cpu()
@@ -334,6 +342,10 @@ fn a_group_larger_than_the_pmu_is_reported_and_the_rest_counted() {
         return;
     };
     if g.icount {
+        skip(
+            "a_group_larger_than_the_pmu_is_reported_and_the_rest_counted",
+            "not run under QEMU -icount (the icount run covers instruction counts only)",
+        );
         return;
     }
     // cpu-clock samples; a counting group of eight cycles events (0x11) asks for more
@@ -409,6 +421,10 @@ fn kernel_throttling_is_reported() {
         return;
     };
     if g.icount {
+        skip(
+            "kernel_throttling_is_reported",
+            "not run under QEMU -icount (the icount run covers instruction counts only)",
+        );
         return;
     }
     // Let the kernel police sampling time (1 % of the CPU): emulated interrupts are slow,
@@ -444,7 +460,11 @@ fn opening_walks_the_encoding_chain_on_the_real_kernel() {
         return;
     };
     if g.pmus != 2 || g.icount {
-        return; // one PMU: the legacy encoding is the whole chain.
+        skip(
+            "opening_walks_the_encoding_chain_on_the_real_kernel",
+            "needs two PMUs without -icount: the one-PMU chain is only the legacy encoding",
+        );
+        return;
     }
     // Plan as if for 6.12, so the extended type comes first on every CPU: 6.1's
     // arm_pmu answers ENOENT and the open moves on to the PMU's own alias.
@@ -461,4 +481,39 @@ fn opening_walks_the_encoding_chain_on_the_real_kernel() {
         assert!(c["samples"].as_u64().unwrap() > 0 || c["cpu"] != 0, "{c}");
     }
     assert_eq!(doc["source"], "hardware");
+}
+
+#[test]
+fn period_mode_samples_every_n_cycles() {
+    let Some(g) = guest("period_mode_samples_every_n_cycles") else {
+        return;
+    };
+    if g.icount {
+        skip(
+            "period_mode_samples_every_n_cycles",
+            "not run under QEMU -icount (the icount run covers instruction counts only)",
+        );
+        return;
+    }
+    let busy = Busy::pinned_to(1);
+    // Cycles run at an emulated 1 GHz: one sample every 10^7 cycles is ~100 a second,
+    // and every sample's period is exactly the one asked for.
+    let doc = json(&[
+        "stat", "-e", "cycles", "-C", "1", "-c", "10000000", "-d", "1", "--json",
+    ]);
+    assert_eq!(doc["period"], 10_000_000);
+    assert!(doc["frequency_hz"].is_null());
+    let samples = doc["cpus"][0]["samples"].as_f64().unwrap();
+    assert!((50.0..=150.0).contains(&samples), "{samples} samples");
+    let row = doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tgid"] == busy.pid())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        row["period_sum"].as_u64().unwrap(),
+        row["samples"].as_u64().unwrap() * 10_000_000
+    );
 }

@@ -236,6 +236,7 @@ fn bad_arguments_get_one_clear_error_each() {
         (&["stat", "-d", "1e400"], "--duration must be a positive"),
         (&["top", "--interval=-1"], "--interval must be a positive"),
         (&["stat", "-e", "cycels"], "did you mean `cycles`"),
+        (&["stat", "-c", "0"], "--period must be at least 1"),
         (
             &["top", "-e", "{cycles"],
             "invalid -e/--event: `{` has no matching `}`",

@@ -17,7 +17,7 @@ use crate::{
     cpus::CpuList,
     event::{self, EventKind, EventList},
     model::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
-    plan::{self, KernelVersion, Plan},
+    plan::{self, KernelVersion, Plan, Rate},
     pmu::PmuSet,
     present,
     session::Session,
@@ -77,6 +77,10 @@ pub struct SamplingArgs {
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 999)]
     pub frequency: u64,
+    /// Sample every N occurrences of the sampling event instead (perf's -c; N
+    /// nanoseconds for cpu-clock).
+    #[arg(short = 'c', long, value_name = "N", conflicts_with = "frequency")]
+    pub period: Option<u64>,
     /// CPUs to sample, e.g. `0-3,6` [default: all online CPUs].
     #[arg(short = 'C', long, value_name = "LIST")]
     pub cpu: Option<String>,
@@ -292,7 +296,11 @@ impl Sampling {
     fn start(args: &SamplingArgs) -> Result<Self, Error> {
         let pmus = PmuSet::discover(&args.sysfs.sysfs_root)?;
         let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
-        let frequency_hz = check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?;
+        let rate = match args.period {
+            Some(0) => return Err(Error::PeriodZero),
+            Some(n) => Rate::Period(n),
+            None => Rate::Frequency(check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?),
+        };
         let kernel = kernel_version(args.kernel.as_deref())?;
         let sp = sampling_plan(args.event.as_deref(), &pmus, &cpus, kernel)?;
         check_privileges()?;
@@ -315,12 +323,7 @@ impl Sampling {
         if let Some(notice) = &bpf.btf_notice {
             eprintln!("{notice}");
         }
-        let mut session = Session::open(
-            &REAL_SYS,
-            &sp.plan.plan,
-            frequency_hz,
-            sp.cpu_clock_fallback,
-        )?;
+        let mut session = Session::open(&REAL_SYS, &sp.plan.plan, rate, sp.cpu_clock_fallback)?;
         for notice in session.notices() {
             eprintln!("{notice}");
         }
@@ -338,7 +341,7 @@ impl Sampling {
                     fell_back: e.fallback_reason.is_some(),
                 })
                 .collect(),
-            frequency_hz,
+            rate,
             members: sp.members.into_iter().take(MAX_MEMBERS).collect(),
         };
         Ok(Self {
@@ -353,7 +356,11 @@ impl Sampling {
     /// sample rate when sampling interrupts take too long).
     fn throttled(&self) -> Option<String> {
         let now = sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok();
-        model::throttle_warning(self.max_rate_at_start, now, self.info.frequency_hz)
+        model::throttle_warning(
+            self.max_rate_at_start,
+            now,
+            self.info.rate.frequency().unwrap_or(0),
+        )
     }
 }
 

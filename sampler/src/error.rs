@@ -85,6 +85,9 @@ pub enum Error {
     #[error("{0}")]
     Plan(#[from] crate::plan::PlanError),
 
+    #[error("--period must be at least 1 event per sample")]
+    PeriodZero,
+
     #[error("--kernel `{0}` is not a kernel release such as 6.1 or 6.12.3")]
     BadKernel(String),
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     bpf::MapContents,
     counter,
-    plan::Encoding,
+    plan::{Encoding, Rate},
     session::{EventCount, Source},
 };
 
@@ -29,7 +29,7 @@ pub struct CpuRun {
 #[derive(Debug, Clone)]
 pub struct RunInfo {
     pub cpus: Vec<CpuRun>,
-    pub frequency_hz: u64,
+    pub rate: Rate,
     /// The sampling group's counting members, in the order the BPF program counts
     /// them (at most `MAX_MEMBERS` are attributed per task).
     pub members: Vec<String>,
@@ -39,7 +39,10 @@ pub struct RunInfo {
 pub struct Snapshot {
     pub source: Source,
     pub duration_s: f64,
-    pub frequency_hz: u64,
+    /// Samples per second per CPU asked for (frequency mode) ...
+    pub frequency_hz: Option<u64>,
+    /// ... or events per sample (period mode).
+    pub period: Option<u64>,
     /// Samples on the selected CPUs, idle included.
     pub samples: u64,
     /// Samples that landed in the idle task (tgid 0).
@@ -203,7 +206,8 @@ impl Snapshot {
         Self {
             source: Source::of(run.cpus.iter().map(|c| (c.hardware, c.fell_back))),
             duration_s,
-            frequency_hz: run.frequency_hz,
+            frequency_hz: run.rate.frequency(),
+            period: run.rate.period(),
             samples,
             idle_samples,
             dropped,
@@ -410,7 +414,7 @@ pub(crate) mod tests {
         };
         let run = RunInfo {
             cpus: vec![cpu_clock(0), cpu_clock(1)],
-            frequency_hz: 50,
+            rate: Rate::Frequency(50),
             members: vec!["context-switches".into(), "page-faults".into()],
         };
         (maps, run)
@@ -555,7 +559,7 @@ pub(crate) mod tests {
                 hardware: true,
                 fell_back: false,
             }],
-            frequency_hz: 1,
+            rate: Rate::Frequency(1),
             members: vec![],
         };
         let s = Snapshot::build(&MapContents::default(), &[], &run, 1.0);

@@ -155,9 +155,18 @@ impl PlannedEvent {
         attr.config1 = encoding.config1;
         attr.config2 = encoding.config2;
         match mode {
-            Mode::Sample { freq_hz } => {
-                attr.sample_freq = freq_hz;
+            Mode::Sample {
+                rate: Rate::Frequency(hz),
+            } => {
+                attr.sample_freq = hz;
                 attr.set_freq(1);
+                // Enabled only once the BPF program is attached on every CPU.
+                attr.set_disabled(1);
+            }
+            Mode::Sample {
+                rate: Rate::Period(n),
+            } => {
+                attr.sample_period = n;
                 // Enabled only once the BPF program is attached on every CPU.
                 attr.set_disabled(1);
             }
@@ -172,11 +181,45 @@ impl PlannedEvent {
     }
 }
 
+/// How often the sampling leader overflows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// About this many samples per second (the kernel adapts the period).
+    Frequency(u64),
+    /// One sample every this many events (nanoseconds for the clock events).
+    Period(u64),
+}
+
+impl Rate {
+    pub fn frequency(self) -> Option<u64> {
+        match self {
+            Self::Frequency(hz) => Some(hz),
+            Self::Period(_) => None,
+        }
+    }
+
+    pub fn period(self) -> Option<u64> {
+        match self {
+            Self::Frequency(_) => None,
+            Self::Period(n) => Some(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Frequency(hz) => write!(f, "at {hz} Hz"),
+            Self::Period(n) => write!(f, "every {n} events"),
+        }
+    }
+}
+
 /// How an event is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The sampling group's leader: frequency-mode overflows run the BPF program.
-    Sample { freq_hz: u64 },
+    /// The sampling group's leader: its overflows run the BPF program.
+    Sample { rate: Rate },
     /// The leader of a counting-only group.
     CountLeader,
     /// A group member: counts while its group is on the PMU.
@@ -989,7 +1032,12 @@ mod tests {
     fn attrs_carry_encoding_mode_and_modifiers() {
         let p = plan_on("adl", "cycles:k", Some("16"), K6_12).unwrap();
         let e = &p.plan[0];
-        let a = e.attr(&e.fallbacks[0], Mode::Sample { freq_hz: 999 });
+        let a = e.attr(
+            &e.fallbacks[0],
+            Mode::Sample {
+                rate: Rate::Frequency(999),
+            },
+        );
         assert_eq!((a.type_, a.config), (10, 0x3c));
         assert_eq!(
             (a.exclude_user(), a.exclude_kernel(), a.exclude_hv()),
@@ -1002,7 +1050,13 @@ mod tests {
         let l = e.attr(&e.attr, Mode::CountLeader);
         assert_eq!((l.freq(), l.sample_period, l.disabled()), (0, 0, 1));
         let c = PlannedEvent::cpu_clock(3);
-        let a = c.attr(&c.attr, Mode::Sample { freq_hz: 99 });
+        let a = c.attr(
+            &c.attr,
+            Mode::Sample {
+                rate: Rate::Period(100_000),
+            },
+        );
+        assert_eq!((a.freq(), a.sample_period, a.disabled()), (0, 100_000, 1));
         assert_eq!(
             (a.type_, a.config),
             (PERF_TYPE_SOFTWARE, u64::from(PERF_COUNT_SW_CPU_CLOCK))

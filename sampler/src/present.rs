@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::{
     event,
     model::Snapshot,
-    plan::{Attr, Plan},
+    plan::{Attr, Plan, Rate},
     pmu::PmuSet,
 };
 
@@ -23,12 +23,15 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
     let events = event_summary(s);
     let _ = writeln!(
         out,
-        "{} samples on {} CPU{} in {:.2} s ({events} at {} Hz, {}); dropped {}, evicted {}",
+        "{} samples on {} CPU{} in {:.2} s ({events} {}, {}); dropped {}, evicted {}",
         s.samples,
         s.cpus.len(),
         if s.cpus.len() == 1 { "" } else { "s" },
         s.duration_s,
-        s.frequency_hz,
+        match (s.frequency_hz, s.period) {
+            (Some(hz), _) => Rate::Frequency(hz),
+            (None, p) => Rate::Period(p.unwrap_or(0)),
+        },
         s.source.as_str(),
         s.dropped,
         s.evicted,

@@ -19,7 +19,7 @@ use crate::{
     Error,
     counter::{group_read_size, parse_group_read},
     cpus::CpuList,
-    plan::{Encoding, Mode, PlannedEvent},
+    plan::{Encoding, Mode, PlannedEvent, Rate},
     sys::{PerfSys, errno_name},
 };
 
@@ -145,7 +145,7 @@ pub struct Session<'s> {
 
 impl<'s> Session<'s> {
     /// Opens every planned group on its CPU, disabled, the sampling leader at
-    /// `freq_hz`, walking each event's encoding chain. Where the sampling leader has
+    /// `rate`, walking each event's encoding chain. Where the sampling leader has
     /// no encoding, the CPU samples `cpu-clock` instead when `cpu_clock_fallback`
     /// (perf's rule for `cycles`), else that CPU's group is skipped and reported; so
     /// are members and counting groups a CPU's PMU lacks. It is an error only when no
@@ -153,7 +153,7 @@ impl<'s> Session<'s> {
     pub fn open(
         sys: &'s dyn PerfSys,
         plan: &[PlannedEvent],
-        freq_hz: u64,
+        rate: Rate,
         cpu_clock_fallback: bool,
     ) -> Result<Self, Error> {
         let mut groups = Vec::new();
@@ -170,7 +170,7 @@ impl<'s> Session<'s> {
             i = j;
             let leader_plan = &members[0];
             let mode = if group == 0 {
-                Mode::Sample { freq_hz }
+                Mode::Sample { rate }
             } else {
                 Mode::CountLeader
             };
@@ -670,7 +670,13 @@ mod tests {
             (1, 4, 0x3c),
             (2, PERF_TYPE_HARDWARE, 0),
         ]);
-        let s = Session::open(&sys, &[cycles(0), cycles(1), cycles(2)], 999, true).unwrap();
+        let s = Session::open(
+            &sys,
+            &[cycles(0), cycles(1), cycles(2)],
+            Rate::Frequency(999),
+            true,
+        )
+        .unwrap();
         let got: Vec<_> = s.leaders().map(|e| (e.cpu, e.encoding)).collect();
         assert_eq!(
             got,
@@ -698,7 +704,13 @@ mod tests {
     #[test]
     fn falls_back_to_cpu_clock_per_cpu() {
         let sys = FakeSys::new(vec![(0, PERF_TYPE_HARDWARE, 0)]);
-        let s = Session::open(&sys, &[cycles(0), cycles(1), cycles(2)], 999, true).unwrap();
+        let s = Session::open(
+            &sys,
+            &[cycles(0), cycles(1), cycles(2)],
+            Rate::Frequency(999),
+            true,
+        )
+        .unwrap();
         assert_eq!(s.source(), Source::Mixed);
         let events: Vec<_> = s
             .leaders()
@@ -722,7 +734,7 @@ mod tests {
     #[test]
     fn without_fallback_unsupported_cpus_are_skipped_and_reported() {
         let sys = FakeSys::new(vec![(1, PERF_TYPE_HARDWARE, 0)]);
-        let s = Session::open(&sys, &[cycles(0), cycles(1)], 99, false).unwrap();
+        let s = Session::open(&sys, &[cycles(0), cycles(1)], Rate::Frequency(99), false).unwrap();
         assert_eq!(s.leaders().count(), 1);
         assert_eq!(s.leaders().next().unwrap().cpu, 1);
         assert_eq!(
@@ -731,7 +743,7 @@ mod tests {
         );
         // Nowhere supported: an error naming the event and CPUs.
         let sys = FakeSys::new(vec![]);
-        let err = Session::open(&sys, &[cycles(0), cycles(1)], 99, false)
+        let err = Session::open(&sys, &[cycles(0), cycles(1)], Rate::Frequency(99), false)
             .err()
             .unwrap();
         assert_eq!(
@@ -760,7 +772,7 @@ mod tests {
         for cpu in [0, 1] {
             plan.push(sw(cpu, "page-faults", 2, 1, 0));
         }
-        let mut s = Session::open(&sys, &plan, 999, false).unwrap();
+        let mut s = Session::open(&sys, &plan, Rate::Frequency(999), false).unwrap();
         let shape: Vec<(u32, usize, Vec<usize>)> = s
             .groups()
             .iter()
@@ -845,7 +857,9 @@ mod tests {
             software_errno: Some(libc::EACCES),
             ..FakeSys::default()
         };
-        let err = Session::open(&sys, &[cycles(0)], 99, true).err().unwrap();
+        let err = Session::open(&sys, &[cycles(0)], Rate::Frequency(99), true)
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::PerfPermission { cpu: 0, .. }), "{err}");
         assert!(err.to_string().contains("perf_event_paranoid"));
     }
@@ -856,9 +870,14 @@ mod tests {
             software_errno: Some(libc::EINVAL),
             ..FakeSys::default()
         };
-        let err = Session::open(&sys, &[PlannedEvent::cpu_clock(0)], 99, false)
-            .err()
-            .unwrap();
+        let err = Session::open(
+            &sys,
+            &[PlannedEvent::cpu_clock(0)],
+            Rate::Frequency(99),
+            false,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("--frequency"), "{err}");
         assert!(err.to_string().contains("counting-only"), "{err}");
     }
