@@ -34,6 +34,19 @@ fn guest(test: &str) -> Option<GuestEnv> {
     })
 }
 
+/// [`guest`], except under `-icount`, whose run covers instruction counts only.
+fn guest_without_icount(test: &str) -> Option<GuestEnv> {
+    let g = guest(test)?;
+    if g.icount {
+        skip(
+            test,
+            "not run under QEMU -icount (the icount run covers instruction counts only)",
+        );
+        return None;
+    }
+    Some(g)
+}
+
 fn json(args: &[&str]) -> Value {
     let out = sampler(args);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -247,16 +260,9 @@ fn icount_instructions_per_task_give_ipc_one() {
 
 #[test]
 fn a_member_the_pmu_lacks_is_reported_not_fatal() {
-    let Some(g) = guest("a_member_the_pmu_lacks_is_reported_not_fatal") else {
+    let Some(_g) = guest_without_icount("a_member_the_pmu_lacks_is_reported_not_fatal") else {
         return;
     };
-    if g.icount {
-        skip(
-            "a_member_the_pmu_lacks_is_reported_not_fatal",
-            "not run under QEMU -icount (the icount run covers instruction counts only)",
-        );
-        return;
-    }
     let out = sampler(&[
         "stat",
         "-e",
@@ -287,16 +293,10 @@ fn a_member_the_pmu_lacks_is_reported_not_fatal() {
 
 #[test]
 fn more_events_than_counters_are_multiplexed_and_scaled() {
-    let Some(g) = guest("more_events_than_counters_are_multiplexed_and_scaled") else {
+    let Some(_g) = guest_without_icount("more_events_than_counters_are_multiplexed_and_scaled")
+    else {
         return;
     };
-    if g.icount {
-        skip(
-            "more_events_than_counters_are_multiplexed_and_scaled",
-            "not run under QEMU -icount (the icount run covers instruction counts only)",
-        );
-        return;
-    }
     let _busy: Vec<Busy> = pmu_of_cpu()
         .iter()
         .map(|&(c, _)| Busy::pinned_to(c as u32))
@@ -338,16 +338,11 @@ fn more_events_than_counters_are_multiplexed_and_scaled() {
 
 #[test]
 fn a_group_larger_than_the_pmu_is_reported_and_the_rest_counted() {
-    let Some(g) = guest("a_group_larger_than_the_pmu_is_reported_and_the_rest_counted") else {
+    let Some(_g) =
+        guest_without_icount("a_group_larger_than_the_pmu_is_reported_and_the_rest_counted")
+    else {
         return;
     };
-    if g.icount {
-        skip(
-            "a_group_larger_than_the_pmu_is_reported_and_the_rest_counted",
-            "not run under QEMU -icount (the icount run covers instruction counts only)",
-        );
-        return;
-    }
     // cpu-clock samples; a counting group of eight cycles events (0x11) asks for more
     // counters than the PMU has (7). Kernels either refuse the member that does not fit
     // at open (EINVAL: the group is cut, the rest counted) or accept the group, which
@@ -417,16 +412,9 @@ impl Drop for Sysctls {
 
 #[test]
 fn kernel_throttling_is_reported() {
-    let Some(g) = guest("kernel_throttling_is_reported") else {
+    let Some(_g) = guest_without_icount("kernel_throttling_is_reported") else {
         return;
     };
-    if g.icount {
-        skip(
-            "kernel_throttling_is_reported",
-            "not run under QEMU -icount (the icount run covers instruction counts only)",
-        );
-        return;
-    }
     // Let the kernel police sampling time (1 % of the CPU): emulated interrupts are slow,
     // so at 20 kHz it lowers the maximum sample rate, i.e. throttles.
     let _restore = Sysctls::set(&[
@@ -485,16 +473,9 @@ fn opening_walks_the_encoding_chain_on_the_real_kernel() {
 
 #[test]
 fn period_mode_samples_every_n_cycles() {
-    let Some(g) = guest("period_mode_samples_every_n_cycles") else {
+    let Some(_g) = guest_without_icount("period_mode_samples_every_n_cycles") else {
         return;
     };
-    if g.icount {
-        skip(
-            "period_mode_samples_every_n_cycles",
-            "not run under QEMU -icount (the icount run covers instruction counts only)",
-        );
-        return;
-    }
     let busy = Busy::pinned_to(1);
     // Cycles run at an emulated 1 GHz: one sample every 10^7 cycles is ~100 a second,
     // and every sample's period is exactly the one asked for.

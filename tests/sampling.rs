@@ -19,16 +19,21 @@ fn online_cpus() -> sampler::cpus::CpuList {
     sampler::cpus::CpuList::read(Path::new("/sys/devices/system/cpu/online")).unwrap()
 }
 
+/// [`require_root`], and CPU 1 online (the busy loop's CPU).
+fn require_root_and_cpu1(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let guard = require_root(test)?;
+    if !online_cpus().contains(1) {
+        skip(test, "CPU 1 is not online on this machine");
+        return None;
+    }
+    Some(guard)
+}
+
 #[test]
 fn busy_task_pinned_to_cpu1_gets_its_samples() {
-    let name = "busy_task_pinned_to_cpu1_gets_its_samples";
-    let Some(_serial) = require_root(name) else {
+    let Some(_serial) = require_root_and_cpu1("busy_task_pinned_to_cpu1_gets_its_samples") else {
         return;
     };
-    if !online_cpus().contains(1) {
-        skip(name, "CPU 1 is not online on this machine");
-        return;
-    }
     let busy = Busy::pinned_to(1);
     let out = sampler(&["stat", "--duration", "2", "--json"]);
     assert!(out.status.success(), "sampler failed: {}", stderr(&out));
@@ -321,14 +326,11 @@ fn hardware_event_without_fallback_is_opened_or_refused_clearly() {
 
 #[test]
 fn group_members_are_attributed_per_task_in_the_kernel() {
-    let name = "group_members_are_attributed_per_task_in_the_kernel";
-    let Some(_serial) = require_root(name) else {
+    let Some(_serial) =
+        require_root_and_cpu1("group_members_are_attributed_per_task_in_the_kernel")
+    else {
         return;
     };
-    if !online_cpus().contains(1) {
-        skip(name, "CPU 1 is not online on this machine");
-        return;
-    }
     let busy = Busy::pinned_to(1);
     // cpu-clock samples; a second cpu-clock and context-switches count in its group;
     // page-faults counts in a group of its own.
