@@ -23,5 +23,6 @@ pub mod pmu;
 pub mod present;
 pub mod session;
 pub mod sys;
+pub mod userpage;
 
 pub use error::Error;

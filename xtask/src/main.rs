@@ -328,6 +328,19 @@ fn test(no_vm: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The arm64-only code (user-page `mrs` reads) is linted for its target too.
+    ensure_target(Arch::Aarch64.target())?;
+    status(&mut cargo([
+        "clippy",
+        "--package",
+        "sampler",
+        "--all-targets",
+        "--target",
+        Arch::Aarch64.target(),
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     status(&mut cargo([
         "test",
         "--workspace",
