@@ -243,6 +243,10 @@ fn bad_arguments_get_one_clear_error_each() {
         (&["stat", "-e", "cycels"], "did you mean `cycles`"),
         (&["stat", "-c", "0"], "--period must be at least 1"),
         (
+            &["check", "--tolerance", "0"],
+            "--tolerance must be a percentage above 0",
+        ),
+        (
             &["top", "-e", "{cycles"],
             "invalid -e/--event: `{` has no matching `}`",
         ),
@@ -400,5 +404,44 @@ fn group_members_are_attributed_per_task_in_the_kernel() {
     assert!(
         attributed <= total && attributed >= 0.9 * total,
         "tasks got {attributed} of the member's {total}"
+    );
+}
+
+#[test]
+fn check_agrees_three_ways_and_explains_the_read_fallback() {
+    let name = "check_agrees_three_ways_and_explains_the_read_fallback";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let out = sampler(&["check", "-d", "1", "-e", "{cpu-clock,task-clock}", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["passed"], true, "{doc}");
+    let checks = doc["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2 * online_cpus().len());
+    for c in checks {
+        // Software events: the page is not kept current, read() is the reference.
+        assert_eq!(c["method"], "read", "{c}");
+        assert!(c["userpage"].is_null());
+        assert!(
+            c["note"].as_str().unwrap().contains("software event"),
+            "{c}"
+        );
+        // The reader spun on its CPU for the interval: BPF attributed its time to it.
+        let (bpf, read) = (c["bpf"].as_f64().unwrap(), c["read"].as_f64().unwrap());
+        assert!(read > 0.5e9, "{c}");
+        assert!((bpf - read).abs() <= 0.01 * read, "{c}");
+        assert!(c["rel_diff"].as_f64().unwrap() <= 0.01);
+    }
+
+    // The same check with an impossible tolerance fails, naming the rows.
+    let out = sampler(&["check", "-d", "0.5", "--tolerance", "0.000001"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL"), "{text}");
+    assert!(
+        stderr(&out).contains("sampler: error: cross-check failed:"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     Error,
     bpf::{Bpf, KERNEL_BTF},
+    check,
     cpus::CpuList,
     event::{self, EventKind, EventList},
     model::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
@@ -58,6 +59,23 @@ pub enum Command {
     Pmus(PmusArgs),
     /// List the events each PMU offers (all PMUs, or one).
     List(ListArgs),
+    /// Cross-check the counts three ways: BPF maps, read() and the mmapped user page.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// How long the readers run, in seconds.
+    #[arg(short, long, value_name = "SECS", default_value = "1")]
+    pub duration: String,
+    /// Largest accepted relative difference, in percent.
+    #[arg(long, value_name = "PCT", default_value = "1")]
+    pub tolerance: String,
+    /// One JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -168,7 +186,78 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Plan(args) => plan_cmd(&args),
         Command::Pmus(args) => pmus_cmd(&args),
         Command::List(args) => list_cmd(&args),
+        Command::Check(args) => check_cmd(args).await,
     }
+}
+
+async fn check_cmd(args: CheckArgs) -> Result<(), Error> {
+    let duration = parse_seconds("duration", &args.duration)?;
+    let tolerance: f64 = args
+        .tolerance
+        .trim()
+        .parse()
+        .ok()
+        .filter(|t: &f64| t.is_finite() && *t > 0.0)
+        .ok_or_else(|| Error::BadTolerance(args.tolerance.clone()))?;
+    let mut sampling = Sampling::start(&args.sampling)?;
+    // The readers' events: what each CPU really samples (cpu-clock where it fell
+    // back) and the members it opened, up to those BPF attributes per task.
+    let mut probes = Vec::new();
+    for g in sampling.session.groups().iter().filter(|g| g.sampling()) {
+        for e in g.events.iter().filter(|e| e.index <= MAX_MEMBERS) {
+            let planned = if e.fallback_reason.is_some() {
+                Some(plan::PlannedEvent::cpu_clock(g.cpu))
+            } else {
+                sampling
+                    .plan
+                    .iter()
+                    .find(|p| p.group == 0 && p.cpu == g.cpu && p.index == e.index)
+                    .cloned()
+            };
+            probes.extend(planned);
+        }
+    }
+    let pmus = sampling.pmus.clone();
+    let readers = tokio::task::spawn_blocking(move || check::run_readers(&probes, &pmus, duration))
+        .await
+        .map_err(|e| Error::Runtime(io::Error::other(e.to_string())))??;
+    sampling.session.disable()?;
+    let maps = sampling.bpf.read()?;
+    let rows = check::rows(&readers, |tid, cpu, index| {
+        maps.tasks
+            .iter()
+            .filter(|(k, _)| k.tid == tid && k.cpu == cpu)
+            .map(|(_, v)| match index {
+                0 => v.period_sum,
+                i => v.counts[i - 1],
+            })
+            .sum()
+    });
+    let failed = rows
+        .iter()
+        .filter(|r| r.rel_diff * 100.0 > tolerance)
+        .count();
+    let notes: Vec<String> = check::user_access_note().into_iter().collect();
+    let text = if args.json {
+        let doc = serde_json::json!({
+            "tolerance_pct": tolerance,
+            "passed": failed == 0,
+            "checks": rows,
+            "notes": notes,
+        });
+        format!("{doc}\n")
+    } else {
+        present::check_table(&rows, tolerance, &notes)
+    };
+    emit(&text)?;
+    if failed > 0 {
+        return Err(Error::CheckFailed {
+            failed,
+            total: rows.len(),
+            tolerance,
+        });
+    }
+    Ok(())
 }
 
 fn plan_cmd(args: &PlanArgs) -> Result<(), Error> {
@@ -288,6 +377,9 @@ struct Sampling {
     info: RunInfo,
     /// `kernel.perf_event_max_sample_rate` when sampling started.
     max_rate_at_start: Option<u64>,
+    /// The plan opened, and the PMUs it was made from.
+    plan: Vec<plan::PlannedEvent>,
+    pmus: PmuSet,
 }
 
 static REAL_SYS: RealSys = RealSys;
@@ -349,6 +441,8 @@ impl Sampling {
             bpf,
             info,
             max_rate_at_start: sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok(),
+            plan: sp.plan.plan,
+            pmus,
         })
     }
 

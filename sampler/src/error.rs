@@ -85,6 +85,19 @@ pub enum Error {
     #[error("{0}")]
     Plan(#[from] crate::plan::PlanError),
 
+    #[error(
+        "cross-check failed: {failed} of {total} values differ by more than {tolerance} % \
+         (see the rows above; --tolerance sets the limit)"
+    )]
+    CheckFailed {
+        failed: usize,
+        total: usize,
+        tolerance: f64,
+    },
+
+    #[error("--tolerance must be a percentage above 0 (got `{0}`)")]
+    BadTolerance(String),
+
     #[error("--period must be at least 1 event per sample")]
     PeriodZero,
 

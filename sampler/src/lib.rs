@@ -12,6 +12,7 @@
 //! gives each failure a message that names the problem and the fix.
 
 pub mod bpf;
+pub mod check;
 pub mod cli;
 pub mod counter;
 pub mod cpus;

@@ -165,6 +165,52 @@ fn ipc_member(s: &Snapshot) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The cross-check as a table: one row per CPU and event, then the notes.
+pub fn check_table(
+    rows: &[crate::check::CheckRow],
+    tolerance_pct: f64,
+    notes: &[String],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>8} {:<4}",
+        "CPU", "EVENT", "METHOD", "BPF", "READ", "USERPAGE", "DIFF", ""
+    );
+    for r in rows {
+        let method = match r.method {
+            crate::userpage::Method::Rdpmc => "rdpmc",
+            crate::userpage::Method::Mrs => "mrs",
+            crate::userpage::Method::Read => "read",
+        };
+        let ok = r.rel_diff * 100.0 <= tolerance_pct;
+        let _ = writeln!(
+            out,
+            "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>7.3}% {}",
+            r.cpu,
+            r.event,
+            method,
+            r.bpf,
+            r.read,
+            r.userpage.map_or("-".to_owned(), |v| v.to_string()),
+            r.rel_diff * 100.0,
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for n in rows
+        .iter()
+        .filter_map(|r| r.note.as_deref())
+        .chain(notes.iter().map(String::as_str))
+    {
+        if !seen.contains(&n) {
+            seen.push(n);
+            let _ = writeln!(out, "note: {n}");
+        }
+    }
+    out
+}
+
 /// `cycles` or `cpu-clock`, or both with their CPU counts when CPUs differ.
 fn event_summary(s: &Snapshot) -> String {
     let mut names: Vec<(&str, usize)> = Vec::new();

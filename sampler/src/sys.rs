@@ -235,6 +235,19 @@ pub fn pin_to_cpu(pid: i32, cpu: u32) -> io::Result<()> {
     check(unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
 }
 
+/// The calling thread's id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// The CPU the calling thread runs on now (`sched_getcpu`).
+pub fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).ok()
+}
+
 /// Reads an integer sysctl file such as `/proc/sys/kernel/perf_event_max_sample_rate`.
 pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
     let text = std::fs::read_to_string(path)?;

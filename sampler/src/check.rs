@@ -1,0 +1,361 @@
+//! The three-way cross-check: the same counts through the BPF maps, `read()` and the
+//! user page.
+//!
+//! One reader thread is pinned to each CPU. It opens its own (self-monitoring,
+//! per-thread) copy of every event of the sampling group through the PMU that covers
+//! its CPU, asking for user-space access where the PMU has a `rdpmc` format bit, maps
+//! each event's page, and runs for the interval. Meanwhile the BPF program attributes
+//! the system-wide events to every task, the readers included. At the end each reader
+//! reads its events through the page and with `read()` back to back (confirming its
+//! CPU before and after, retrying when it was migrated), and the check compares, per
+//! CPU and event: what BPF attributed to the reader's thread, `read()`, and the page.
+//! Per-CPU events cannot be read from user space on arm64, hence per-thread copies.
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    Error,
+    plan::{Mode, PlannedEvent},
+    pmu::PmuSet,
+    session::is_unsupported_error,
+    sys::{self, PerfSys},
+    userpage::{Counts, Method, UserPage, read_event, read_syscall},
+};
+
+/// One (CPU, event) of the check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRow {
+    pub cpu: u32,
+    pub event: String,
+    /// How the reader read its counter: `rdpmc`, `mrs`, or `read` when the page did
+    /// not allow it.
+    pub method: Method,
+    /// What the BPF maps attributed to the reader thread on this CPU.
+    pub bpf: u64,
+    /// `read()` of the reader's event.
+    pub read: u64,
+    /// The user-page read of the same event (`None` when not readable from the page).
+    pub userpage: Option<u64>,
+    /// The largest relative difference among the values present, against `read`.
+    pub rel_diff: f64,
+    /// Why a value is missing or differs.
+    pub note: Option<String>,
+    /// The reader thread (the BPF attribution key).
+    pub tid: u32,
+    /// The page's counter index and width (0 when not readable).
+    pub page_index: u32,
+    pub pmc_width: u16,
+}
+
+/// What a reader measured on its CPU.
+#[derive(Debug)]
+pub struct ReaderResult {
+    pub cpu: u32,
+    pub tid: u32,
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Debug)]
+pub struct Probe {
+    pub event: String,
+    /// Position in the sampling group (0: leader).
+    pub index: usize,
+    pub method: Method,
+    pub read: Counts,
+    pub userpage: Option<Counts>,
+    pub page_index: u32,
+    pub pmc_width: u16,
+    pub note: Option<String>,
+}
+
+/// The `config1` bits asking the PMU for user-space counter access (arm_pmu's
+/// `rdpmc`, and `long` for 64-bit counters where it has it); 0 where the PMU has no
+/// such format field (x86 grants it through its `rdpmc` sysfs file instead).
+pub fn user_access_bits(pmus: &PmuSet, pmu: Option<&str>) -> u64 {
+    let Some(p) = pmu.and_then(|n| pmus.get(n)) else {
+        return 0;
+    };
+    ["rdpmc", "long"]
+        .iter()
+        .filter_map(|f| p.formats.get(*f).and_then(|fmt| fmt.encode(f, 1).ok()))
+        .fold(0, |a, b| a | b)
+}
+
+/// Why user-space reads may be off on this machine, for the notes.
+pub fn user_access_note() -> Option<String> {
+    let v = std::fs::read_to_string("/proc/sys/kernel/perf_user_access").ok()?;
+    (v.trim() == "0").then(|| {
+        "kernel.perf_user_access is 0: user-space counter reads are off; \
+         `sysctl -w kernel.perf_user_access=1` turns them on"
+            .to_owned()
+    })
+}
+
+/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, spins until
+/// `stop`, then reads them through the page and with `read()`.
+pub fn run_reader(
+    sys: &dyn PerfSys,
+    cpu: u32,
+    events: &[PlannedEvent],
+    user_bits: u64,
+    stop: &AtomicBool,
+) -> Result<ReaderResult, Error> {
+    sys::pin_to_cpu(0, cpu)?;
+    let tid = sys::gettid();
+    let mut opened: Vec<(&PlannedEvent, OwnedFd, Option<UserPage>, Option<String>)> = Vec::new();
+    for p in events {
+        let (fd, note) = open_probe(sys, p, user_bits)?;
+        let page = UserPage::map(fd.as_fd()).ok();
+        opened.push((p, fd, page, note));
+    }
+    // Run on this CPU for the interval, so that BPF attributes samples to this thread.
+    let mut x = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    let mut probes = Vec::new();
+    for (p, fd, page, note) in &opened {
+        let mut attempt = 0;
+        let probe = loop {
+            attempt += 1;
+            let before = sys::current_cpu();
+            let (first, method) = read_event(sys, fd.as_fd(), page.as_ref())?;
+            let read = read_syscall(sys, fd.as_fd())?;
+            let after = sys::current_cpu();
+            if (before == Some(cpu) && after == Some(cpu)) || attempt >= 10 {
+                let snapshot = page.as_ref().and_then(UserPage::snapshot);
+                let (page_index, pmc_width) =
+                    snapshot.map_or((0, 0), |(f, _, _)| (f.index, f.pmc_width));
+                let mut note = note.clone();
+                if method == Method::Read && note.is_none() {
+                    note = Some(if !p.hardware {
+                        "software event: its user page is not kept current (index 0), \
+                         read() is the reference"
+                            .to_owned()
+                    } else if page.is_none() {
+                        "the event's page could not be mapped: read() used".to_owned()
+                    } else {
+                        "the page does not allow user reads here (index 0 or no \
+                         cap_user_rdpmc): read() used"
+                            .to_owned()
+                    });
+                }
+                break Probe {
+                    event: p.event.clone(),
+                    index: p.index,
+                    method,
+                    read,
+                    userpage: (method != Method::Read).then_some(first),
+                    page_index,
+                    pmc_width,
+                    note,
+                };
+            }
+        };
+        probes.push(probe);
+    }
+    Ok(ReaderResult { cpu, tid, probes })
+}
+
+/// Opens the reader's own copy of `p` (this thread, any CPU), walking the plan's
+/// encoding chain, with user access bits when the PMU has them (without, and a note,
+/// when the kernel refuses them).
+fn open_probe(
+    sys: &dyn PerfSys,
+    p: &PlannedEvent,
+    user_bits: u64,
+) -> Result<(OwnedFd, Option<String>), Error> {
+    let mut last = None;
+    for enc in p.encodings() {
+        let mut attr = p.attr(enc, Mode::CountLeader);
+        attr.set_disabled(0);
+        if p.hardware {
+            attr.config1 |= user_bits;
+        }
+        match sys.perf_event_open(&attr, 0, -1, None) {
+            Ok(fd) => return Ok((fd, None)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && user_bits != 0 => {
+                attr.config1 &= !user_bits;
+                let fd =
+                    sys.perf_event_open(&attr, 0, -1, None)
+                        .map_err(|source| Error::PerfOpen {
+                            event: p.event.clone(),
+                            cpu: p.cpu,
+                            source,
+                            hint: " (the reader's own copy)",
+                        })?;
+                return Ok((
+                    fd,
+                    Some("the kernel refused user access for this event: read() used".into()),
+                ));
+            }
+            Err(e) if is_unsupported_error(&e) => last = Some(e),
+            Err(source) => {
+                return Err(Error::PerfOpen {
+                    event: p.event.clone(),
+                    cpu: p.cpu,
+                    source,
+                    hint: " (the reader's own copy)",
+                });
+            }
+        }
+    }
+    Err(Error::PerfOpen {
+        event: p.event.clone(),
+        cpu: p.cpu,
+        source: last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT)),
+        hint: " (the reader's own copy)",
+    })
+}
+
+/// Relative difference of `v` against `reference`.
+pub fn rel_diff(v: u64, reference: u64) -> f64 {
+    if reference == 0 {
+        if v == 0 { 0.0 } else { 1.0 }
+    } else {
+        (v as f64 - reference as f64).abs() / reference as f64
+    }
+}
+
+/// The rows of the check: for each reader probe, BPF's attribution to the reader
+/// thread on that CPU (`bpf_of(tid, cpu, index)`) against `read()` and the page.
+pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -> Vec<CheckRow> {
+    let mut out = Vec::new();
+    for r in readers {
+        for p in &r.probes {
+            let bpf = bpf_of(r.tid, r.cpu, p.index);
+            let read = p.read.value;
+            let userpage = p.userpage.map(|c| c.value);
+            let diff = rel_diff(bpf, read).max(userpage.map_or(0.0, |u| rel_diff(u, read)));
+            out.push(CheckRow {
+                cpu: r.cpu,
+                event: p.event.clone(),
+                method: p.method,
+                bpf,
+                read,
+                userpage,
+                rel_diff: diff,
+                note: p.note.clone(),
+                tid: r.tid,
+                page_index: p.page_index,
+                pmc_width: p.pmc_width,
+            });
+        }
+    }
+    out
+}
+
+/// Spawns one reader per CPU of `plan` (its sampling group), waits `duration`, stops
+/// them and collects their results.
+pub fn run_readers(
+    plan: &[PlannedEvent],
+    pmus: &PmuSet,
+    duration: Duration,
+) -> Result<Vec<ReaderResult>, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut cpus: Vec<u32> = plan
+        .iter()
+        .filter(|p| p.group == 0)
+        .map(|p| p.cpu)
+        .collect();
+    cpus.dedup();
+    let mut handles = Vec::new();
+    for cpu in cpus {
+        let events: Vec<PlannedEvent> = plan
+            .iter()
+            .filter(|p| p.group == 0 && p.cpu == cpu)
+            .cloned()
+            .collect();
+        let bits = user_access_bits(pmus, events[0].pmu.as_deref());
+        let stop = Arc::clone(&stop);
+        handles.push(std::thread::spawn(move || {
+            run_reader(&sys::RealSys, cpu, &events, bits, &stop)
+        }));
+    }
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Runtime(std::io::Error::other("reader panicked"))))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(index: usize, read: u64, page: Option<u64>) -> Probe {
+        let c = |value| Counts {
+            value,
+            enabled: 1,
+            running: 1,
+        };
+        Probe {
+            event: format!("e{index}"),
+            index,
+            method: if page.is_some() {
+                Method::Mrs
+            } else {
+                Method::Read
+            },
+            read: c(read),
+            userpage: page.map(c),
+            page_index: if page.is_some() { 32 } else { 0 },
+            pmc_width: 64,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn rows_compare_bpf_and_page_against_read() {
+        let readers = [ReaderResult {
+            cpu: 2,
+            tid: 77,
+            probes: vec![probe(0, 1000, Some(1001)), probe(1, 500, None)],
+        }];
+        let rows = rows(&readers, |tid, cpu, i| {
+            assert_eq!((tid, cpu), (77, 2));
+            [990, 500][i]
+        });
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].bpf, rows[0].read, rows[0].userpage),
+            (990, 1000, Some(1001))
+        );
+        assert!((rows[0].rel_diff - 0.01).abs() < 1e-12);
+        assert_eq!(rows[1].userpage, None);
+        assert_eq!(rows[1].rel_diff, 0.0);
+        assert_eq!(rows[1].method, Method::Read);
+    }
+
+    #[test]
+    fn relative_differences() {
+        assert_eq!(rel_diff(0, 0), 0.0);
+        assert_eq!(rel_diff(5, 0), 1.0);
+        assert!((rel_diff(95, 100) - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn user_access_bits_come_from_the_pmu_formats() {
+        let juno = crate::pmu::tests::load("juno");
+        // long = config1:0, rdpmc = config1:1
+        assert_eq!(user_access_bits(&juno, Some("armv8_cortex_a53")), 0b11);
+        let adl = crate::pmu::tests::load("adl");
+        assert_eq!(user_access_bits(&adl, Some("cpu_core")), 0);
+        assert_eq!(user_access_bits(&adl, None), 0);
+    }
+}
