@@ -77,18 +77,36 @@ pub struct Probe {
     pub note: Option<String>,
 }
 
-/// The `config1` bits asking the PMU for user-space counter access (arm_pmu's
-/// `rdpmc`, and `long` for 64-bit counters where it has it); 0 where the PMU has no
-/// such format field (x86 grants it through its `rdpmc` sysfs file instead).
-pub fn user_access_bits(pmus: &PmuSet, pmu: Option<&str>) -> u64 {
-    let Some(p) = pmu.and_then(|n| pmus.get(n)) else {
-        return 0;
-    };
-    ["rdpmc", "long"]
-        .iter()
-        .filter_map(|f| p.formats.get(*f).and_then(|fmt| fmt.encode(f, 1).ok()))
-        .fold(0, |a, b| a | b)
+/// The `config1` bits asking the PMU for user-space counter access: arm_pmu's
+/// `rdpmc`, and `long` for a 64-bit counter; 0 where the PMU has no such format field
+/// (x86 grants access through its `rdpmc` sysfs file instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserBits {
+    pub rdpmc: u64,
+    pub long: u64,
 }
+
+pub fn user_access_bits(pmus: &PmuSet, pmu: Option<&str>) -> UserBits {
+    let Some(p) = pmu.and_then(|n| pmus.get(n)) else {
+        return UserBits::default();
+    };
+    let bit = |f: &str| {
+        p.formats
+            .get(f)
+            .and_then(|fmt| fmt.encode(f, 1).ok())
+            .unwrap_or(0)
+    };
+    UserBits {
+        rdpmc: bit("rdpmc"),
+        long: bit("long"),
+    }
+}
+
+/// arm64's cycle counter in the page's numbering: natively 64 bits wide. On an event
+/// counter, `long` makes the kernel chain two 32-bit counters, which costs a counter
+/// and which emulated PMUs get wrong (seen under QEMU: values with bit 63 set), so
+/// event counters are read 32 bits wide.
+const CYCLE_COUNTER_INDEX: u32 = 32;
 
 /// Why user-space reads may be off on this machine, for the notes.
 pub fn user_access_note() -> Option<String> {
@@ -106,15 +124,24 @@ pub fn run_reader(
     sys: &dyn PerfSys,
     cpu: u32,
     events: &[PlannedEvent],
-    user_bits: u64,
+    user_bits: UserBits,
     stop: &AtomicBool,
 ) -> Result<ReaderResult, Error> {
     sys::pin_to_cpu(0, cpu)?;
     let tid = sys::gettid();
     let mut opened: Vec<(&PlannedEvent, OwnedFd, Option<UserPage>, Option<String>)> = Vec::new();
     for p in events {
-        let (fd, note) = open_probe(sys, p, user_bits)?;
-        let page = UserPage::map(fd.as_fd()).ok();
+        let (mut fd, mut note) = open_probe(sys, p, user_bits.rdpmc | user_bits.long)?;
+        let mut page = UserPage::map(fd.as_fd()).ok();
+        let index = page
+            .as_ref()
+            .and_then(UserPage::snapshot)
+            .map(|s| s.0.index);
+        if user_bits.long != 0 && index.is_some_and(|i| i != 0 && i != CYCLE_COUNTER_INDEX) {
+            drop(page);
+            (fd, note) = open_probe(sys, p, user_bits.rdpmc)?;
+            page = UserPage::map(fd.as_fd()).ok();
+        }
         opened.push((p, fd, page, note));
     }
     // Run on this CPU for the interval, so that BPF attributes samples to this thread.
@@ -353,9 +380,18 @@ mod tests {
     fn user_access_bits_come_from_the_pmu_formats() {
         let juno = crate::pmu::tests::load("juno");
         // long = config1:0, rdpmc = config1:1
-        assert_eq!(user_access_bits(&juno, Some("armv8_cortex_a53")), 0b11);
+        assert_eq!(
+            user_access_bits(&juno, Some("armv8_cortex_a53")),
+            UserBits {
+                rdpmc: 0b10,
+                long: 0b01
+            }
+        );
         let adl = crate::pmu::tests::load("adl");
-        assert_eq!(user_access_bits(&adl, Some("cpu_core")), 0);
-        assert_eq!(user_access_bits(&adl, None), 0);
+        assert_eq!(
+            user_access_bits(&adl, Some("cpu_core")),
+            UserBits::default()
+        );
+        assert_eq!(user_access_bits(&adl, None), UserBits::default());
     }
 }
