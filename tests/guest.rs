@@ -53,6 +53,24 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
+/// A PMU's `type` from sysfs.
+fn pmu_type(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/bus/event_source/devices/{name}/type"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A JSON array of strings.
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
 /// The core PMU of each CPU, from `sampler pmus --json`.
 fn pmu_of_cpu() -> Vec<(u64, String)> {
     let doc = json(&["pmus", "--json"]);
@@ -74,12 +92,7 @@ fn core_pmus_are_found_whatever_their_names() {
         return;
     };
     let doc = json(&["pmus", "--json"]);
-    let core: Vec<&str> = doc["core_pmus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let core = strings(&doc["core_pmus"]);
     let cpus = pmu_of_cpu();
     if g.pmus == 1 {
         assert_eq!(core.len(), 1, "{doc}");
@@ -427,12 +440,7 @@ fn kernel_throttling_is_reported() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let warnings: Vec<&str> = doc["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap())
-        .collect();
+    let warnings = strings(&doc["warnings"]);
     assert!(
         warnings
             .iter()
@@ -566,12 +574,7 @@ fn user_page_reads_32_and_64_bit_counters_and_event_counters() {
     sampler::sys::pin_to_cpu(0, cpu).unwrap();
     let owners = pmu_of_cpu();
     let pmu = &owners.iter().find(|(c, _)| *c == u64::from(cpu)).unwrap().1;
-    let pmu_type: u32 =
-        std::fs::read_to_string(format!("/sys/bus/event_source/devices/{pmu}/type"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let pmu_type = pmu_type(pmu);
     // The cycle counter (PMCCNTR_EL0) with rdpmc and long (config1 bits 1 and 0): 64
     // bits; then, with the cycle counter taken, an event counter (PMEVCNTR<n>_EL0)
     // with rdpmc only: 32 bits.
@@ -622,11 +625,7 @@ fn a_reader_on_the_other_pmus_cpus_sees_index_0_and_falls_back() {
         return;
     }
     use std::os::fd::AsFd as _;
-    let a53: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/armv8_cortex_a53/type")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let a53 = pmu_type("armv8_cortex_a53");
     // This thread runs on CPU 2 (the a57 half) with an a53 event.
     sampler::sys::pin_to_cpu(0, 2).unwrap();
     let (fd, page) = self_event(a53, 0x11, 0b11);
