@@ -91,9 +91,8 @@ pub struct PlannedEvent {
     pub cpu: u32,
     /// Index of the group in the event list.
     pub group: usize,
-    /// The group's first event: it samples; the others count.
-    pub leader: bool,
-    /// Position in the group (0: the leader).
+    /// Position in the group: 0 is the leader (it samples in the sampling group);
+    /// the others count.
     pub index: usize,
     /// The event as the user wrote it, with modifiers.
     pub event: String,
@@ -118,7 +117,6 @@ impl PlannedEvent {
         Self {
             cpu,
             group: 0,
-            leader: true,
             index: 0,
             event: "cpu-clock".to_owned(),
             pmu: Some("software".to_owned()),
@@ -135,6 +133,11 @@ impl PlannedEvent {
             },
             fallbacks: Vec::new(),
         }
+    }
+
+    /// The group's first event.
+    pub fn is_leader(&self) -> bool {
+        self.index == 0
     }
 
     /// Every encoding, preferred first.
@@ -360,7 +363,6 @@ pub fn plan(
                 let mut r = resolve(e, cpu, pmus, hetero, kernel)?;
                 for p in &mut r {
                     p.group = gi;
-                    p.leader = i == 0;
                     p.index = i;
                 }
                 members.push(r);
@@ -623,7 +625,6 @@ fn entry(
     PlannedEvent {
         cpu,
         group: 0,
-        leader: true,
         index: 0,
         event: e.display(),
         pmu: pmu.map(|p| p.name.clone()),
@@ -976,7 +977,7 @@ mod tests {
         for cpu in 0..6 {
             let members: Vec<&PlannedEvent> = p.plan.iter().filter(|e| e.cpu == cpu).collect();
             assert_eq!(members.len(), 2);
-            assert!(members[0].leader && !members[1].leader);
+            assert!(members[0].is_leader() && !members[1].is_leader());
             assert_eq!(members[0].pmu, members[1].pmu);
         }
         // A group naming one Cortex PMU's event is planned on that PMU's CPUs only.
@@ -1075,7 +1076,7 @@ mod tests {
         let pos: Vec<(usize, usize, bool)> = p
             .plan
             .iter()
-            .map(|e| (e.group, e.index, e.leader))
+            .map(|e| (e.group, e.index, e.is_leader()))
             .collect();
         assert_eq!(
             pos,

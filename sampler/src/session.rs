@@ -162,7 +162,10 @@ impl<'s> Session<'s> {
         while i < plan.len() {
             let (cpu, group) = (plan[i].cpu, plan[i].group);
             let mut j = i + 1;
-            while j < plan.len() && plan[j].cpu == cpu && plan[j].group == group && !plan[j].leader
+            while j < plan.len()
+                && plan[j].cpu == cpu
+                && plan[j].group == group
+                && !plan[j].is_leader()
             {
                 j += 1;
             }
@@ -227,7 +230,7 @@ impl<'s> Session<'s> {
                 event: first.map_or_else(|| "the sampling event".to_owned(), |s| s.event.clone()),
                 cpus: CpuList::from_cpus(
                     plan.iter()
-                        .filter(|p| p.group == 0 && p.leader)
+                        .filter(|p| p.group == 0 && p.is_leader())
                         .map(|p| p.cpu)
                         .collect(),
                 ),
@@ -630,7 +633,6 @@ mod tests {
         p.hardware = true;
         p.group = group;
         p.index = index;
-        p.leader = index == 0;
         p.attr = a(Encoding::Extended, PERF_TYPE_HARDWARE, 4 << 32 | id);
         p.fallbacks = vec![
             a(Encoding::PmuAlias, 4, alias),
@@ -649,7 +651,6 @@ mod tests {
         p.attr.config = config;
         p.group = group;
         p.index = index;
-        p.leader = index == 0;
         p
     }
 
