@@ -107,16 +107,19 @@ fn main() -> ExitCode {
                 icount,
                 smp,
                 filters,
-            } => vm_test(
-                &vm::Guest {
-                    series: kernel,
-                    hetero,
-                    icount,
-                    smp,
-                    timeout: Duration::from_secs(600),
-                },
-                &filters,
-            ),
+            } => guest_binaries().and_then(|bins| {
+                vm_test(
+                    &vm::Guest {
+                        series: kernel,
+                        hetero,
+                        icount,
+                        smp,
+                        timeout: Duration::from_secs(600),
+                    },
+                    &bins,
+                    &filters,
+                )
+            }),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -357,6 +360,7 @@ fn test(no_vm: bool) -> Result<()> {
     if no_vm {
         eprintln!("xtask: --no-vm: the arm64 guest tests were not run");
     } else {
+        let bins = guest_binaries()?;
         for (series, hetero, icount) in GUEST_MATRIX {
             let guest = vm::Guest {
                 series,
@@ -370,7 +374,7 @@ fn test(no_vm: bool) -> Result<()> {
             } else {
                 vec![]
             };
-            vm_test(&guest, &filters)?;
+            vm_test(&guest, &bins, &filters)?;
         }
     }
     eprintln!(
@@ -445,9 +449,21 @@ fn build_guest_tests(arch: Arch) -> Result<PathBuf> {
         .context("cargo reported no guest test executable")
 }
 
-fn vm_test(guest: &vm::Guest, filters: &[String]) -> Result<()> {
+/// What a guest run boots with: the static sampler and the guest test binary.
+struct GuestBinaries {
+    sampler: PathBuf,
+    tests: PathBuf,
+}
+
+/// Builds the guest binaries and checks the host tools, once for any number of runs.
+fn guest_binaries() -> Result<GuestBinaries> {
     let sampler = build(Arch::Aarch64)?;
     let tests = build_guest_tests(Arch::Aarch64)?;
+    vm::ensure_host_tools()?;
+    Ok(GuestBinaries { sampler, tests })
+}
+
+fn vm_test(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Result<()> {
     let mut command = format!(
         "SAMPLER_BIN=/sampler SAMPLER_GUEST=1 SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} \
          SAMPLER_GUEST_KERNEL={} /guest-tests --test-threads=1",
@@ -463,7 +479,10 @@ fn vm_test(guest: &vm::Guest, filters: &[String]) -> Result<()> {
         command.push_str(f);
     }
     let payload = vm::Payload {
-        files: vec![(sampler, "sampler"), (tests, "guest-tests")],
+        files: vec![
+            (bins.sampler.clone(), "sampler"),
+            (bins.tests.clone(), "guest-tests"),
+        ],
         command,
     };
     let started = Instant::now();

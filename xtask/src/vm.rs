@@ -289,8 +289,8 @@ fn hetero_dtb(g: &Guest, dir: &Path) -> Result<PathBuf> {
 }
 
 /// Boots the guest with `payload` and returns what it printed and its exit status.
+/// The host tools must be there ([`ensure_host_tools`]).
 pub fn run(g: &Guest, payload: &Payload) -> Result<Run> {
-    ensure_host_tools()?;
     let assets = assets(g.series)?;
     let dir = std::env::temp_dir().join(format!(
         "sampler-vm-{}-{}{}",
