@@ -457,3 +457,78 @@ fn check_agrees_three_ways_and_explains_the_read_fallback() {
         stderr(&out)
     );
 }
+
+#[test]
+fn top_intervals_hold_per_interval_member_counts_and_bpf_cost() {
+    let name = "top_intervals_hold_per_interval_member_counts_and_bpf_cost";
+    let Some(_serial) = require_root_and_cpu1(name) else {
+        return;
+    };
+    let busy = Busy::pinned_to(1);
+    let out = sampler(&[
+        "top",
+        "-i",
+        "0.5",
+        "-n",
+        "3",
+        "-C",
+        "1",
+        "-e",
+        "{cpu-clock,cpu-clock}",
+        "--bpf-stats",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 3);
+    for doc in &docs {
+        // Each refresh: the member's growth in this interval, not since the start.
+        let row = doc["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tgid"] == busy.pid())
+            .unwrap_or_else(|| panic!("busy task missing: {doc}"));
+        let period = row["period_sum"].as_f64().unwrap();
+        let member = row["counts"]["cpu-clock"].as_f64().unwrap();
+        assert!(
+            (member - period).abs() <= 0.05 * period,
+            "member {member} vs period {period} in one interval"
+        );
+        // The program ran once per sample, and its cost was measured.
+        let bpf = &doc["bpf"];
+        let runs = bpf["run_count"].as_f64().unwrap();
+        let samples = doc["samples"].as_f64().unwrap();
+        assert!(
+            (runs - samples).abs() <= 0.05 * samples + 5.0,
+            "{bpf} vs {samples}"
+        );
+        let ns = bpf["ns_per_sample"].as_f64().unwrap();
+        assert!(ns > 0.0 && ns < 1e6, "{bpf}");
+    }
+}
+
+#[test]
+fn stat_with_bpf_stats_counts_one_run_per_sample() {
+    let name = "stat_with_bpf_stats_counts_one_run_per_sample";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let out = sampler(&["stat", "-d", "0.5", "--bpf-stats", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["bpf"]["run_count"], doc["samples"], "{}", doc["bpf"]);
+    let text = sampler(&["stat", "-d", "0.3", "--bpf-stats"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("ns per sample"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    // Off unless asked for.
+    let out = sampler(&["stat", "-d", "0.3", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["bpf"].is_null(), "{}", doc["bpf"]);
+}

@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     Error,
-    bpf::{Bpf, KERNEL_BTF},
+    bpf::{self, Bpf, KERNEL_BTF},
     check,
     cpus::CpuList,
     event::{self, EventKind, EventList},
@@ -106,6 +106,10 @@ pub struct SamplingArgs {
     /// the first encoding tried; opening still falls back along the chain.
     #[arg(long, value_name = "RELEASE")]
     pub kernel: Option<String>,
+    /// Turn on the kernel's BPF run-time statistics while sampling and report the
+    /// BPF program's cost per sample (adds two clock reads to every sample).
+    #[arg(long)]
+    pub bpf_stats: bool,
     #[command(flatten)]
     pub sysfs: SysfsArgs,
 }
@@ -380,6 +384,8 @@ struct Sampling {
     /// The plan opened, and the PMUs it was made from.
     plan: Vec<plan::PlannedEvent>,
     pmus: PmuSet,
+    /// Keeps the kernel's BPF run-time statistics on (`--bpf-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
 }
 
 static REAL_SYS: RealSys = RealSys;
@@ -412,6 +418,11 @@ impl Sampling {
         }
         let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
         let bpf = Bpf::load(Path::new(KERNEL_BTF), possible, sp.members.len() as u32)?;
+        let stats = if args.bpf_stats {
+            Some(bpf::enable_run_stats()?)
+        } else {
+            None
+        };
         if let Some(notice) = &bpf.btf_notice {
             eprintln!("{notice}");
         }
@@ -443,6 +454,7 @@ impl Sampling {
             max_rate_at_start: sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok(),
             plan: sp.plan.plan,
             pmus,
+            _stats: stats,
         })
     }
 

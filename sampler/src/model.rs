@@ -7,7 +7,7 @@ use sampler_common::{CpuStats, MAX_MEMBERS, TaskKey, TaskValue};
 use serde::Serialize;
 
 use crate::{
-    bpf::MapContents,
+    bpf::{MapContents, RunStats},
     counter,
     plan::{Encoding, Rate},
     session::{EventCount, Source},
@@ -62,6 +62,27 @@ pub struct Snapshot {
     /// What went wrong during the run that the numbers alone do not say (groups that
     /// never ran, kernel throttling).
     pub warnings: Vec<String>,
+    /// The BPF program's cost over the interval, from the kernel's BPF statistics
+    /// (`--bpf-stats`); `None` when they were off.
+    pub bpf: Option<BpfCost>,
+}
+
+/// What the BPF program cost: total run time, runs (one per sample) and the mean.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BpfCost {
+    pub run_time_ns: u64,
+    pub run_count: u64,
+    pub ns_per_sample: f64,
+}
+
+impl BpfCost {
+    pub fn of(stats: RunStats) -> Option<Self> {
+        stats.ns_per_run().map(|ns| Self {
+            run_time_ns: stats.run_time_ns,
+            run_count: stats.run_count,
+            ns_per_sample: ns,
+        })
+    }
 }
 
 /// One event's count on one CPU over the snapshot's interval.
@@ -216,6 +237,7 @@ impl Snapshot {
             tasks,
             members: run.members.clone(),
             warnings: run_warnings(counts),
+            bpf: maps.bpf.and_then(BpfCost::of),
             events: counts
                 .iter()
                 .map(|c| EventRow {
@@ -314,6 +336,9 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
             {
                 d.samples -= p.samples;
                 d.period_sum = v.period_sum.saturating_sub(p.period_sum);
+                for (c, before) in d.counts.iter_mut().zip(p.counts) {
+                    *c = c.saturating_sub(before);
+                }
             }
             (d.samples > 0).then_some((*k, d))
         })
@@ -332,7 +357,11 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
             }
         })
         .collect();
-    MapContents { tasks, cpu_stats }
+    MapContents {
+        tasks,
+        cpu_stats,
+        bpf: cur.bpf.map(|c| prev.bpf.map_or(c, |p| c.since(p))),
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -411,6 +440,7 @@ pub(crate) mod tests {
                 (key(300, 300, 2, 7), value(9, "not-selected")),
             ],
             cpu_stats: vec![stats(92, 4, 2), stats(100, 5, 0), stats(9, 1, 0)],
+            bpf: None,
         };
         let run = RunInfo {
             cpus: vec![cpu_clock(0), cpu_clock(1)],
@@ -578,6 +608,10 @@ pub(crate) mod tests {
                 (key(3, 3, 0, 0), value(5, "gone")),
             ],
             cpu_stats: vec![stats(65, 3, 1)],
+            bpf: Some(RunStats {
+                run_time_ns: 1_000,
+                run_count: 10,
+            }),
         };
         let cur = MapContents {
             tasks: vec![
@@ -588,12 +622,23 @@ pub(crate) mod tests {
                 (key(5, 5, 0, 0), value(0, "none")),
             ],
             cpu_stats: vec![stats(90, 5, 1)],
+            bpf: Some(RunStats {
+                run_time_ns: 4_750,
+                run_count: 35,
+            }),
         };
         let d = delta(&prev, &cur);
         let got: Vec<_> = d.tasks.iter().map(|(k, v)| (k.tgid, v.samples)).collect();
         assert_eq!(got, [(1, 5), (2, 4), (4, 7)]);
         assert_eq!(d.tasks[0].1.period_sum, 5 * 1_001_001);
+        // Member counts are per interval too; a re-created entry keeps its own.
+        assert_eq!(d.tasks[0].1.counts, [15, 25, 0, 0]);
+        assert_eq!(d.tasks[1].1.counts, [12, 20, 0, 0]);
         assert_eq!(d.cpu_stats, vec![stats(25, 2, 0)]);
+        // The program's cost over the interval: 3750 ns over 25 runs.
+        let cost = BpfCost::of(d.bpf.unwrap()).unwrap();
+        assert_eq!((cost.run_time_ns, cost.run_count), (3_750, 25));
+        assert_eq!(cost.ns_per_sample, 150.0);
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
         s.dropped,
         s.evicted,
     );
+    if let Some(b) = s.bpf {
+        let _ = writeln!(
+            out,
+            "BPF program: {:.0} ns per sample ({} runs, kernel BPF statistics)",
+            b.ns_per_sample, b.run_count
+        );
+    }
     let members: Vec<&String> = s.members.iter().collect();
     let ipc_of = ipc_member(s);
     let mut header = format!(
