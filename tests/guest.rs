@@ -515,7 +515,18 @@ fn check_reads_counters_from_user_space_with_mrs() {
     // Page against read(): the same event, two ways, back to back. (The BPF column,
     // the sum of frequency-mode sample periods, does not yet agree with the reader's
     // own counter under QEMU's emulated PMU: issue 5 is open on that.)
-    let out = sampler(&["check", "-e", "cycles", "-F", "200", "-d", "1", "--json"]);
+    let out = sampler(&[
+        "check",
+        "-e",
+        "cycles",
+        "-F",
+        "200",
+        "-d",
+        "1",
+        "--latency",
+        "5000",
+        "--json",
+    ]);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}\n{}",
@@ -536,6 +547,12 @@ fn check_reads_counters_from_user_space_with_mrs() {
         let (page, read) = (c["userpage"].as_f64().unwrap(), c["read"].as_f64().unwrap());
         assert!(read > 1e8, "{c}");
         assert!((page - read).abs() <= 0.01 * read, "{c}");
+        // Both methods were timed: the page read and the read() syscall.
+        let l = &c["latency"];
+        assert!(l["userpage_ns"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(l["read_ns"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(l["speedup"].as_f64().unwrap() > 0.0, "{c}");
+        eprintln!("latency cpu {}: {l}", c["cpu"]);
     }
     let _ = g;
 }

@@ -446,6 +446,20 @@ fn check_agrees_three_ways_and_explains_the_read_fallback() {
         assert!(c["rel_diff"].as_f64().unwrap() <= 0.02);
     }
 
+    // With --latency: each row also times a read by each method; software events
+    // have no user-page read, so only read() is timed.
+    let out = sampler(&["check", "-d", "0.3", "--latency", "1000", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for c in doc["checks"].as_array().unwrap() {
+        let l = &c["latency"];
+        let ns = l["read_ns"].as_f64().unwrap_or(0.0);
+        assert!(ns > 10.0 && ns < 1e6, "{c}");
+        assert!(l["userpage_ns"].is_null() && l["speedup"].is_null(), "{c}");
+    }
+    // Timing happens after the interval: it does not inflate what BPF attributed.
+    assert_eq!(doc["passed"], true, "{doc}");
+
     // The same check with an impossible tolerance fails, naming the rows.
     let out = sampler(&["check", "-d", "0.5", "--tolerance", "0.000001"]);
     assert_eq!(out.status.code(), Some(1));

@@ -54,6 +54,20 @@ pub struct CheckRow {
     /// The page's counter index and width (0 when not readable).
     pub page_index: u32,
     pub pmc_width: u16,
+    /// With `--latency`: nanoseconds per user-page read (when the page allows it) and
+    /// per `read()` syscall of this event on this CPU, and how many times faster the
+    /// page is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+}
+
+/// The cost of one read of a counter, by method: the median over batches.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    pub userpage_ns: Option<f64>,
+    pub read_ns: f64,
+    /// `read_ns / userpage_ns`.
+    pub speedup: Option<f64>,
 }
 
 /// What a reader measured on its CPU.
@@ -118,18 +132,57 @@ pub fn user_access_note() -> Option<String> {
     })
 }
 
-/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, spins until
-/// `stop`, then reads them through the page and with `read()`.
-pub fn run_reader(
+/// Batches in a latency measurement; the median batch is reported.
+const LATENCY_BATCHES: usize = 7;
+
+/// Nanoseconds per call of `f`, the median over [`LATENCY_BATCHES`] batches of
+/// `per_batch` calls; `None` when `f` fails.
+fn time_per_call(per_batch: u32, mut f: impl FnMut() -> Result<u64, Error>) -> Option<f64> {
+    let mut batches = Vec::with_capacity(LATENCY_BATCHES);
+    for _ in 0..LATENCY_BATCHES {
+        let start = std::time::Instant::now();
+        for _ in 0..per_batch {
+            std::hint::black_box(f().ok()?);
+        }
+        batches.push(start.elapsed().as_nanos() as f64 / f64::from(per_batch.max(1)));
+    }
+    batches.sort_by(f64::total_cmp);
+    Some(batches[LATENCY_BATCHES / 2])
+}
+
+/// Times reading `fd` through `page` (when it allows user reads) and with `read()`.
+fn measure_latency(
     sys: &dyn PerfSys,
-    cpu: u32,
-    events: &[PlannedEvent],
+    fd: std::os::fd::BorrowedFd<'_>,
+    page: Option<&UserPage>,
+    method: Method,
+    per_batch: u32,
+) -> Option<Latency> {
+    let read_ns = time_per_call(per_batch, || Ok(read_syscall(sys, fd)?.value))?;
+    let userpage_ns = if method == Method::Read {
+        None
+    } else {
+        time_per_call(per_batch, || Ok(read_event(sys, fd, page)?.0.value))
+    };
+    Some(Latency {
+        userpage_ns,
+        read_ns,
+        speedup: userpage_ns.filter(|&u| u > 0.0).map(|u| read_ns / u),
+    })
+}
+
+/// A reader's own copy of one event: its fd, its mapped page, and why user reads
+/// are off for it, if the kernel said so.
+type Opened<'a> = (&'a PlannedEvent, OwnedFd, Option<UserPage>, Option<String>);
+
+/// Opens this thread's copies of `events` and maps their pages, asking for 64-bit
+/// user access only where the counter is the cycle counter.
+fn open_events<'a>(
+    sys: &dyn PerfSys,
+    events: &'a [PlannedEvent],
     user_bits: UserBits,
-    stop: &AtomicBool,
-) -> Result<ReaderResult, Error> {
-    sys::pin_to_cpu(0, cpu)?;
-    let tid = sys::gettid();
-    let mut opened: Vec<(&PlannedEvent, OwnedFd, Option<UserPage>, Option<String>)> = Vec::new();
+) -> Result<Vec<Opened<'a>>, Error> {
+    let mut opened = Vec::new();
     for p in events {
         let (mut fd, mut note) = open_probe(sys, p, user_bits.rdpmc | user_bits.long)?;
         let mut page = UserPage::map(fd.as_fd()).ok();
@@ -144,6 +197,42 @@ pub fn run_reader(
         }
         opened.push((p, fd, page, note));
     }
+    Ok(opened)
+}
+
+/// Pins this thread to `cpu`, opens its copies of `events`, and times reading each
+/// by each method: `(event index in the group, latency)`.
+pub fn measure_reader_latency(
+    sys: &dyn PerfSys,
+    cpu: u32,
+    events: &[PlannedEvent],
+    user_bits: UserBits,
+    per_batch: u32,
+) -> Result<Vec<(usize, Latency)>, Error> {
+    sys::pin_to_cpu(0, cpu)?;
+    let opened = open_events(sys, events, user_bits)?;
+    let mut out = Vec::new();
+    for (p, fd, page, _) in &opened {
+        let (_, method) = read_event(sys, fd.as_fd(), page.as_ref())?;
+        if let Some(l) = measure_latency(sys, fd.as_fd(), page.as_ref(), method, per_batch) {
+            out.push((p.index, l));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, spins until
+/// `stop`, then reads them through the page and with `read()`.
+pub fn run_reader(
+    sys: &dyn PerfSys,
+    cpu: u32,
+    events: &[PlannedEvent],
+    user_bits: UserBits,
+    stop: &AtomicBool,
+) -> Result<ReaderResult, Error> {
+    sys::pin_to_cpu(0, cpu)?;
+    let tid = sys::gettid();
+    let opened = open_events(sys, events, user_bits)?;
     // Run on this CPU for the interval, so that BPF attributes samples to this thread.
     let mut x = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -192,6 +281,7 @@ pub fn run_reader(
         };
         probes.push(probe);
     }
+
     Ok(ReaderResult { cpu, tid, probes })
 }
 
@@ -277,10 +367,65 @@ pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -
                 tid: r.tid,
                 page_index: p.page_index,
                 pmc_width: p.pmc_width,
+                latency: None,
             });
         }
     }
     out
+}
+
+/// The sampling group's events of each CPU of `plan`, with the PMU's user bits.
+fn per_cpu(plan: &[PlannedEvent], pmus: &PmuSet) -> Vec<(u32, Vec<PlannedEvent>, UserBits)> {
+    let mut cpus: Vec<u32> = plan
+        .iter()
+        .filter(|p| p.group == 0)
+        .map(|p| p.cpu)
+        .collect();
+    cpus.dedup();
+    cpus.into_iter()
+        .map(|cpu| {
+            let events: Vec<PlannedEvent> = plan
+                .iter()
+                .filter(|p| p.group == 0 && p.cpu == cpu)
+                .cloned()
+                .collect();
+            let bits = user_access_bits(pmus, events[0].pmu.as_deref());
+            (cpu, events, bits)
+        })
+        .collect()
+}
+
+/// Times one read of each event of `plan`'s sampling group by each method, from a
+/// reader pinned to each CPU (one CPU at a time, so readers do not compete), and
+/// fills in the rows' `latency`. Run it after the check's interval: the timing loops
+/// would otherwise add to what BPF attributes to the readers.
+pub fn add_latencies(
+    rows: &mut [CheckRow],
+    plan: &[PlannedEvent],
+    pmus: &PmuSet,
+    per_batch: u32,
+) -> Result<(), Error> {
+    for (cpu, events, bits) in per_cpu(plan, pmus) {
+        let measured = std::thread::spawn(move || {
+            measure_reader_latency(&sys::RealSys, cpu, &events, bits, per_batch)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Runtime(std::io::Error::other("reader panicked"))))?;
+        for (index, latency) in measured {
+            let names: Vec<&str> = plan
+                .iter()
+                .filter(|p| p.group == 0 && p.cpu == cpu && p.index == index)
+                .map(|p| p.event.as_str())
+                .collect();
+            for row in rows
+                .iter_mut()
+                .filter(|r| r.cpu == cpu && names.contains(&r.event.as_str()))
+            {
+                row.latency = Some(latency);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Spawns one reader per CPU of `plan` (its sampling group), waits `duration`, stops
@@ -291,20 +436,8 @@ pub fn run_readers(
     duration: Duration,
 ) -> Result<Vec<ReaderResult>, Error> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut cpus: Vec<u32> = plan
-        .iter()
-        .filter(|p| p.group == 0)
-        .map(|p| p.cpu)
-        .collect();
-    cpus.dedup();
     let mut handles = Vec::new();
-    for cpu in cpus {
-        let events: Vec<PlannedEvent> = plan
-            .iter()
-            .filter(|p| p.group == 0 && p.cpu == cpu)
-            .cloned()
-            .collect();
-        let bits = user_access_bits(pmus, events[0].pmu.as_deref());
+    for (cpu, events, bits) in per_cpu(plan, pmus) {
         let stop = Arc::clone(&stop);
         handles.push(std::thread::spawn(move || {
             run_reader(&sys::RealSys, cpu, &events, bits, &stop)
@@ -367,6 +500,29 @@ mod tests {
         assert_eq!(rows[1].userpage, None);
         assert_eq!(rows[1].rel_diff, 0.0);
         assert_eq!(rows[1].method, Method::Read);
+    }
+
+    #[test]
+    fn time_per_call_takes_the_median_batch_and_stops_on_errors() {
+        let mut calls = 0u32;
+        let ns = time_per_call(100, || {
+            calls += 1;
+            Ok(u64::from(calls))
+        })
+        .unwrap();
+        assert_eq!(calls, 100 * LATENCY_BATCHES as u32);
+        assert!(ns >= 0.0 && ns.is_finite());
+        let mut calls = 0;
+        let failed = time_per_call(100, || {
+            calls += 1;
+            if calls == 50 {
+                Err(Error::Runtime(std::io::Error::other("gone")))
+            } else {
+                Ok(0)
+            }
+        });
+        assert_eq!(failed, None);
+        assert_eq!(calls, 50);
     }
 
     #[test]

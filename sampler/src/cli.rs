@@ -73,6 +73,10 @@ pub struct CheckArgs {
     /// Largest accepted relative difference, in percent.
     #[arg(long, value_name = "PCT", default_value = "1")]
     pub tolerance: String,
+    /// Also time one read of each counter by each method (user page, `read()`):
+    /// the median over batches of N reads per CPU and event.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "100000")]
+    pub latency: Option<u32>,
     /// One JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -203,6 +207,11 @@ async fn check_cmd(args: CheckArgs) -> Result<(), Error> {
         .ok()
         .filter(|t: &f64| t.is_finite() && *t > 0.0)
         .ok_or_else(|| Error::BadTolerance(args.tolerance.clone()))?;
+    let latency = match args.latency {
+        Some(0) => return Err(Error::BadLatency),
+        Some(n) => n,
+        None => 0,
+    };
     let mut sampling = Sampling::start(&args.sampling)?;
     // The readers' events: what each CPU really samples (cpu-clock where it fell
     // back) and the members it opened, up to those BPF attributes per task.
@@ -222,12 +231,13 @@ async fn check_cmd(args: CheckArgs) -> Result<(), Error> {
         }
     }
     let pmus = sampling.pmus.clone();
+    let latency_plan = (latency > 0).then(|| (probes.clone(), pmus.clone()));
     let readers = tokio::task::spawn_blocking(move || check::run_readers(&probes, &pmus, duration))
         .await
         .map_err(|e| Error::Runtime(io::Error::other(e.to_string())))??;
     sampling.session.disable()?;
     let maps = sampling.bpf.read()?;
-    let rows = check::rows(&readers, |tid, cpu, index| {
+    let mut rows = check::rows(&readers, |tid, cpu, index| {
         maps.tasks
             .iter()
             .filter(|(k, _)| k.tid == tid && k.cpu == cpu)
@@ -237,6 +247,13 @@ async fn check_cmd(args: CheckArgs) -> Result<(), Error> {
             })
             .sum()
     });
+    if let Some((probes, pmus)) = latency_plan {
+        rows = tokio::task::spawn_blocking(move || {
+            check::add_latencies(&mut rows, &probes, &pmus, latency).map(|()| rows)
+        })
+        .await
+        .map_err(|e| Error::Runtime(io::Error::other(e.to_string())))??;
+    }
     let failed = rows
         .iter()
         .filter(|r| r.rel_diff * 100.0 > tolerance)

@@ -98,6 +98,9 @@ pub enum Error {
     #[error("--tolerance must be a percentage above 0 (got `{0}`)")]
     BadTolerance(String),
 
+    #[error("--latency needs at least 1 read per batch (e.g. `--latency 100000`)")]
+    BadLatency,
+
     #[error("--period must be at least 1 event per sample")]
     PeriodZero,
 

@@ -179,11 +179,16 @@ pub fn check_table(
     notes: &[String],
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(
+    let latency = rows.iter().any(|r| r.latency.is_some());
+    let _ = write!(
         out,
         "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>8} {:<4}",
         "CPU", "EVENT", "METHOD", "BPF", "READ", "USERPAGE", "DIFF", ""
     );
+    if latency {
+        let _ = write!(out, " {:>9} {:>9} {:>7}", "PAGE ns", "READ ns", "GAIN");
+    }
+    out.push('\n');
     for r in rows {
         let method = match r.method {
             crate::userpage::Method::Rdpmc => "rdpmc",
@@ -191,9 +196,9 @@ pub fn check_table(
             crate::userpage::Method::Read => "read",
         };
         let ok = r.rel_diff * 100.0 <= tolerance_pct;
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>7.3}% {}",
+            "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>7.3}% {:<4}",
             r.cpu,
             r.event,
             method,
@@ -203,6 +208,18 @@ pub fn check_table(
             r.rel_diff * 100.0,
             if ok { "ok" } else { "FAIL" }
         );
+        if let Some(l) = r.latency {
+            let _ = write!(
+                out,
+                " {:>9} {:>9.1} {:>7}",
+                l.userpage_ns.map_or("-".to_owned(), |n| format!("{n:.1}")),
+                l.read_ns,
+                l.speedup.map_or("-".to_owned(), |x| format!("{x:.1}x")),
+            );
+        }
+        let trimmed = out.trim_end_matches(' ').len();
+        out.truncate(trimmed);
+        out.push('\n');
     }
     let mut seen: Vec<&str> = Vec::new();
     for n in rows
