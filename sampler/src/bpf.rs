@@ -51,17 +51,28 @@ impl Bpf {
     /// ([`KERNEL_BTF`]); the program needs no CO-RE relocation, so a kernel without BTF
     /// is reported, not fatal.
     pub fn load(btf_path: &Path, possible_cpus: u32, members: u32) -> Result<Self, Error> {
-        let (btf, btf_notice) = match Btf::parse_file(btf_path, Endianness::default()) {
-            Ok(btf) => (Some(btf), None),
-            Err(err) => (
-                None,
-                Some(format!(
-                    "sampler: kernel BTF not usable at {} ({err}); loading the BPF programs \
-                     without it (they need no BTF relocations). Kernels built with \
-                     CONFIG_DEBUG_INFO_BTF=y provide it.",
-                    btf_path.display()
-                )),
-            ),
+        let notice = |why: String| {
+            format!(
+                "sampler: kernel BTF not usable at {} ({why}); loading the BPF programs \
+                 without it (they need no BTF relocations). Kernels built with \
+                 CONFIG_DEBUG_INFO_BTF=y provide it.",
+                btf_path.display()
+            )
+        };
+        // The kernel's BTF only serves CO-RE relocations. Parsing it costs tens of
+        // MB at its peak (5 MB of type data), so it is read only when the object
+        // has relocations to resolve; ours has none today.
+        let needs_btf = aya_obj::Object::parse(OBJECT).map_or(true, |o| o.has_btf_relocations());
+        let (btf, btf_notice) = if needs_btf {
+            match Btf::parse_file(btf_path, Endianness::default()) {
+                Ok(btf) => (Some(btf), None),
+                Err(err) => (None, Some(notice(err.to_string()))),
+            }
+        } else {
+            match std::fs::metadata(btf_path) {
+                Ok(_) => (None, None),
+                Err(err) => (None, Some(notice(err.to_string()))),
+            }
         };
         let entries = TASK_ENTRIES_PER_CPU
             .saturating_mul(possible_cpus.max(1))
