@@ -8,10 +8,13 @@
 //!   live view) as root, through sudo when not root.
 //! - `test`: setup, then formatting, clippy (host and BPF target), every host test,
 //!   and the guest tests on the arm64 test bed (both kernel series, one and two PMUs).
+//! - `bench [--quick] [--no-vm]`: sampler against perf in one run (`bench.rs`); writes
+//!   BENCHMARKS.md; `--quick` is the smoke run `test` ends with.
 //! - `build --arch aarch64`: a static arm64 `sampler` with the BPF object built for it.
 //! - `vm-test [--kernel 6.1|6.12] [--hetero] [--icount]`: boots the arm64 guest (a real
 //!   `arm_pmu` driver under QEMU) and runs the in-guest tests there (`vm.rs`).
 
+mod bench;
 mod dts;
 mod vm;
 
@@ -51,6 +54,16 @@ enum Cmd {
     /// Set up, then check formatting and lints and run the whole test suite.
     Test {
         /// Skip the arm64 guest tests.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Benchmark sampler against perf in one run; writes BENCHMARKS.md (needs root).
+    Bench {
+        /// A smoke run of well under a minute: every benchmark once, short; the
+        /// results go to target/bench-quick.md instead of BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+        /// Skip the figures only the arm64 guest can give.
         #[arg(long)]
         no_vm: bool,
     },
@@ -101,6 +114,7 @@ fn main() -> ExitCode {
             Cmd::Run { args } => run(&root, args),
             Cmd::Test { no_vm } => test(no_vm),
             Cmd::Build { arch } => build(arch).map(drop),
+            Cmd::Bench { quick, no_vm } => bench(&root, quick, no_vm),
             Cmd::VmTest {
                 kernel,
                 hetero,
@@ -290,6 +304,23 @@ fn run(root: &Path, args: Vec<String>) -> Result<()> {
     status(&mut cmd)
 }
 
+fn bench(root: &Path, quick: bool, no_vm: bool) -> Result<()> {
+    setup()?;
+    status(Command::new("cargo").args(["build", "--release", "--package", "sampler"]))?;
+    let guest = if no_vm {
+        None
+    } else {
+        vm::ensure_host_tools()?;
+        Some(build(Arch::Aarch64)?)
+    };
+    bench::run(
+        root,
+        root.join("target/release/sampler"),
+        guest,
+        &bench::Options { quick, no_vm },
+    )
+}
+
 fn cargo<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,
@@ -357,10 +388,12 @@ fn test(no_vm: bool) -> Result<()> {
              (each printed SKIPPED with its reason); run `sudo -E cargo xtask test` to run them"
         );
     }
+    let mut guest_sampler = None;
     if no_vm {
         eprintln!("xtask: --no-vm: the arm64 guest tests were not run");
     } else {
         let bins = guest_binaries()?;
+        guest_sampler = Some(bins.sampler.clone());
         for (series, hetero, icount) in GUEST_MATRIX {
             let guest = vm::Guest {
                 series,
@@ -376,6 +409,20 @@ fn test(no_vm: bool) -> Result<()> {
             };
             vm_test(&guest, &bins, &filters)?;
         }
+    }
+    // Every benchmark once, briefly: fails only when one cannot run, never on a figure.
+    if is_root() {
+        status(Command::new("cargo").args(["build", "--release", "--package", "sampler"]))?;
+        let root = workspace_root();
+        bench::run(
+            &root,
+            root.join("target/release/sampler"),
+            guest_sampler,
+            &bench::Options { quick: true, no_vm },
+        )
+        .context("cargo xtask bench --quick")?;
+    } else {
+        eprintln!("xtask: not root: `cargo xtask bench --quick` was not run (it needs root)");
     }
     eprintln!(
         "xtask: all checks passed ({:.0} s)",

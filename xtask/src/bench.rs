@@ -1,0 +1,1078 @@
+//! `cargo xtask bench`: sampler against perf, side by side in one run.
+//!
+//! Every figure is measured here, in this run, on this machine, against its peer
+//! where one exists (`perf record -a` + `perf report --sort pid`, `perf top --stdio`,
+//! or no tool at all), and reported as the median and the spread (min–max) over
+//! repeated runs, with the ratio computed per repetition. The workloads are threads
+//! of this process: a CPU-bound loop on every CPU, a fixed amount of work for the
+//! slowdown, and thousands of short-lived spinning threads for the memory figures.
+//!
+//! Tool CPU time and peak memory come from `wait4` on each tool's process (its own
+//! user + system time; work done in sample interrupts on behalf of the tool is
+//! charged to the interrupted task, which the slowdown figure catches instead).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{display, is_root, output, status, vm};
+
+pub struct Options {
+    pub quick: bool,
+    pub no_vm: bool,
+}
+
+/// How much of everything: `--quick` is a smoke run of well under a minute.
+struct Plan {
+    reps: usize,
+    secs: f64,
+    rates: Vec<u64>,
+    tasks: Vec<usize>,
+    /// Wall time the fixed workload takes alone, roughly.
+    work_secs: f64,
+    latency_reads: u32,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                reps: 1,
+                secs: 1.0,
+                rates: vec![999],
+                tasks: vec![1_000],
+                work_secs: 0.5,
+                latency_reads: 5_000,
+            }
+        } else {
+            Self {
+                reps: 5,
+                secs: 5.0,
+                rates: vec![999, 10_000],
+                tasks: vec![1_000, 10_000],
+                work_secs: 3.0,
+                latency_reads: 100_000,
+            }
+        }
+    }
+}
+
+/// One line of the results: our figure, the peer's, and their ratio.
+struct Figure {
+    group: &'static str,
+    what: String,
+    unit: &'static str,
+    /// Whose figure `ours` is: sampler, or a tool under test against no tool.
+    subject: String,
+    ours: Vec<f64>,
+    peer_name: String,
+    peer: Vec<f64>,
+    /// How the ratio reads, e.g. "perf / sampler".
+    ratio_label: &'static str,
+    /// The ratio is ours / peer (a slowdown against no tool) instead of peer / ours.
+    inverted: bool,
+    note: String,
+}
+
+impl Figure {
+    fn new(group: &'static str, what: impl Into<String>, unit: &'static str) -> Self {
+        Self {
+            group,
+            what: what.into(),
+            unit,
+            subject: "sampler".to_owned(),
+            ours: Vec::new(),
+            peer_name: String::new(),
+            peer: Vec::new(),
+            ratio_label: "",
+            inverted: false,
+            note: String::new(),
+        }
+    }
+
+    fn peer(mut self, name: impl Into<String>, ratio_label: &'static str) -> Self {
+        self.peer_name = name.into();
+        self.ratio_label = ratio_label;
+        self
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+
+    fn ratios(&self) -> Vec<f64> {
+        self.ours
+            .iter()
+            .zip(&self.peer)
+            .filter(|(o, p)| **o > 0.0 && **p > 0.0)
+            .map(|(o, p)| if self.inverted { o / p } else { p / o })
+            .collect()
+    }
+}
+
+/// Median and spread of `v`: `median (min–max)`, or the one value.
+fn summary(v: &[f64], digits: usize) -> String {
+    if v.is_empty() {
+        return "–".to_owned();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    if s.len() == 1 {
+        format!("{median:.digits$}")
+    } else {
+        format!(
+            "{median:.digits$} ({:.digits$}–{:.digits$})",
+            s[0],
+            s[s.len() - 1]
+        )
+    }
+}
+
+fn digits_for(v: &[f64]) -> usize {
+    let m = v.iter().copied().fold(0.0_f64, f64::max);
+    if m >= 100.0 {
+        0
+    } else if m >= 10.0 {
+        1
+    } else if m >= 1.0 {
+        2
+    } else {
+        3
+    }
+}
+
+/// What a finished tool process used.
+struct Measured {
+    cpu_s: f64,
+    maxrss_kib: u64,
+    stdout: String,
+    stderr: String,
+    success: bool,
+}
+
+/// A tool process under measurement; its output is drained by threads.
+struct Running {
+    child: Child,
+    out: JoinHandle<String>,
+    err: JoinHandle<String>,
+    what: String,
+}
+
+fn drain(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = r.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    })
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Result<Self> {
+        let what = display(cmd);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{what}`"))?;
+        let out = drain(child.stdout.take().context("stdout")?);
+        let err = drain(child.stderr.take().context("stderr")?);
+        Ok(Self {
+            child,
+            out,
+            err,
+            what,
+        })
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped yet (only
+        // `finish` reaps it), so the pid cannot have been reused.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process and returns its rusage and output.
+    fn finish(mut self) -> Result<Measured> {
+        // Keep stdin open until now (perf top reads keys from it), then close it.
+        drop(self.child.stdin.take());
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value to be overwritten.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own unreaped child with valid out-pointers. std's
+        // Child is not waited afterwards (dropping it does not wait).
+        let pid = unsafe { libc::wait4(self.child.id() as i32, &mut status, 0, &mut usage) };
+        if pid < 0 {
+            bail!(
+                "wait4 on `{}`: {}",
+                self.what,
+                std::io::Error::last_os_error()
+            );
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        Ok(Measured {
+            cpu_s: tv(usage.ru_utime) + tv(usage.ru_stime),
+            maxrss_kib: usage.ru_maxrss as u64,
+            stdout: self.out.join().unwrap_or_default(),
+            stderr: self.err.join().unwrap_or_default(),
+            success,
+        })
+    }
+}
+
+fn run_measured(cmd: &mut Command) -> Result<Measured> {
+    let what = display(cmd);
+    let m = Running::spawn(cmd)?.finish()?;
+    if !m.success {
+        bail!("`{what}` failed:\n{}", m.stderr.trim_end());
+    }
+    Ok(m)
+}
+
+/// The CPU-bound loop of every workload: an LCG walking a 256 KiB table.
+fn work(iterations: u64) -> u64 {
+    let mut table = vec![0u64; 32 * 1024];
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..iterations {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let i = (x >> 49) as usize & (table.len() - 1);
+        table[i] = table[i].wrapping_add(x);
+    }
+    std::hint::black_box(table.iter().fold(x, |a, b| a ^ b))
+}
+
+/// Background load: one spinning thread per CPU until dropped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        work(100_000);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The fixed workload: `threads` threads of `iterations` each; its wall time.
+fn fixed_workload(threads: usize, iterations: u64) -> f64 {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| thread::spawn(move || work(iterations)))
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// `n` live threads that each spin for `spin` and then sleep until released: every
+/// one of them is sampled at least once, and stays alive (a live task) meanwhile.
+struct LiveTasks {
+    release: Arc<Barrier>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl LiveTasks {
+    fn spawn(n: usize, spin: Duration) -> Result<Self> {
+        let release = Arc::new(Barrier::new(n + 1));
+        let spun = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (release, spun) = (Arc::clone(&release), Arc::clone(&spun));
+            threads.push(
+                thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let t = Instant::now();
+                        while t.elapsed() < spin {
+                            work(1_000);
+                        }
+                        spun.fetch_add(1, Ordering::Relaxed);
+                        release.wait();
+                    })
+                    .context("spawning a live task")?,
+            );
+        }
+        while spun.load(Ordering::Relaxed) < n {
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { release, threads })
+    }
+}
+
+impl Drop for LiveTasks {
+    fn drop(&mut self) {
+        self.release.wait();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls a process's `VmRSS` until stopped; keeps the largest value seen after a
+/// start-up delay.
+struct RssPoller {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl RssPoller {
+    fn start(pid: u32, after: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if started.elapsed() >= after {
+                    let kib = fs::read_to_string(format!("/proc/{pid}/status"))
+                        .ok()
+                        .and_then(|s| vm_rss_kib(&s));
+                    max = max.max(kib.unwrap_or(0));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            max
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// `VmRSS` of a `/proc/PID/status` text, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn nproc() -> usize {
+    thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Debian's perf, installed when missing.
+fn ensure_perf() -> Result<()> {
+    if Command::new("perf")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Ok(());
+    }
+    status(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "linux-perf",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing Debian's linux-perf (the peer of the benchmarks)")
+}
+
+/// What this machine samples by default, as sampler decides it.
+struct Machine {
+    kernel: String,
+    cpu_model: String,
+    cpus: usize,
+    source: String,
+    event: String,
+    perf_version: String,
+}
+
+impl Machine {
+    fn probe(sampler: &Path) -> Result<Self> {
+        let m = run_measured(Command::new(sampler).args(["stat", "-d", "0.2", "--json"]))?;
+        let doc: Value = serde_json::from_str(&m.stdout).context("sampler stat --json")?;
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+        Ok(Self {
+            kernel: output(Command::new("uname").arg("-r"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            cpu_model,
+            cpus: nproc(),
+            source: doc["source"].as_str().unwrap_or("?").to_owned(),
+            event: doc["cpus"][0]["event"]
+                .as_str()
+                .unwrap_or("cpu-clock")
+                .to_owned(),
+            perf_version: output(Command::new("perf").arg("--version"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        })
+    }
+
+    fn hardware(&self) -> bool {
+        self.source == "hardware"
+    }
+}
+
+struct Bench {
+    sampler: PathBuf,
+    machine: Machine,
+    plan: Plan,
+    tmp: PathBuf,
+    figures: Vec<Figure>,
+}
+
+fn json(text: &str) -> Result<Value> {
+    serde_json::from_str(text.trim()).with_context(|| format!("not JSON: {text:.200}"))
+}
+
+/// `# Total Lost Samples: N` of a perf report's header.
+fn perf_lost(report: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("# Total Lost Samples:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `SAMPLE events: N` of `perf report --stats` (exact, unlike the report header).
+fn perf_samples(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SAMPLE events:"))
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Bench {
+    fn perf_data(&self) -> PathBuf {
+        self.tmp.join("perf.data")
+    }
+
+    fn sampler_cmd(&self) -> Command {
+        Command::new(&self.sampler)
+    }
+
+    fn perf_record(&self, hz: u64) -> Command {
+        let mut c = Command::new("perf");
+        c.args(["record", "-a", "-q", "-F", &hz.to_string(), "-e"])
+            .arg(&self.machine.event)
+            .arg("-o")
+            .arg(self.perf_data());
+        c
+    }
+
+    fn perf_report(&self) -> Command {
+        let mut c = Command::new("perf");
+        c.args(["report", "--sort", "pid", "--stdio", "-i"])
+            .arg(self.perf_data());
+        c
+    }
+
+    /// Tool CPU time for the same job: per-process attribution system-wide at `hz`
+    /// for the plan's seconds under a CPU-bound load; plus samples lost.
+    fn tool_cost(&mut self, hz: u64) -> Result<()> {
+        let secs = self.plan.secs;
+        let s = format!("{secs}");
+        let job = format!("{hz} Hz per CPU, {secs} s, all CPUs busy");
+        let mut cost = Figure::new("Tool CPU time (user + sys) for the same job", &job, "ms")
+            .peer("perf record -a + perf report --sort pid", "perf / sampler");
+        let mut top = Figure::new("Tool CPU time (user + sys) for the same job", &job, "ms")
+            .peer("perf top --stdio --sort pid", "perf / sampler");
+        let mut lost = Figure::new("Samples lost at the same rate", &job, "samples")
+            .peer("perf record (lost samples)", "");
+        let mut share = Figure::new("Samples recorded at the same rate", &job, "samples")
+            .peer("perf record", "perf / sampler");
+        for _ in 0..self.plan.reps {
+            let _load = Load::start(self.machine.cpus);
+            let ours = run_measured(self.sampler_cmd().args([
+                "stat",
+                "-d",
+                &s,
+                "-F",
+                &hz.to_string(),
+                "--json",
+            ]))?;
+            let doc = json(&ours.stdout)?;
+            cost.ours.push(ours.cpu_s * 1e3);
+            top.ours.push(ours.cpu_s * 1e3);
+            lost.ours.push(doc["dropped"].as_f64().unwrap_or(f64::NAN));
+            share.ours.push(doc["samples"].as_f64().unwrap_or(f64::NAN));
+
+            let rec = run_measured(self.perf_record(hz).args(["--", "sleep", &s]))?;
+            let rep = run_measured(&mut self.perf_report())?;
+            cost.peer.push((rec.cpu_s + rep.cpu_s) * 1e3);
+            lost.peer.push(perf_lost(&rep.stdout) as f64);
+            let stats = run_measured(self.perf_report().arg("--stats"))?;
+            share.peer.push(perf_samples(&stats.stdout) as f64);
+
+            let mut cmd = Command::new("perf");
+            cmd.args([
+                "top",
+                "--stdio",
+                "-a",
+                "--sort",
+                "pid",
+                "-F",
+                &hz.to_string(),
+            ])
+            .arg("-e")
+            .arg(&self.machine.event)
+            .args(["-d", "1"]);
+            let running = Running::spawn(&mut cmd)?;
+            thread::sleep(Duration::from_secs_f64(secs));
+            running.signal(libc::SIGINT);
+            let t = running.finish()?;
+            top.peer.push(t.cpu_s * 1e3);
+        }
+        self.figures.push(cost);
+        self.figures.push(top);
+        self.figures
+            .push(share.note("perf: `SAMPLE events` of `perf report --stats`"));
+        self.figures.push(lost.note(
+            "sampler: samples its BPF program could not record (map update failed); \
+             perf: `Total Lost Samples`",
+        ));
+        Ok(())
+    }
+
+    /// Slowdown of a fixed CPU-bound workload (one thread per CPU) under each tool.
+    fn slowdown(&mut self, hz: u64, iterations: u64) -> Result<()> {
+        let hz_s = hz.to_string();
+        let what = format!("fixed workload, {} threads, {hz} Hz", self.machine.cpus);
+        let mut figs = ["sampler top", "perf record -a", "perf top --stdio"].map(|tool| {
+            let mut f = Figure::new("Slowdown of a fixed workload", &what, "s")
+                .peer("no tool", "under the tool / alone");
+            f.subject = tool.to_owned();
+            f.inverted = true;
+            f
+        });
+        for _ in 0..self.plan.reps {
+            let alone = fixed_workload(self.machine.cpus, iterations);
+            let tools: [Command; 3] = [
+                {
+                    let mut c = self.sampler_cmd();
+                    c.args(["top", "-i", "1", "--json", "-F", &hz_s]);
+                    c
+                },
+                {
+                    let mut c = self.perf_record(hz);
+                    c.args(["--", "sleep", "3600"]);
+                    c
+                },
+                {
+                    let mut c = Command::new("perf");
+                    c.args(["top", "--stdio", "-a", "--sort", "pid", "-F", &hz_s, "-e"])
+                        .arg(&self.machine.event)
+                        .args(["-d", "1"]);
+                    c
+                },
+            ];
+            for (fig, mut cmd) in figs.iter_mut().zip(tools) {
+                let running = Running::spawn(&mut cmd)?;
+                // Past start-up: sampling is under way.
+                thread::sleep(Duration::from_millis(700));
+                let t = fixed_workload(self.machine.cpus, iterations);
+                running.signal(libc::SIGINT);
+                running.finish()?;
+                fig.ours.push(t);
+                fig.peer.push(alone);
+            }
+        }
+        self.figures.extend(figs);
+        Ok(())
+    }
+
+    /// The BPF program's cost per sample from the kernel's BPF statistics, without
+    /// and with counting members whose deltas are attributed per task.
+    fn bpf_cost(&mut self, hz: u64) -> Result<()> {
+        let members = if self.machine.hardware() {
+            "{cycles,instructions,cache-misses}"
+        } else {
+            "{cpu-clock,cpu-clock,context-switches}"
+        };
+        let s = format!("{}", self.plan.secs.min(3.0));
+        for (what, events) in [
+            ("task + cgroup + CPU attribution", None),
+            ("the same + 2 member deltas", Some(members)),
+        ] {
+            let mut f = Figure::new(
+                "BPF program cost per sample (kernel BPF statistics)",
+                format!("{what}, {hz} Hz, all CPUs busy"),
+                "ns",
+            )
+            .note(format!(
+                "{} events; target ≤ 150 ns on this machine's software events",
+                self.machine.source
+            ));
+            for _ in 0..self.plan.reps {
+                let _load = Load::start(self.machine.cpus);
+                let mut cmd = self.sampler_cmd();
+                cmd.args([
+                    "stat",
+                    "-d",
+                    &s,
+                    "-F",
+                    &hz.to_string(),
+                    "--bpf-stats",
+                    "--json",
+                ]);
+                if let Some(e) = events {
+                    cmd.args(["-e", e]);
+                }
+                let doc = json(&run_measured(&mut cmd)?.stdout)?;
+                f.ours
+                    .push(doc["bpf"]["ns_per_sample"].as_f64().unwrap_or(f64::NAN));
+            }
+            self.figures.push(f);
+        }
+        Ok(())
+    }
+
+    /// Time from starting `sampler top` to its first refresh that holds a sample.
+    fn startup(&mut self) -> Result<()> {
+        let mut f = Figure::new(
+            "Start-up",
+            "process start to the first refresh with samples (20 ms refreshes)",
+            "ms",
+        )
+        .note("target: first sample within 200 ms");
+        for _ in 0..self.plan.reps.max(3) {
+            let started = Instant::now();
+            let mut child = self
+                .sampler_cmd()
+                .args(["top", "-i", "0.02", "-n", "250", "--json"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let stdout = child.stdout.take().context("stdout")?;
+            let mut first = None;
+            for line in BufReader::new(stdout).lines() {
+                let line = line?;
+                if json(&line)?["samples"].as_u64().unwrap_or(0) > 0 {
+                    first = Some(started.elapsed());
+                    break;
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let first = first.context("sampler top printed no refresh with samples")?;
+            f.ours.push(first.as_secs_f64() * 1e3);
+        }
+        self.figures.push(f);
+        Ok(())
+    }
+
+    /// Resident memory with `n` live tasks sampled during the run: the largest
+    /// resident size seen while running (polled) and the peak (`ru_maxrss`, which
+    /// includes start-up), sampler's live view against perf record + report.
+    fn memory(&mut self, n: usize) -> Result<()> {
+        let hz = 999u64;
+        let what = format!("{n} live threads spinning 3 ms each, {hz} Hz");
+        let mut steady = Figure::new("Resident memory", format!("{what}: while running"), "MiB")
+            .peer("perf record -a", "perf / sampler")
+            .note(
+                "largest VmRSS polled every 100 ms after start-up; sampler top refreshes \
+                 (reads every task from the maps) each second. Target: under 30 MB with \
+                 10,000 tasks",
+            );
+        let mut peak = Figure::new("Resident memory", format!("{what}: peak"), "MiB")
+            .peer("perf record -a + perf report --sort pid", "perf / sampler")
+            .note(
+                "ru_maxrss; sampler's peak is at start-up, where aya parses the kernel's \
+                 BTF (5 MB of type data) whether or not the object needs it",
+            );
+        let mut seen = Figure::new("Tasks attributed", what.clone(), "tasks").note(
+            "distinct threads of the benchmark process in sampler's refreshes (a thread \
+             that spins between two samples can go unseen)",
+        );
+        let spin = Duration::from_millis(3);
+        let me = std::process::id();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        for _ in 0..self.plan.reps.min(3) {
+            let running = Running::spawn(self.sampler_cmd().args([
+                "top",
+                "-i",
+                "1",
+                "-F",
+                &hz.to_string(),
+                "--top",
+                "100000",
+                "--json",
+            ]))?;
+            let rss = RssPoller::start(running.child.id(), Duration::from_millis(800));
+            thread::sleep(Duration::from_millis(500));
+            let tasks = LiveTasks::spawn(n, spin)?;
+            // One more refresh after the last thread spun: it reads all of them.
+            thread::sleep(Duration::from_millis(1_200));
+            let steady_kib = rss.stop();
+            running.signal(libc::SIGINT);
+            let m = running.finish()?;
+            drop(tasks);
+            let mut tids: Vec<u64> = Vec::new();
+            for line in m.stdout.lines() {
+                let doc = json(line)?;
+                tids.extend(
+                    doc["tasks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| {
+                            (t["tgid"].as_u64() == Some(u64::from(me)))
+                                .then(|| t["tid"].as_u64())
+                                .flatten()
+                        }),
+                );
+            }
+            tids.sort_unstable();
+            tids.dedup();
+            // Less the benchmark's main thread and the other threads it runs.
+            seen.ours.push(tids.len().min(n) as f64);
+            steady.ours.push(mib(steady_kib));
+            peak.ours.push(mib(m.maxrss_kib));
+
+            let running = Running::spawn(self.perf_record(hz).args(["--", "sleep", "3600"]))?;
+            let rss = RssPoller::start(running.child.id(), Duration::from_millis(800));
+            thread::sleep(Duration::from_millis(500));
+            let tasks = LiveTasks::spawn(n, spin)?;
+            thread::sleep(Duration::from_millis(1_200));
+            let steady_kib = rss.stop();
+            running.signal(libc::SIGINT);
+            let rec = running.finish()?;
+            drop(tasks);
+            let rep = run_measured(&mut self.perf_report())?;
+            steady.peer.push(mib(steady_kib));
+            peak.peer.push(mib(rec.maxrss_kib.max(rep.maxrss_kib)));
+        }
+        self.figures.push(steady);
+        self.figures.push(peak);
+        self.figures.push(seen);
+        Ok(())
+    }
+
+    /// One counter read through the user page vs one `read()`, from `sampler check
+    /// --latency` on this machine and in the arm64 guest.
+    fn read_latency(&mut self, guest_sampler: Option<&Path>) -> Result<()> {
+        let n = self.plan.latency_reads.to_string();
+        let m = run_measured(self.sampler_cmd().args([
+            "check",
+            "-d",
+            "0.3",
+            "--latency",
+            &n,
+            "--json",
+        ]))?;
+        self.latency_figure(&json(&m.stdout)?, "this machine")?;
+        if let Some(bin) = guest_sampler {
+            let guest = vm::Guest {
+                series: vm::Series::V6_12,
+                hetero: false,
+                icount: false,
+                smp: 4,
+                timeout: Duration::from_secs(600),
+            };
+            let payload = vm::Payload {
+                files: vec![(bin.to_path_buf(), "sampler")],
+                command: format!(
+                    "/sampler check -e cycles -F 200 -d 0.5 --latency {n} --json 2>/dev/null"
+                ),
+            };
+            let run = vm::run(&guest, &payload)?;
+            let line = run
+                .output
+                .lines()
+                .find(|l| l.trim_start().starts_with('{'))
+                .with_context(|| format!("the guest printed no JSON:\n{}", run.output))?;
+            self.latency_figure(
+                &json(line)?,
+                "arm64 guest (QEMU TCG, Linux 6.12, arm_pmu): the only place here with a \
+                 hardware counter; emulated, so the ratio is indicative",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn latency_figure(&mut self, doc: &Value, place: &str) -> Result<()> {
+        let checks = doc["checks"].as_array().context("no checks")?;
+        let method = checks
+            .first()
+            .and_then(|c| c["method"].as_str())
+            .unwrap_or("?")
+            .to_owned();
+        let mut f = Figure::new(
+            "Counter read latency: one read() / one user-page read",
+            format!("{place}; per CPU, method `{method}`"),
+            "ns",
+        )
+        .peer("read() syscall", "read() / page");
+        for c in checks {
+            let l = &c["latency"];
+            let Some(read) = l["read_ns"].as_f64() else {
+                continue;
+            };
+            f.peer.push(read);
+            match l["userpage_ns"].as_f64() {
+                Some(page) => f.ours.push(page),
+                None => f.ours.push(read),
+            }
+        }
+        if method == "read" {
+            f.note = "software events: no user-page read exists, both columns are read()".into();
+        }
+        self.figures.push(f);
+        Ok(())
+    }
+
+    fn markdown(&self, command: &str) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        let _ = writeln!(out, "# Benchmarks\n");
+        let _ = writeln!(
+            out,
+            "Measured by `{command}` in one run: sampler and its peers side by side on the \
+             same machine, the same workload and the same seconds. Each figure is the \
+             median (min–max) over {} repetition{}; ratios are computed per repetition.\n",
+            self.plan.reps,
+            if self.plan.reps == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(out, "| machine | |\n|---|---|");
+        let _ = writeln!(out, "| CPU | {} ({} CPUs) |", m.cpu_model, m.cpus);
+        let _ = writeln!(out, "| kernel | {} |", m.kernel);
+        let _ = writeln!(
+            out,
+            "| event source | {} (`{}`){} |",
+            m.source,
+            m.event,
+            if m.hardware() {
+                ""
+            } else {
+                ": no hardware PMU here, sampler and perf both sample the software clock"
+            }
+        );
+        let _ = writeln!(out, "| peer | {} |", m.perf_version);
+        let mut group = "";
+        for f in &self.figures {
+            if f.group != group {
+                group = f.group;
+                let _ = writeln!(out, "\n## {group}\n");
+                let _ = writeln!(
+                    out,
+                    "| case | tool | figure | peer | peer figure | ratio | note |"
+                );
+                let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            }
+            let ratios = f.ratios();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} {} | {} | {} | {} | {} |",
+                f.what,
+                f.subject,
+                summary(&f.ours, digits_for(&f.ours)),
+                f.unit,
+                if f.peer_name.is_empty() {
+                    "–"
+                } else {
+                    &f.peer_name
+                },
+                if f.peer.is_empty() {
+                    "–".to_owned()
+                } else {
+                    format!("{} {}", summary(&f.peer, digits_for(&f.peer)), f.unit)
+                },
+                if ratios.is_empty() || f.ratio_label.is_empty() {
+                    "–".to_owned()
+                } else {
+                    format!("{}× ({})", summary(&ratios, 2), f.ratio_label)
+                },
+                f.note
+            );
+        }
+        out
+    }
+}
+
+/// Runs the benchmarks; writes `BENCHMARKS.md` unless `--quick`.
+pub fn run(
+    root: &Path,
+    sampler: PathBuf,
+    guest_sampler: Option<PathBuf>,
+    o: &Options,
+) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the benchmarks load BPF programs and run `perf record -a`: run them as root \
+             (`sudo -E cargo xtask bench`)"
+        );
+    }
+    ensure_perf()?;
+    let started = Instant::now();
+    let tmp = std::env::temp_dir().join(format!("sampler-bench-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    let machine = Machine::probe(&sampler)?;
+    let plan = Plan::new(o.quick);
+    // Calibrate the fixed workload to about `work_secs` alone.
+    let probe_iters = 2_000_000;
+    let t = fixed_workload(machine.cpus, probe_iters).max(1e-3);
+    let iterations = ((probe_iters as f64) * plan.work_secs / t) as u64;
+    let mut b = Bench {
+        sampler,
+        machine,
+        plan,
+        tmp: tmp.clone(),
+        figures: Vec::new(),
+    };
+    let rates = b.plan.rates.clone();
+    for &hz in &rates {
+        eprintln!("xtask: bench: tool cost at {hz} Hz");
+        b.tool_cost(hz)?;
+    }
+    let fastest = *rates.last().unwrap_or(&999);
+    eprintln!("xtask: bench: workload slowdown at {fastest} Hz");
+    b.slowdown(fastest, iterations)?;
+    for &hz in &rates {
+        eprintln!("xtask: bench: BPF cost per sample at {hz} Hz");
+        b.bpf_cost(hz)?;
+    }
+    eprintln!("xtask: bench: start-up");
+    b.startup()?;
+    for n in b.plan.tasks.clone() {
+        eprintln!("xtask: bench: memory with {n} live tasks");
+        b.memory(n)?;
+    }
+    eprintln!("xtask: bench: counter read latency");
+    b.read_latency(guest_sampler.as_deref())?;
+    let command = if o.quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let mut md = b.markdown(command);
+    let _ = writeln!(
+        md,
+        "\nTotal benchmark time: {:.0} s. Machines are noisy: compare ratios measured in \
+         the same run, not figures across runs.",
+        started.elapsed().as_secs_f64()
+    );
+    if o.no_vm {
+        let _ = writeln!(
+            md,
+            "\n(`--no-vm`: the arm64 guest figures were not measured.)"
+        );
+    }
+    print!("{md}");
+    let _ = fs::remove_dir_all(&tmp);
+    if o.quick {
+        let path = root.join("target/bench-quick.md");
+        fs::write(&path, &md)?;
+        eprintln!(
+            "xtask: bench --quick: every benchmark ran; results in {}",
+            path.display()
+        );
+    } else {
+        fs::write(root.join("BENCHMARKS.md"), &md)?;
+        eprintln!("xtask: bench: wrote BENCHMARKS.md");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_give_median_and_spread() {
+        assert_eq!(summary(&[], 1), "–");
+        assert_eq!(summary(&[2.0], 1), "2.0");
+        assert_eq!(summary(&[3.0, 1.0, 2.0], 1), "2.0 (1.0–3.0)");
+        assert_eq!(summary(&[4.0, 1.0, 2.0, 3.0], 2), "2.50 (1.00–4.00)");
+    }
+
+    #[test]
+    fn ratios_are_per_repetition() {
+        let mut f = Figure::new("g", "w", "ms");
+        f.ours = vec![10.0, 20.0, 0.0];
+        f.peer = vec![100.0, 100.0, 5.0];
+        assert_eq!(f.ratios(), vec![10.0, 5.0]);
+    }
+
+    #[test]
+    fn perf_report_headers_are_parsed() {
+        let report = "# Total Lost Samples: 17\n#\n# Samples: 12K of event 'cpu-clock'\n";
+        assert_eq!(perf_lost(report), 17);
+        assert_eq!(perf_lost("# Samples: 998  of event 'cpu-clock'\n"), 0);
+        let stats = "Aggregated stats:\n           TOTAL events:       1241\n          \
+                     SAMPLE events:        998  (80.4%)\n";
+        assert_eq!(perf_samples(stats), 998);
+        assert_eq!(perf_samples(""), 0);
+    }
+
+    #[test]
+    fn vm_rss_is_read_from_the_status_file() {
+        let status = "Name:\tsampler\nVmHWM:\t   22888 kB\nVmRSS:\t    6376 kB\n";
+        assert_eq!(vm_rss_kib(status), Some(6376));
+        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn the_workload_depends_on_its_iterations() {
+        assert_ne!(work(10), work(11));
+        assert_eq!(work(1_000), work(1_000));
+    }
+}
