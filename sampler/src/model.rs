@@ -65,6 +65,46 @@ pub struct Snapshot {
     /// The BPF program's cost over the interval, from the kernel's BPF statistics
     /// (`--bpf-stats`); `None` when they were off.
     pub bpf: Option<BpfCost>,
+    /// Per CPU: the sampling event's count as the BPF program summed it (sample
+    /// periods) against `read()` of the same event, over the same interval.
+    pub check: Vec<CpuCheck>,
+}
+
+/// The live cross-check of one CPU: BPF's sum of sample periods vs `read()`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CpuCheck {
+    pub cpu: u32,
+    pub samples: u64,
+    pub bpf: u64,
+    pub read: u64,
+    pub rel_diff: f64,
+}
+
+/// Samples a CPU needs in an interval for its live check to mean something: the sum
+/// of periods misses up to one period at each end of the interval, and an idle CPU
+/// sampling `cpu-clock` takes (almost) no samples while its clock runs on.
+pub const CHECK_MIN_SAMPLES: u64 = 100;
+
+impl CpuCheck {
+    /// Whether the difference is within what sampling explains: 1 %, or two periods
+    /// of the interval's samples, whichever is larger.
+    pub fn ok(&self) -> bool {
+        self.rel_diff <= 0.01_f64.max(2.0 / self.samples.max(1) as f64)
+    }
+}
+
+impl Snapshot {
+    /// The live cross-check over the CPUs with enough samples: the largest relative
+    /// difference and whether every one of them is within bounds.
+    pub fn check_summary(&self) -> Option<(f64, bool)> {
+        let judged: Vec<&CpuCheck> = self
+            .check
+            .iter()
+            .filter(|c| c.samples >= CHECK_MIN_SAMPLES)
+            .collect();
+        let max = judged.iter().map(|c| c.rel_diff).reduce(f64::max)?;
+        Some((max, judged.iter().all(|c| c.ok())))
+    }
 }
 
 /// What the BPF program cost: total run time, runs (one per sample) and the mean.
@@ -122,6 +162,8 @@ pub struct TaskRow {
     pub tid: u32,
     pub comm: String,
     pub cpu: u32,
+    /// The cgroup v2 id the task was sampled in (the one with most samples).
+    pub cgroup_id: u64,
     pub samples: u64,
     /// Sum of sample periods: nanoseconds under `cpu-clock`, cycles under `cycles`.
     pub period_sum: u64,
@@ -143,8 +185,9 @@ impl Snapshot {
     ) -> Self {
         let selected = |cpu: u32| run.cpus.iter().any(|c| c.cpu == cpu);
 
-        // One row per (tgid, tid, cpu): a task that moved between cgroups is summed.
-        type Acc<'a> = (u64, u64, [u64; MAX_MEMBERS], &'a TaskValue);
+        // One row per (tgid, tid, cpu): a task that moved between cgroups is summed,
+        // under the cgroup where it had most samples.
+        type Acc<'a> = (u64, u64, [u64; MAX_MEMBERS], &'a TaskValue, u64);
         let mut per_task: HashMap<(u32, u32, u32), Acc<'_>> = HashMap::new();
         let mut idle_per_cpu: HashMap<u32, u64> = HashMap::new();
         for (key, value) in &maps.tasks {
@@ -160,6 +203,7 @@ impl Snapshot {
                 0,
                 [0; MAX_MEMBERS],
                 value,
+                key.cgroup_id,
             ));
             e.0 += value.samples;
             e.1 += value.period_sum;
@@ -168,6 +212,7 @@ impl Snapshot {
             }
             if value.samples > e.3.samples {
                 e.3 = value;
+                e.4 = key.cgroup_id;
             }
         }
 
@@ -199,11 +244,12 @@ impl Snapshot {
         let mut tasks: Vec<TaskRow> = per_task
             .into_iter()
             .map(
-                |((tgid, tid, cpu), (n, period_sum, member_sums, value))| TaskRow {
+                |((tgid, tid, cpu), (n, period_sum, member_sums, value, cgroup_id))| TaskRow {
                     tgid,
                     tid,
                     comm: printable_comm(value.comm_bytes()),
                     cpu,
+                    cgroup_id,
                     samples: n,
                     period_sum,
                     share: percent(n, samples),
@@ -238,6 +284,25 @@ impl Snapshot {
             members: run.members.clone(),
             warnings: run_warnings(counts),
             bpf: maps.bpf.and_then(BpfCost::of),
+            check: run
+                .cpus
+                .iter()
+                .filter_map(|c| {
+                    let stats = maps.cpu_stats.get(c.cpu as usize)?;
+                    let bpf = stats.period_sum;
+                    let read = counts
+                        .iter()
+                        .find(|e| e.cpu == c.cpu && e.group == 0 && e.index == 0)?
+                        .value;
+                    Some(CpuCheck {
+                        cpu: c.cpu,
+                        samples: stats.samples,
+                        bpf,
+                        read,
+                        rel_diff: crate::check::rel_diff(bpf, read),
+                    })
+                })
+                .collect(),
             events: counts
                 .iter()
                 .map(|c| EventRow {
