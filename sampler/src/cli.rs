@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     Error,
     bpf::{self, Bpf, KERNEL_BTF},
+    cgroup::CgroupNames,
     check,
     cpus::CpuList,
     event::{self, EventKind, EventList},
@@ -21,8 +22,9 @@ use crate::{
     plan::{self, KernelVersion, Plan, Rate},
     pmu::PmuSet,
     present,
-    session::Session,
+    session::{self, Session},
     sys::{self, RealSys},
+    tui,
 };
 
 /// The event sampled when no `-e` is given: hardware cycles, or cpu-clock where the
@@ -178,12 +180,20 @@ pub struct TopArgs {
     /// Stop after N refreshes [default: run until interrupted].
     #[arg(short = 'n', long, value_name = "N")]
     pub iterations: Option<u64>,
+    /// Plain text snapshots instead of the full-screen view (like `top -b`); the
+    /// default without a terminal.
+    #[arg(short, long)]
+    pub batch: bool,
     /// One JSON document per refresh (JSON lines) instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Show only the N busiest tasks.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Where the full-screen view writes its log (whatever would go to standard
+    /// error while the screen is up) [default: ~/.local/state/sampler/top.log].
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// Runs the parsed command line.
@@ -352,35 +362,34 @@ async fn stat(args: StatArgs) -> Result<(), Error> {
 
 async fn top(args: TopArgs) -> Result<(), Error> {
     let interval = parse_seconds("interval", &args.interval)?;
+    if !args.json && !args.batch && io::stdout().is_terminal() && io::stdin().is_terminal() {
+        return top_screen(args, interval).await;
+    }
     let sampling = Sampling::start(&args.sampling)?;
-    let clear = !args.json && io::stdout().is_terminal();
-    let mut prev = sampling.bpf.read()?;
-    let mut prev_counts = sampling.session.read_counts()?;
-    let mut last = Instant::now();
+    let events = args
+        .sampling
+        .event
+        .clone()
+        .unwrap_or_else(|| DEFAULT_EVENT.to_owned());
+    let mut app = tui::App::new(events, interval, args.top);
+    let mut names = CgroupNames::new();
+    let mut refresh = Refresh::new(&sampling)?;
     let mut done = 0u64;
     while args.iterations.is_none_or(|n| done < n) {
         if wait(Some(interval)).await? == Stop::Signal {
             break;
         }
-        let cur = sampling.bpf.read()?;
-        let cur_counts = sampling.session.read_counts()?;
-        let now = Instant::now();
-        let mut snapshot = Snapshot::build(
-            &delta(&prev, &cur),
-            &delta_counts(&prev_counts, &cur_counts),
-            &sampling.info,
-            (now - last).as_secs_f64(),
-        );
-        snapshot.warnings.extend(sampling.throttled());
-        (prev, prev_counts, last) = (cur, cur_counts, now);
+        let started = Instant::now();
+        let snapshot = refresh.next(&sampling)?;
         let text = if args.json {
-            let mut s = present::json(&snapshot, Some(args.top)).to_string();
-            s.push('\n');
-            s
-        } else if clear {
-            format!("\x1b[H\x1b[2J{}", present::table(&snapshot, Some(args.top)))
+            let mut doc = present::json(&snapshot, Some(args.top));
+            doc["refresh_ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
+            format!("{doc}\n")
         } else {
-            format!("{}\n", present::table(&snapshot, Some(args.top)))
+            app.update(snapshot);
+            let cache = cgroup_cache(&mut names, app.snapshot.as_ref());
+            let name_of = |id: u64| cache.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+            format!("{}\n", tui::batch_text(&app, &name_of))
         };
         if !emit(&text)? {
             break;
@@ -388,6 +397,191 @@ async fn top(args: TopArgs) -> Result<(), Error> {
         done += 1;
     }
     Ok(())
+}
+
+/// The per-interval deltas of a running sampler: each call reads the maps and the
+/// counters and returns what changed since the previous one.
+struct Refresh {
+    prev: bpf::MapContents,
+    prev_counts: Vec<session::EventCount>,
+    last: Instant,
+}
+
+impl Refresh {
+    fn new(sampling: &Sampling) -> Result<Self, Error> {
+        Ok(Self {
+            prev: sampling.bpf.read()?,
+            prev_counts: sampling.session.read_counts()?,
+            last: Instant::now(),
+        })
+    }
+
+    fn next(&mut self, sampling: &Sampling) -> Result<Snapshot, Error> {
+        let cur = sampling.bpf.read()?;
+        let cur_counts = sampling.session.read_counts()?;
+        let now = Instant::now();
+        let mut snapshot = Snapshot::build(
+            &delta(&self.prev, &cur),
+            &delta_counts(&self.prev_counts, &cur_counts),
+            &sampling.info,
+            (now - self.last).as_secs_f64(),
+        );
+        snapshot.warnings.extend(sampling.throttled());
+        (self.prev, self.prev_counts, self.last) = (cur, cur_counts, now);
+        Ok(snapshot)
+    }
+}
+
+/// Names of the cgroups in `s`, resolved once per refresh.
+fn cgroup_cache(
+    names: &mut CgroupNames,
+    s: Option<&Snapshot>,
+) -> std::collections::HashMap<u64, String> {
+    let mut cache = std::collections::HashMap::new();
+    for t in s.map_or(&[][..], |s| &s.tasks[..]) {
+        cache
+            .entry(t.cgroup_id)
+            .or_insert_with(|| names.name(t.cgroup_id));
+    }
+    cache
+}
+
+/// `~/.local/state/sampler/top.log` (XDG_STATE_HOME when set).
+fn default_log() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    base.join("sampler/top.log")
+}
+
+/// The full-screen live view. Sampling starts before the screen comes up, so that
+/// start-up errors print normally; while it is up, standard error goes to the log
+/// file; the terminal is restored on quit, on SIGINT/SIGTERM/SIGHUP and on panic.
+async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
+    use ratatui::crossterm::event::{self as ct, Event, KeyEventKind};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    let mut sampling_args = args.sampling;
+    let mut sampling = Sampling::start(&sampling_args)?;
+    let events = sampling_args
+        .event
+        .clone()
+        .unwrap_or_else(|| DEFAULT_EVENT.to_owned());
+    let mut app = tui::App::new(events, interval, args.top);
+    let mut names = CgroupNames::new();
+    let mut refresh = Refresh::new(&sampling)?;
+    let log = args.log.unwrap_or_else(default_log);
+    let redirect = sys::StderrRedirect::to_file(&log).map_err(|e| {
+        Error::Runtime(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot open the log file {} ({e}); --log FILE sets another",
+                log.display()
+            ),
+        ))
+    })?;
+    let mut terminal = ratatui::try_init()?;
+
+    let (tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // A terminal that went away (hang-up) ends the reader.
+                let Ok(ready) = ct::poll(Duration::from_millis(100)) else {
+                    break;
+                };
+                if ready {
+                    match ct::read() {
+                        Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => {
+                            if tx.send(k).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        })
+    };
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut next = tokio::time::Instant::now() + app.interval;
+    let mut cache = std::collections::HashMap::new();
+    let mut done = 0u64;
+    let result: Result<(), Error> = loop {
+        let name_of = |id: u64| cache.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        if let Err(e) = terminal.draw(|f| tui::render(f, &app, &name_of)) {
+            break Err(e.into());
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                next = tokio::time::Instant::now() + app.interval;
+                match refresh.next(&sampling) {
+                    Ok(s) => app.update(s),
+                    Err(e) => break Err(e),
+                }
+                cache = cgroup_cache(&mut names, app.snapshot.as_ref());
+                done += 1;
+                if args.iterations.is_some_and(|n| done >= n) {
+                    break Ok(());
+                }
+            }
+            Some(key) = keys.recv() => match app.on_key(key) {
+                tui::Action::Quit => break Ok(()),
+                tui::Action::Interval => next = tokio::time::Instant::now() + app.interval,
+                tui::Action::Events(events) => {
+                    // Close the old events and programs first: counters are scarce.
+                    let old = sampling_args.event.replace(events.clone());
+                    drop(sampling);
+                    sampling = match Sampling::start(&sampling_args) {
+                        Ok(s) => {
+                            app.status = None;
+                            app.events = events;
+                            s
+                        }
+                        Err(e) => {
+                            app.status = Some(format!("cannot sample `{events}`: {e}"));
+                            sampling_args.event = old;
+                            match Sampling::start(&sampling_args) {
+                                Ok(s) => s,
+                                Err(e) => break Err(e),
+                            }
+                        }
+                    };
+                    refresh = match Refresh::new(&sampling) {
+                        Ok(r) => r,
+                        Err(e) => break Err(e),
+                    };
+                    app.snapshot = None;
+                    next = tokio::time::Instant::now() + app.interval;
+                }
+                tui::Action::None => {}
+            },
+            _ = int.recv() => break Ok(()),
+            _ = term.recv() => break Ok(()),
+            _ = hup.recv() => break Ok(()),
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    ratatui::restore();
+    // After leaving the alternate screen: some terminals keep the cursor mode
+    // per screen (tmux does).
+    let _ = terminal.show_cursor();
+    drop(redirect);
+    // Not joined: with the terminal gone, the reader can be stuck inside crossterm;
+    // it ends with the process.
+    drop(reader);
+    result
 }
 
 /// Loaded programs and enabled events: sampling is under way while this lives.

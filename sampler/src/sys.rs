@@ -259,6 +259,52 @@ pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
     })
 }
 
+/// Standard error redirected to a file while a full-screen view is up, so that
+/// nothing written to it lands on the screen; [`StderrRedirect::restore`] (or drop)
+/// puts the original back.
+pub struct StderrRedirect {
+    saved: OwnedFd,
+}
+
+impl StderrRedirect {
+    /// Appends standard error to `path` (created 0600, never following a symlink).
+    pub fn to_file(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        // SAFETY: dup of the process's own fd 2; the result is checked.
+        let saved = unsafe { libc::dup(2) };
+        if saved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `saved` is a new fd that nothing else owns.
+        let saved = unsafe { OwnedFd::from_raw_fd(saved) };
+        // SAFETY: dup2 onto fd 2 from a file we hold open; checked.
+        if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { saved })
+    }
+
+    pub fn restore(self) {}
+}
+
+impl Drop for StderrRedirect {
+    fn drop(&mut self) {
+        // SAFETY: puts the saved original back on fd 2; `saved` is still open.
+        unsafe {
+            libc::dup2(self.saved.as_raw_fd(), 2);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

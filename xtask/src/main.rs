@@ -375,6 +375,21 @@ fn test(no_vm: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The live view's end-to-end test drives it in a real terminal.
+    if Command::new("tmux")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        status(
+            privileged("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "tmux"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("installing tmux (for the live view's terminal test)")?;
+    }
     status(&mut cargo([
         "test",
         "--workspace",
