@@ -7,7 +7,7 @@
 //! of this process: a CPU-bound loop on every CPU, a fixed amount of work for the
 //! slowdown, and thousands of short-lived spinning threads for the memory figures.
 //!
-//! Tool CPU time and peak memory come from `wait4` on each tool's process (its own
+//! Tool CPU time comes from `wait4` on each tool's process (its own
 //! user + system time; work done in sample interrupts on behalf of the tool is
 //! charged to the interrupted task, which the slowdown figure catches instead).
 
@@ -163,7 +163,9 @@ fn digits_for(v: &[f64]) -> usize {
 /// What a finished tool process used.
 struct Measured {
     cpu_s: f64,
-    maxrss_kib: u64,
+    /// Peak resident size (VmHWM) and the largest VmRSS after start-up, polled.
+    peak_kib: u64,
+    steady_kib: u64,
     stdout: String,
     stderr: String,
     success: bool,
@@ -172,6 +174,7 @@ struct Measured {
 /// A tool process under measurement; its output is drained by threads.
 struct Running {
     child: Child,
+    rss: RssPoller,
     out: JoinHandle<String>,
     err: JoinHandle<String>,
     what: String,
@@ -196,8 +199,10 @@ impl Running {
             .with_context(|| format!("cannot start `{what}`"))?;
         let out = drain(child.stdout.take().context("stdout")?);
         let err = drain(child.stderr.take().context("stderr")?);
+        let rss = RssPoller::start(child.id(), Duration::from_millis(800));
         Ok(Self {
             child,
+            rss,
             out,
             err,
             what,
@@ -229,11 +234,13 @@ impl Running {
                 std::io::Error::last_os_error()
             );
         }
+        let (steady_kib, peak_kib) = self.rss.stop();
         let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
         Ok(Measured {
             cpu_s: tv(usage.ru_utime) + tv(usage.ru_stime),
-            maxrss_kib: usage.ru_maxrss as u64,
+            peak_kib,
+            steady_kib,
             stdout: self.out.join().unwrap_or_default(),
             stderr: self.err.join().unwrap_or_default(),
             success,
@@ -350,11 +357,13 @@ impl Drop for LiveTasks {
     }
 }
 
-/// Polls a process's `VmRSS` until stopped; keeps the largest value seen after a
-/// start-up delay.
+/// Polls a process's `/proc/PID/status` until stopped: the largest `VmRSS` seen after
+/// a start-up delay, and the last `VmHWM` (its peak so far). Polled, because the
+/// `ru_maxrss` of a child forked from a large parent counts the parent's pages it
+/// held before exec.
 struct RssPoller {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<(u64, u64)>,
 }
 
 impl RssPoller {
@@ -363,32 +372,39 @@ impl RssPoller {
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
             let started = Instant::now();
-            let mut max = 0;
+            let (mut max, mut hwm) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
-                if started.elapsed() >= after {
-                    let kib = fs::read_to_string(format!("/proc/{pid}/status"))
-                        .ok()
-                        .and_then(|s| vm_rss_kib(&s));
-                    max = max.max(kib.unwrap_or(0));
+                if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
+                    // Only after exec (the forked copy of this process is not the tool).
+                    if !status
+                        .lines()
+                        .any(|l| l.starts_with("Name:") && l.contains("xtask"))
+                    {
+                        hwm = hwm.max(status_kib(&status, "VmHWM:").unwrap_or(0));
+                        if started.elapsed() >= after {
+                            max = max.max(status_kib(&status, "VmRSS:").unwrap_or(0));
+                        }
+                    }
                 }
-                thread::sleep(Duration::from_millis(100));
+                thread::sleep(Duration::from_millis(50));
             }
-            max
+            (max, hwm)
         });
         Self { stop, thread }
     }
 
-    fn stop(self) -> u64 {
+    /// (largest VmRSS after the delay, peak VmHWM), in KiB.
+    fn stop(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or(0)
+        self.thread.join().unwrap_or((0, 0))
     }
 }
 
-/// `VmRSS` of a `/proc/PID/status` text, in KiB.
-fn vm_rss_kib(status: &str) -> Option<u64> {
+/// A `Vm...:` field of a `/proc/PID/status` text, in KiB.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -721,7 +737,7 @@ impl Bench {
     }
 
     /// Resident memory with `n` live tasks sampled during the run: the largest
-    /// resident size seen while running (polled) and the peak (`ru_maxrss`, which
+    /// resident size seen while running and the peak (`VmHWM`, which
     /// includes start-up), sampler's live view against perf record + report.
     fn memory(&mut self, n: usize) -> Result<()> {
         let hz = 999u64;
@@ -736,13 +752,19 @@ impl Bench {
         let mut peak = Figure::new("Resident memory", format!("{what}: peak"), "MiB")
             .peer("perf record -a + perf report --sort pid", "perf / sampler")
             .note(
-                "ru_maxrss; sampler's peak is at start-up, where aya parses the kernel's \
+                "VmHWM; sampler's peak is at start-up, where aya parses the kernel's \
                  BTF (5 MB of type data) whether or not the object needs it",
             );
         let mut seen = Figure::new("Tasks attributed", what.clone(), "tasks").note(
             "distinct threads of the benchmark process in sampler's refreshes (a thread \
              that spins between two samples can go unseen)",
         );
+        let mut refresh = Figure::new(
+            "Live view refresh cost",
+            format!("{what}: slowest refresh (map read, roll-up, JSON), 1 s interval"),
+            "ms",
+        )
+        .note("sampler top --json `refresh_ms`");
         let spin = Duration::from_millis(3);
         let me = std::process::id();
         let mib = |kib: u64| kib as f64 / 1024.0;
@@ -757,12 +779,10 @@ impl Bench {
                 "100000",
                 "--json",
             ]))?;
-            let rss = RssPoller::start(running.child.id(), Duration::from_millis(800));
             thread::sleep(Duration::from_millis(500));
             let tasks = LiveTasks::spawn(n, spin)?;
             // One more refresh after the last thread spun: it reads all of them.
             thread::sleep(Duration::from_millis(1_200));
-            let steady_kib = rss.stop();
             running.signal(libc::SIGINT);
             let m = running.finish()?;
             drop(tasks);
@@ -785,25 +805,30 @@ impl Bench {
             tids.dedup();
             // Less the benchmark's main thread and the other threads it runs.
             seen.ours.push(tids.len().min(n) as f64);
-            steady.ours.push(mib(steady_kib));
-            peak.ours.push(mib(m.maxrss_kib));
+            steady.ours.push(mib(m.steady_kib));
+            peak.ours.push(mib(m.peak_kib));
+            refresh.ours.extend(
+                m.stdout
+                    .lines()
+                    .filter_map(|l| json(l).ok()?["refresh_ms"].as_f64())
+                    .reduce(f64::max),
+            );
 
             let running = Running::spawn(self.perf_record(hz).args(["--", "sleep", "3600"]))?;
-            let rss = RssPoller::start(running.child.id(), Duration::from_millis(800));
             thread::sleep(Duration::from_millis(500));
             let tasks = LiveTasks::spawn(n, spin)?;
             thread::sleep(Duration::from_millis(1_200));
-            let steady_kib = rss.stop();
             running.signal(libc::SIGINT);
             let rec = running.finish()?;
             drop(tasks);
             let rep = run_measured(&mut self.perf_report())?;
-            steady.peer.push(mib(steady_kib));
-            peak.peer.push(mib(rec.maxrss_kib.max(rep.maxrss_kib)));
+            steady.peer.push(mib(rec.steady_kib));
+            peak.peer.push(mib(rec.peak_kib.max(rep.peak_kib)));
         }
         self.figures.push(steady);
         self.figures.push(peak);
         self.figures.push(seen);
+        self.figures.push(refresh);
         Ok(())
     }
 
@@ -1066,8 +1091,9 @@ mod tests {
     #[test]
     fn vm_rss_is_read_from_the_status_file() {
         let status = "Name:\tsampler\nVmHWM:\t   22888 kB\nVmRSS:\t    6376 kB\n";
-        assert_eq!(vm_rss_kib(status), Some(6376));
-        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+        assert_eq!(status_kib(status, "VmRSS:"), Some(6376));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(22888));
+        assert_eq!(status_kib("Name:\tx\n", "VmRSS:"), None);
     }
 
     #[test]
