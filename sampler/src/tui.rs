@@ -59,7 +59,7 @@ pub enum Sort {
 }
 
 impl Sort {
-    const ALL: [Self; 5] = [Self::Samples, Self::Period, Self::Ipc, Self::Id, Self::Name];
+    const ALL: [Self; 5] = [Self::Period, Self::Samples, Self::Ipc, Self::Id, Self::Name];
 
     fn name(self) -> &'static str {
         match self {
@@ -119,7 +119,8 @@ impl App {
     pub fn new(events: String, interval: Duration, limit: usize) -> Self {
         Self {
             view: View::Processes,
-            sort: Sort::Samples,
+            // By cycles (the sampling event's count), or time under cpu-clock.
+            sort: Sort::Period,
             reverse: false,
             filter: String::new(),
             input: None,
@@ -534,7 +535,7 @@ fn event_table(s: &Snapshot) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>)
 
 const HELP: &str = "\
 p t g c v   processes, threads, cgroups, CPUs, events (Tab: next view)
-s           next sort order (samples, cycles/time, IPC, id, name)
+s           next sort order (cycles/time, samples, IPC, id, name)
 r           reverse the order
 /           filter by name, pid or cgroup (Enter keeps it, Esc clears)
 e           sample other events (perf syntax, e.g. {cycles,instructions})
@@ -806,7 +807,7 @@ mod tests {
         a.filter.clear();
         // Sort orders cycle.
         a.on_key(key('s'));
-        assert_eq!(a.sort, Sort::Period);
+        assert_eq!(a.sort, Sort::Samples);
         for _ in 0..3 {
             a.on_key(key('s'));
         }
