@@ -161,6 +161,68 @@ impl PerfSys for RealSys {
     }
 }
 
+/// One `BPF_MAP_LOOKUP_BATCH` call on a hash map: copies up to `keys.len()` entries
+/// into `keys` and `values` and returns how many, and whether the map is exhausted.
+/// `token` carries the position between calls (`first` for the first one). `K` and
+/// `V` must be the map's key and value types (their sizes are what the kernel
+/// writes per entry). Linux 5.6+; older kernels answer EINVAL.
+pub fn map_lookup_batch<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    token: &mut [u64; 4],
+    first: bool,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<(usize, bool)> {
+    /// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let count = keys.len().min(values.len());
+    let mut out_token = [0u64; 4];
+    let mut attr = BatchAttr {
+        in_batch: if first { 0 } else { token.as_ptr() as u64 },
+        out_batch: out_token.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_LOOKUP_BATCH of the size
+    // passed. The kernel writes at most `count` keys and values of the map's sizes,
+    // which are `K` and `V` (the caller's contract), into buffers that hold `count`
+    // of each, and a batch token of at most the key size into `out_token` (32 bytes,
+    // larger than a hash map's 4-byte bucket token); all outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &raw mut attr,
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    let copied = (attr.count as usize).min(count);
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOENT) {
+            return Ok((copied, true));
+        }
+        return Err(err);
+    }
+    *token = out_token;
+    Ok((copied, false))
+}
+
 /// The symbolic name of an errno perf users know (`ENOENT`), else the io::Error text.
 pub fn errno_name(err: &io::Error) -> String {
     let name = match err.raw_os_error() {
