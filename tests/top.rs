@@ -48,51 +48,69 @@ fn assert_restored(socket: &str) {
     );
 }
 
-struct Session(String);
+/// `sampler top` running in a detached tmux session of its own (socket `socket`),
+/// inside a shell that stays after it exits so the terminal can be inspected; killed
+/// with its log file on drop.
+struct Session {
+    socket: String,
+    log: std::path::PathBuf,
+}
+
+impl Session {
+    /// Root, tmux, and the session started at `width`x`height`; `None` (with the
+    /// reason printed) when the test cannot run here.
+    fn start(
+        test: &str,
+        width: u16,
+        height: u16,
+    ) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
+        let serial = require_root(test)?;
+        if Command::new("tmux").arg("-V").output().is_err() {
+            skip(test, "tmux is not installed (`apt-get install tmux`)");
+            return None;
+        }
+        let id = format!("{test}-{}", std::process::id());
+        let session = Self {
+            socket: format!("sampler-{id}"),
+            log: std::env::temp_dir().join(format!("sampler-{id}.log")),
+        };
+        let cmd = format!("{}; echo EXITED $?; sleep 60", session.command());
+        let (w, h) = (width.to_string(), height.to_string());
+        tmux(
+            &session.socket,
+            &["new-session", "-d", "-s", "top", "-x", &w, "-y", &h, &cmd],
+        );
+        Some((serial, session))
+    }
+
+    /// The sampler command line, as `pgrep -f` sees it.
+    fn command(&self) -> String {
+        format!(
+            "{} top -i 0.5 --log {}",
+            sampler_bin(),
+            self.log.to_string_lossy()
+        )
+    }
+}
 
 impl Drop for Session {
     fn drop(&mut self) {
-        tmux(&self.0, &["kill-server"]);
+        tmux(&self.socket, &["kill-server"]);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
 #[test]
 fn full_screen_view_in_a_real_terminal() {
-    let name = "full_screen_view_in_a_real_terminal";
-    let Some(_serial) = require_root(name) else {
+    let Some((_serial, session)) = Session::start("full_screen_view_in_a_real_terminal", 160, 40)
+    else {
         return;
     };
-    if Command::new("tmux").arg("-V").output().is_err() {
-        skip(name, "tmux is not installed (`apt-get install tmux`)");
-        return;
-    }
+    let socket = &session.socket;
     let busy = Busy::pinned_to(0);
-    let socket = format!("sampler-test-{}", std::process::id());
-    let _session = Session(socket.clone());
-    let log = std::env::temp_dir().join(format!("sampler-top-{}.log", std::process::id()));
-    // In a shell that stays, so the terminal can be inspected after sampler exits.
-    let cmd = format!(
-        "{} top -i 0.5 --log {}; echo EXITED $?; sleep 60",
-        sampler_bin(),
-        log.to_string_lossy()
-    );
-    tmux(
-        &socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            "160",
-            "-y",
-            "40",
-            &cmd,
-        ],
-    );
     // The view comes up on the alternate screen with the busy process on top.
     let pid = busy.pid().to_string();
-    let pane = wait_pane(&socket, 20, |p| {
+    let pane = wait_pane(socket, 20, |p| {
         p.contains("sampler top") && p.lines().any(|l| l.trim_start().starts_with(&pid))
     });
     assert!(pane.contains("sampler top"), "{pane}");
@@ -107,74 +125,41 @@ fn full_screen_view_in_a_real_terminal() {
         "the busy process {pid} leads: {first_row}\n{pane}"
     );
     assert_eq!(
-        tmux(&socket, &["display", "-p", "-t", "top", "#{alternate_on}"]).trim(),
+        tmux(socket, &["display", "-p", "-t", "top", "#{alternate_on}"]).trim(),
         "1"
     );
     // Views by key: threads, then CPUs.
-    tmux(&socket, &["send-keys", "-t", "top", "t"]);
-    let pane = wait_pane(&socket, 5, |p| p.contains("TID"));
+    tmux(socket, &["send-keys", "-t", "top", "t"]);
+    let pane = wait_pane(socket, 5, |p| p.contains("TID"));
     assert!(pane.contains("TID"), "{pane}");
-    tmux(&socket, &["send-keys", "-t", "top", "c"]);
-    let pane = wait_pane(&socket, 5, |p| p.contains("PMU / CORE TYPE"));
+    tmux(socket, &["send-keys", "-t", "top", "c"]);
+    let pane = wait_pane(socket, 5, |p| p.contains("PMU / CORE TYPE"));
     assert!(pane.contains("PMU / CORE TYPE"), "{pane}");
     // Help, then quit with q: the terminal is restored (alternate screen off).
-    tmux(&socket, &["send-keys", "-t", "top", "h"]);
-    let pane = wait_pane(&socket, 5, |p| p.contains("this help"));
+    tmux(socket, &["send-keys", "-t", "top", "h"]);
+    let pane = wait_pane(socket, 5, |p| p.contains("this help"));
     assert!(pane.contains("this help"), "{pane}");
-    tmux(&socket, &["send-keys", "-t", "top", "h", "q"]);
-    let pane = wait_pane(&socket, 10, |p| p.contains("EXITED"));
+    tmux(socket, &["send-keys", "-t", "top", "h", "q"]);
+    let pane = wait_pane(socket, 10, |p| p.contains("EXITED"));
     assert!(
         pane.contains("EXITED 0"),
         "sampler top did not quit on q: {pane}"
     );
-    assert_restored(&socket);
-    let _ = std::fs::remove_file(&log);
+    assert_restored(socket);
 }
 
 #[test]
 fn sigterm_restores_the_terminal_too() {
-    let name = "sigterm_restores_the_terminal_too";
-    let Some(_serial) = require_root(name) else {
+    let Some((_serial, session)) = Session::start("sigterm_restores_the_terminal_too", 120, 30)
+    else {
         return;
     };
-    if Command::new("tmux").arg("-V").output().is_err() {
-        skip(name, "tmux is not installed (`apt-get install tmux`)");
-        return;
-    }
-    let socket = format!("sampler-term-{}", std::process::id());
-    let _session = Session(socket.clone());
-    let log = std::env::temp_dir().join(format!("sampler-term-{}.log", std::process::id()));
-    let cmd = format!(
-        "{} top -i 0.5 --log {}; echo EXITED $?; sleep 60",
-        sampler_bin(),
-        log.to_string_lossy()
-    );
-    tmux(
-        &socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            "120",
-            "-y",
-            "30",
-            &cmd,
-        ],
-    );
-    let pane = wait_pane(&socket, 20, |p| p.contains("PID"));
+    let socket = &session.socket;
+    let pane = wait_pane(socket, 20, |p| p.contains("PID"));
     assert!(pane.contains("sampler top"), "{pane}");
     let pids = Command::new("pgrep")
         // Anchored: the shell around it has the same words after `sh -c`.
-        .args([
-            "-f",
-            &format!(
-                "^{} top -i 0.5 --log {}$",
-                sampler_bin(),
-                log.to_string_lossy()
-            ),
-        ])
+        .args(["-f", &format!("^{}$", session.command())])
         .output()
         .unwrap();
     let pid = String::from_utf8_lossy(&pids.stdout)
@@ -185,10 +170,9 @@ fn sigterm_restores_the_terminal_too() {
     assert!(!pid.is_empty(), "sampler's pid");
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
-    let pane = wait_pane(&socket, 10, |p| p.contains("EXITED"));
+    let pane = wait_pane(socket, 10, |p| p.contains("EXITED"));
     assert!(pane.contains("EXITED 0"), "did not stop on SIGTERM: {pane}");
-    assert_restored(&socket);
-    let _ = std::fs::remove_file(&log);
+    assert_restored(socket);
 }
 
 #[test]

@@ -322,8 +322,7 @@ pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
 }
 
 /// Standard error redirected to a file while a full-screen view is up, so that
-/// nothing written to it lands on the screen; [`StderrRedirect::restore`] (or drop)
-/// puts the original back.
+/// nothing written to it lands on the screen; dropping it puts the original back.
 pub struct StderrRedirect {
     saved: OwnedFd,
 }
@@ -354,8 +353,6 @@ impl StderrRedirect {
         }
         Ok(Self { saved })
     }
-
-    pub fn restore(self) {}
 }
 
 impl Drop for StderrRedirect {
