@@ -158,18 +158,8 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
 /// The member whose count over the sampled cycles is the IPC: `instructions` (with
 /// any modifiers) when every CPU samples `cycles`.
 fn ipc_member(s: &Snapshot) -> Option<&str> {
-    let base = |n: &str| n.split(':').next().unwrap_or(n).to_owned();
-    let cycles = !s.cpus.is_empty()
-        && s.cpus
-            .iter()
-            .all(|c| matches!(base(&c.event).as_str(), "cycles" | "cpu-cycles"));
-    if !cycles {
-        return None;
-    }
-    s.members
-        .iter()
-        .find(|m| base(m) == "instructions")
-        .map(String::as_str)
+    let i = crate::rollup::Ratios::of(s).instructions?;
+    s.members.get(i).map(String::as_str)
 }
 
 /// The cross-check as a table: one row per CPU and event, then the notes.

@@ -50,19 +50,34 @@ pub struct Ratios {
     /// Members counting cache misses and references.
     pub cache_misses: Option<usize>,
     pub cache_references: Option<usize>,
-    /// The sampling event is `cycles` on some CPU (the period sum is cycles).
+    /// Every CPU samples `cycles` (the period sum is cycles).
     pub cycles: bool,
+    /// Every CPU samples the software clock (the period sum is nanoseconds).
+    pub clock: bool,
+}
+
+/// An event name without its modifiers (`cycles:u` -> `cycles`), perf's aliases
+/// folded (`cpu-cycles` -> `cycles`).
+fn base_name(name: &str) -> &str {
+    match name.split(':').next().unwrap_or(name) {
+        "cpu-cycles" => "cycles",
+        base => base,
+    }
 }
 
 impl Ratios {
     pub fn of(s: &Snapshot) -> Self {
-        let pos = |name: &str| s.members.iter().position(|m| m == name);
-        let cycles = s.cpus.iter().any(|c| c.event == "cycles");
+        let pos = |name: &str| s.members.iter().position(|m| base_name(m) == name);
+        let all = |names: &[&str]| {
+            !s.cpus.is_empty() && s.cpus.iter().all(|c| names.contains(&base_name(&c.event)))
+        };
+        let cycles = all(&["cycles"]);
         Self {
             instructions: pos("instructions").filter(|_| cycles),
             cache_misses: pos("cache-misses"),
             cache_references: pos("cache-references"),
             cycles,
+            clock: all(&["cpu-clock", "task-clock"]),
         }
     }
 
@@ -387,6 +402,17 @@ pub(crate) mod tests {
         assert_eq!(r.miss_pct(&[5, 50]), Some(10.0));
         assert_eq!(r.miss_pct(&[5, 0]), None);
         assert_eq!(r.ipc(10, &[1, 2]), None, "no instructions member");
+        // Modifiers and perf's alias: still cycles and instructions.
+        let mut s3 = s.clone();
+        s3.members = vec!["instructions:u".into()];
+        for c in &mut s3.cpus {
+            c.event = "cpu-cycles:u".into();
+        }
+        assert_eq!(Ratios::of(&s3).ipc(10, &[15]), Some(1.5));
+        // Not every CPU samples cycles (some fell back to cpu-clock): no IPC.
+        s3.cpus[0].event = "cpu-clock".into();
+        let r = Ratios::of(&s3);
+        assert_eq!((r.cycles, r.clock, r.instructions), (false, false, None));
     }
 
     #[test]

@@ -362,7 +362,13 @@ fn task_table(
 ) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
     let ratios = Ratios::of(s);
     let hetero = rollup::heterogeneous(s);
-    let period_name = if ratios.cycles { "CYCLES" } else { "TIME ms" };
+    let period_name = if ratios.cycles {
+        "CYCLES"
+    } else if ratios.clock {
+        "TIME ms"
+    } else {
+        "PERIOD"
+    };
     let mut head: Vec<String> = match app.view {
         View::Threads => vec!["TID".into(), "PID".into(), "COMM".into(), "CGROUP".into()],
         View::Cgroups => vec!["CGROUP".into()],
@@ -419,10 +425,10 @@ fn task_table(
                 View::Cgroups => vec![r.name.clone()],
                 _ => vec![r.id.to_string(), r.name.clone(), name_of(r.cgroup_id)],
             };
-            let period = if ratios.cycles {
-                human(r.period_sum)
-            } else {
+            let period = if ratios.clock {
                 format!("{:.1}", r.period_sum as f64 / 1e6)
+            } else {
+                human(r.period_sum)
             };
             cells.extend([r.samples.to_string(), pct(r.share), period]);
             cells.extend(r.counts.iter().map(|&c| human(c)));
