@@ -546,3 +546,135 @@ fn stat_with_bpf_stats_counts_one_run_per_sample() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["bpf"].is_null(), "{}", doc["bpf"]);
 }
+
+/// `/proc/PID/stat`'s start time (field 22, clock ticks since boot).
+fn proc_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// CLOCK_BOOTTIME - CLOCK_MONOTONIC now, in ns (time spent suspended: /proc counts
+/// start times on the first clock, the kernel's task start time on the second).
+fn suspended_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    now(libc::CLOCK_BOOTTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+/// A busy `sh` loop started under the command name `name` (a symlink to sh in `dir`).
+fn busy_named(dir: &Path, name: &str) -> std::process::Child {
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
+    }
+    Command::new(&link)
+        .args(["-c", "while :; do :; done"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn busy loop")
+}
+
+/// A process exits and the next one gets its pid (set through `ns_last_pid`) while
+/// sampler runs: they are two rows, each with its own name and samples, and each
+/// row's start time is the one /proc gives for that process.
+#[test]
+fn reused_pid_does_not_mix_two_processes() {
+    let name = "reused_pid_does_not_mix_two_processes";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let last_pid = Path::new("/proc/sys/kernel/ns_last_pid");
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open(last_pid)
+        .is_err()
+    {
+        skip(name, "cannot write /proc/sys/kernel/ns_last_pid");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sampler-reuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stat = Command::new(sampler_bin())
+        .args(["stat", "--duration", "4", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // (pid, start ticks of the first, of the second) once a reuse succeeded.
+    let mut reused = None;
+    for _ in 0..10 {
+        let mut first = busy_named(&dir, "reuse-first");
+        let pid = first.id();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let first_ticks = proc_start_ticks(pid).unwrap();
+        first.kill().unwrap();
+        first.wait().unwrap();
+        std::fs::write(last_pid, (pid - 1).to_string()).unwrap();
+        let mut second = busy_named(&dir, "reuse-second");
+        if second.id() != pid {
+            // Another process took the pid first: try again.
+            let _ = second.kill();
+            let _ = second.wait();
+            continue;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let second_ticks = proc_start_ticks(pid).unwrap();
+        second.kill().unwrap();
+        second.wait().unwrap();
+        reused = Some((pid, first_ticks, second_ticks));
+        break;
+    }
+    let out = stat.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (pid, first_ticks, second_ticks) = reused.expect("no pid reuse in 10 attempts");
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<&Value> = doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["tgid"] == pid)
+        .collect();
+    let mut by_start: std::collections::BTreeMap<u64, (u64, Vec<String>)> = Default::default();
+    for r in &rows {
+        let e = by_start.entry(r["start_ns"].as_u64().unwrap()).or_default();
+        e.0 += r["samples"].as_u64().unwrap();
+        e.1.push(r["comm"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(by_start.len(), 2, "two processes with pid {pid}: {rows:?}");
+    let hz = {
+        // SAFETY: sysconf has no memory effects.
+        unsafe { libc::sysconf(libc::_SC_CLK_TCK) }
+    } as i128;
+    let suspended = suspended_ns();
+    for ((start, (samples, comms)), (want_comm, want_ticks)) in by_start
+        .iter()
+        .zip([("reuse-first", first_ticks), ("reuse-second", second_ticks)])
+    {
+        // The first process may also have been sampled as `sh` before exec() of the
+        // symlink's name took effect; it never carries the other's name.
+        assert!(
+            comms.iter().all(|c| c == want_comm || c == "sh"),
+            "start {start}: {comms:?}, want {want_comm}"
+        );
+        assert!(comms.iter().any(|c| c == want_comm), "{comms:?}");
+        assert!(*samples >= 100, "{want_comm}: {samples} samples in 0.7 s");
+        let ticks = (i128::from(*start) + suspended) * hz / 1_000_000_000;
+        assert!(
+            (ticks - i128::from(want_ticks)).abs() <= 1,
+            "{want_comm}: start {start} ns = {ticks} ticks, /proc says {want_ticks}"
+        );
+    }
+}

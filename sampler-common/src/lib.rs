@@ -21,6 +21,11 @@ pub const LAST_MAP: &str = "LAST";
 /// Name of the global holding how many members the sampling group has (at most
 /// [`MAX_MEMBERS`]); set by the loader.
 pub const NR_MEMBERS_GLOBAL: &str = "NR_MEMBERS";
+/// Names of the globals holding the byte offsets of `task_struct.group_leader` and
+/// `task_struct.start_time` (from the kernel's BTF, set by the loader); 0 when unknown,
+/// and then [`TaskKey::start`] is 0.
+pub const LEADER_OFFSET_GLOBAL: &str = "LEADER_OFFSET";
+pub const START_OFFSET_GLOBAL: &str = "START_OFFSET";
 
 /// Counting members of the sampling group whose deltas are attributed per task.
 pub const MAX_MEMBERS: usize = 4;
@@ -44,6 +49,10 @@ pub struct TaskKey {
     pub tid: u32,
     /// cgroup v2 id of the task at the time of the sample.
     pub cgroup_id: u64,
+    /// Start time of the process (its group leader's `start_time`, CLOCK_MONOTONIC
+    /// nanoseconds): with `tgid`, it tells a process apart from an earlier one that had
+    /// the same pid. 0 when the kernel's layout is unknown.
+    pub start: u64,
     /// CPU the sample was taken on.
     pub cpu: u32,
     /// Explicit padding, always 0 (the key is hashed byte by byte).
@@ -62,8 +71,9 @@ pub struct TaskValue {
     /// Per member of the sampling group: the counter's growth since the previous
     /// sample on this CPU, summed over this task's samples.
     pub counts: [u64; MAX_MEMBERS],
-    /// The task's command name when the entry was created, NUL padded. Recorded in the
-    /// kernel so that tasks that exit before user space reads the map keep their name.
+    /// The task's command name, NUL padded: fetched when the entry is created and every
+    /// 64th sample after (so a name changed by exec() shows). Recorded in the kernel so
+    /// that tasks that exit before user space reads the map keep their name.
     pub comm: [u8; COMM_LEN],
 }
 
@@ -100,7 +110,7 @@ impl TaskValue {
     }
 }
 
-const _: () = assert!(size_of::<TaskKey>() == 24);
+const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
 const _: () = assert!(size_of::<MemberLast>() == 8 * MAX_MEMBERS);
 const _: () = assert!(size_of::<CpuStats>() == 32);

@@ -5,8 +5,9 @@
 //! (so IPC and miss ratios come per task, from the kernel).
 //!
 //! Cost per sample is a product metric: one per-CPU array lookup, a few cheap helpers,
-//! one counter read per member (none without members) and one hash lookup; the task's
-//! name is only fetched when its entry is created.
+//! one counter read per member (none without members), two kernel reads for the
+//! process's start time (which keeps a reused pid apart) and one hash lookup; the
+//! task's name is fetched when its entry is created and every 64th sample after.
 #![no_std]
 #![no_main]
 
@@ -16,9 +17,10 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_F_CURRENT_CPU, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, bpf_perf_event_value},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_perf_event_read_value,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
+            bpf_perf_event_read_value,
         },
     },
     macros::{map, perf_event},
@@ -58,6 +60,16 @@ static LAST: PerCpuArray<MemberLast> = PerCpuArray::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static NR_MEMBERS: Global<u32> = Global::new(0);
 
+/// Byte offsets of `task_struct.group_leader` and `.start_time` (from the kernel's
+/// BTF, set by the loader); 0: unknown, the key's start time stays 0.
+#[unsafe(no_mangle)]
+static LEADER_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static START_OFFSET: Global<u32> = Global::new(0);
+
+/// How often (in samples of one entry) the task's name is fetched again.
+const COMM_REFRESH: u64 = 64;
+
 #[perf_event]
 pub fn on_sample(ctx: PerfEventContext) -> u32 {
     try_on_sample(&ctx);
@@ -87,6 +99,7 @@ fn try_on_sample(ctx: &PerfEventContext) {
         tid: pid_tgid as u32,
         // SAFETY: helpers without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        start: process_start(),
         // SAFETY: as above.
         cpu: unsafe { bpf_get_smp_processor_id() },
         _pad: 0,
@@ -99,6 +112,14 @@ fn try_on_sample(ctx: &PerfEventContext) {
             value.period_sum += period;
             for (count, delta) in value.counts.iter_mut().zip(deltas) {
                 *count += delta;
+            }
+            // A process that called exec() after its first sample has a new name:
+            // refetch it every COMM_REFRESH samples (cheap on average, and a busy task
+            // shows its new name within a few refreshes).
+            if value.samples % COMM_REFRESH == 0
+                && let Ok(comm) = bpf_get_current_comm()
+            {
+                value.comm = comm;
             }
         }
         None => {
@@ -115,6 +136,28 @@ fn try_on_sample(ctx: &PerfEventContext) {
             }
         }
     }
+}
+
+/// The current process's start time: `current->group_leader->start_time`, read at
+/// the offsets the loader found in the kernel's BTF; 0 when they are unknown or a
+/// read fails.
+#[inline(always)]
+fn process_start() -> u64 {
+    let (leader_off, start_off) = (LEADER_OFFSET.load(), START_OFFSET.load());
+    if start_off == 0 {
+        return 0;
+    }
+    // SAFETY: helper without arguments; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() } as usize;
+    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling path:
+    // a bad address yields an error, never a fault.
+    let Ok(leader) =
+        (unsafe { bpf_probe_read_kernel((task + leader_off as usize) as *const usize) })
+    else {
+        return 0;
+    };
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((leader + start_off as usize) as *const u64) }.unwrap_or(0)
 }
 
 /// How much each member counted since the previous sample on this CPU.

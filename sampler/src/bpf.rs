@@ -11,8 +11,8 @@ use aya::{
     programs::{PerfEvent, ProgramError},
 };
 use sampler_common::{
-    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
-    PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_OFFSET_GLOBAL, MAX_MEMBERS, MEMBER_MAPS,
+    NR_MEMBERS_GLOBAL, PROGRAM_NAME, START_OFFSET_GLOBAL, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::Error;
@@ -30,7 +30,8 @@ pub const TASK_ENTRIES_PER_CPU: u32 = 4096;
 /// The loaded BPF programs and maps.
 pub struct Bpf {
     ebpf: Ebpf,
-    /// Set when the kernel has no usable BTF: loading continued without it.
+    /// Set when the kernel has no usable BTF: loading continued without it (and
+    /// without telling reused pids apart).
     pub btf_notice: Option<String>,
 }
 
@@ -54,8 +55,9 @@ impl Bpf {
         let notice = |why: String| {
             format!(
                 "sampler: kernel BTF not usable at {} ({why}); loading the BPF programs \
-                 without it (they need no BTF relocations). Kernels built with \
-                 CONFIG_DEBUG_INFO_BTF=y provide it.",
+                 without it (they need no BTF relocations), but a process that reuses \
+                 the pid of one that exited during the run will share its row. Kernels \
+                 built with CONFIG_DEBUG_INFO_BTF=y provide it.",
                 btf_path.display()
             )
         };
@@ -74,6 +76,24 @@ impl Bpf {
                 Err(err) => (None, Some(notice(err.to_string()))),
             }
         };
+        // The process start time that keeps reused pids apart needs two offsets from
+        // the kernel's BTF; without them the program records 0.
+        let (offsets, btf_notice) = match crate::btf::task_offsets_from(btf_path) {
+            Ok(o) => (o, btf_notice),
+            Err(why) => (
+                crate::btf::TaskOffsets {
+                    group_leader: 0,
+                    start_time: 0,
+                },
+                Some(btf_notice.unwrap_or_else(|| {
+                    format!(
+                        "sampler: cannot find task_struct's layout in the kernel's BTF \
+                         ({why}); a process that reuses the pid of one that exited during \
+                         the run will share its row."
+                    )
+                })),
+            ),
+        };
         let entries = TASK_ENTRIES_PER_CPU
             .saturating_mul(possible_cpus.max(1))
             .max(DEFAULT_TASK_ENTRIES);
@@ -82,6 +102,8 @@ impl Bpf {
             .btf(btf.as_ref())
             .map_max_entries(TASKS_MAP, entries)
             .override_global(NR_MEMBERS_GLOBAL, &members, true)
+            .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
+            .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
             .load(OBJECT)
             .map_err(|e| Error::BpfLoad(format!("{e}")))?;
         let program: &mut PerfEvent = ebpf
@@ -294,6 +316,7 @@ mod tests {
                     tgid: i,
                     tid: i + 1,
                     cgroup_id: u64::from(i) * 7,
+                    start: u64::from(i) << 20,
                     cpu: i % 4,
                     _pad: 0,
                 };

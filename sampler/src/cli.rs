@@ -518,14 +518,23 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
     let mut next = tokio::time::Instant::now() + app.interval;
     let mut cache = std::collections::HashMap::new();
     let mut done = 0u64;
+    // When the refresh being drawn started (map read, roll-up, then this draw).
+    let mut refresh_started: Option<Instant> = None;
+    let mut costs = tui::RefreshCosts::default();
     let result: Result<(), Error> = loop {
         let name_of = |id: u64| cache.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
         if let Err(e) = terminal.draw(|f| tui::render(f, &app, &name_of)) {
             break Err(e.into());
         }
+        if let Some(t) = refresh_started.take() {
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            costs.record(ms, app.snapshot.as_ref().map_or(0, |s| s.tasks.len()));
+            app.refresh_ms = Some(ms);
+        }
         tokio::select! {
             () = tokio::time::sleep_until(next) => {
                 next = tokio::time::Instant::now() + app.interval;
+                refresh_started = Some(Instant::now());
                 match refresh.next(&sampling) {
                     Ok(s) => app.update(s),
                     Err(e) => break Err(e),
@@ -573,6 +582,10 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
         }
     };
     stop.store(true, Ordering::Relaxed);
+    // Into the log: standard error is still redirected.
+    if let Some(line) = costs.summary() {
+        eprintln!("sampler top: {line}");
+    }
     ratatui::restore();
     // After leaving the alternate screen: some terminals keep the cursor mode
     // per screen (tmux does).

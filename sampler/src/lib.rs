@@ -14,6 +14,7 @@
 //! `cgroup` names cgroup ids.
 
 pub mod bpf;
+pub mod btf;
 pub mod cgroup;
 pub mod check;
 pub mod cli;

@@ -160,6 +160,9 @@ pub struct CpuRow {
 pub struct TaskRow {
     pub tgid: u32,
     pub tid: u32,
+    /// The process's start time (CLOCK_MONOTONIC ns, 0: unknown): two processes that
+    /// had the same pid during the run are two rows.
+    pub start_ns: u64,
     pub comm: String,
     pub cpu: u32,
     /// The cgroup v2 id the task was sampled in (the one with most samples).
@@ -185,10 +188,10 @@ impl Snapshot {
     ) -> Self {
         let selected = |cpu: u32| run.cpus.iter().any(|c| c.cpu == cpu);
 
-        // One row per (tgid, tid, cpu): a task that moved between cgroups is summed,
-        // under the cgroup where it had most samples.
+        // One row per (tgid, process start, tid, cpu): a task that moved between
+        // cgroups is summed, under the cgroup where it had most samples.
         type Acc<'a> = (u64, u64, [u64; MAX_MEMBERS], &'a TaskValue, u64);
-        let mut per_task: HashMap<(u32, u32, u32), Acc<'_>> = HashMap::new();
+        let mut per_task: HashMap<(u32, u64, u32, u32), Acc<'_>> = HashMap::new();
         let mut idle_per_cpu: HashMap<u32, u64> = HashMap::new();
         for (key, value) in &maps.tasks {
             if !selected(key.cpu) {
@@ -198,13 +201,9 @@ impl Snapshot {
                 *idle_per_cpu.entry(key.cpu).or_default() += value.samples;
                 continue;
             }
-            let e = per_task.entry((key.tgid, key.tid, key.cpu)).or_insert((
-                0,
-                0,
-                [0; MAX_MEMBERS],
-                value,
-                key.cgroup_id,
-            ));
+            let e = per_task
+                .entry((key.tgid, key.start, key.tid, key.cpu))
+                .or_insert((0, 0, [0; MAX_MEMBERS], value, key.cgroup_id));
             e.0 += value.samples;
             e.1 += value.period_sum;
             for (sum, c) in e.2.iter_mut().zip(value.counts) {
@@ -244,21 +243,24 @@ impl Snapshot {
         let mut tasks: Vec<TaskRow> = per_task
             .into_iter()
             .map(
-                |((tgid, tid, cpu), (n, period_sum, member_sums, value, cgroup_id))| TaskRow {
-                    tgid,
-                    tid,
-                    comm: printable_comm(value.comm_bytes()),
-                    cpu,
-                    cgroup_id,
-                    samples: n,
-                    period_sum,
-                    share: percent(n, samples),
-                    counts: run
-                        .members
-                        .iter()
-                        .zip(member_sums)
-                        .map(|(name, v)| (name.clone(), v))
-                        .collect(),
+                |((tgid, start_ns, tid, cpu), (n, period_sum, member_sums, value, cgroup_id))| {
+                    TaskRow {
+                        tgid,
+                        tid,
+                        start_ns,
+                        comm: printable_comm(value.comm_bytes()),
+                        cpu,
+                        cgroup_id,
+                        samples: n,
+                        period_sum,
+                        share: percent(n, samples),
+                        counts: run
+                            .members
+                            .iter()
+                            .zip(member_sums)
+                            .map(|(name, v)| (name.clone(), v))
+                            .collect(),
+                    }
                 },
             )
             .collect();
@@ -266,6 +268,7 @@ impl Snapshot {
             b.samples
                 .cmp(&a.samples)
                 .then(a.tgid.cmp(&b.tgid))
+                .then(a.start_ns.cmp(&b.start_ns))
                 .then(a.tid.cmp(&b.tid))
                 .then(a.cpu.cmp(&b.cpu))
         });
@@ -457,6 +460,7 @@ pub(crate) mod tests {
             tgid,
             tid,
             cgroup_id,
+            start: 0,
             cpu,
             _pad: 0,
         }
@@ -571,6 +575,27 @@ pub(crate) mod tests {
             counts,
             [("context-switches", 95 * 3), ("page-faults", 95 * 5)]
         );
+    }
+
+    /// A pid reused during the run: the map has one entry per process start time, and
+    /// the snapshot keeps them as separate rows with their own names and counts.
+    #[test]
+    fn reused_pid_gives_separate_rows() {
+        let (mut maps, run) = example();
+        let mut first = key(400, 400, 0, 7);
+        first.start = 5_000;
+        let mut second = first;
+        second.start = 9_000;
+        maps.tasks
+            .extend([(first, value(4, "first")), (second, value(6, "second"))]);
+        let s = Snapshot::build(&maps, &[], &run, 2.0);
+        let rows: Vec<_> = s
+            .tasks
+            .iter()
+            .filter(|t| t.tgid == 400)
+            .map(|t| (t.start_ns, t.samples, t.comm.as_str()))
+            .collect();
+        assert_eq!(rows, [(9_000, 6, "second"), (5_000, 4, "first")]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct Row {
     pub id: u64,
     /// Process id of a thread row (0 otherwise).
     pub tgid: u32,
+    /// Start time of the process of a process or thread row (0 otherwise, or when
+    /// unknown): rows of an exited process and of a later one with its pid differ.
+    pub start_ns: u64,
     pub name: String,
     pub cgroup_id: u64,
     pub samples: u64,
@@ -31,6 +34,7 @@ impl Row {
         Self {
             id,
             tgid: 0,
+            start_ns: 0,
             name,
             cgroup_id: 0,
             samples: 0,
@@ -109,22 +113,31 @@ pub fn heterogeneous(s: &Snapshot) -> bool {
     pmus.len() > 1
 }
 
-/// Rows keyed by `key(task)`, busiest first.
-fn roll(s: &Snapshot, key: impl Fn(&crate::model::TaskRow) -> (u64, u32, String)) -> Vec<Row> {
+/// Rows keyed by `key(task)` = (id, process start, process id, name), busiest first.
+fn roll(s: &Snapshot, key: impl Fn(&crate::model::TaskRow) -> (u64, u64, u32, String)) -> Vec<Row> {
     let pmus = pmu_of_cpu(s);
     let members = s.members.len();
-    let mut rows: HashMap<u64, Row> = HashMap::new();
+    let mut rows: HashMap<(u64, u64), Row> = HashMap::new();
     // The cgroup of a row: where most of its samples were.
-    let mut cgroup_samples: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut cgroup_samples: HashMap<((u64, u64), u64), u64> = HashMap::new();
+    // Samples of the main-thread row a process row is named after.
+    let mut named_by: HashMap<(u64, u64), u64> = HashMap::new();
     for t in &s.tasks {
-        let (id, tgid, name) = key(t);
+        let (id, start, tgid, name) = key(t);
         let row = rows
-            .entry(id)
+            .entry((id, start))
             .or_insert_with(|| Row::new(id, name.clone(), members));
         row.tgid = tgid;
-        // A process is named after its main thread when that thread was sampled.
+        row.start_ns = start;
+        // A process is named after its main thread when that thread was sampled, by
+        // the CPU row with most samples (a name changed by exec() wins once the new
+        // program has run longer).
         if u64::from(t.tid) == id && t.tid == t.tgid {
-            row.name = name;
+            let best = named_by.entry((id, start)).or_default();
+            if t.samples > *best {
+                *best = t.samples;
+                row.name = name;
+            }
         }
         row.samples += t.samples;
         row.share += t.share;
@@ -146,7 +159,9 @@ fn roll(s: &Snapshot, key: impl Fn(&crate::model::TaskRow) -> (u64, u32, String)
         for (sum, c) in split.1.iter_mut().zip(&counts) {
             *sum += c;
         }
-        *cgroup_samples.entry((id, t.cgroup_id)).or_default() += t.samples;
+        *cgroup_samples
+            .entry(((id, start), t.cgroup_id))
+            .or_default() += t.samples;
     }
     for ((id, cgroup), n) in &cgroup_samples {
         if let Some(row) = rows.get_mut(id) {
@@ -160,23 +175,32 @@ fn roll(s: &Snapshot, key: impl Fn(&crate::model::TaskRow) -> (u64, u32, String)
         }
     }
     let mut out: Vec<Row> = rows.into_values().collect();
-    out.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.id.cmp(&b.id)));
+    out.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then(a.id.cmp(&b.id))
+            .then(a.start_ns.cmp(&b.start_ns))
+    });
     out
 }
 
 /// Per process (all its threads on all CPUs).
 pub fn processes(s: &Snapshot) -> Vec<Row> {
-    roll(s, |t| (u64::from(t.tgid), t.tgid, t.comm.clone()))
+    roll(s, |t| {
+        (u64::from(t.tgid), t.start_ns, t.tgid, t.comm.clone())
+    })
 }
 
 /// Per thread (all CPUs).
 pub fn threads(s: &Snapshot) -> Vec<Row> {
-    roll(s, |t| (u64::from(t.tid), t.tgid, t.comm.clone()))
+    roll(s, |t| {
+        (u64::from(t.tid), t.start_ns, t.tgid, t.comm.clone())
+    })
 }
 
 /// Per cgroup, named by `name_of(cgroup id)`.
 pub fn cgroups(s: &Snapshot, name_of: impl Fn(u64) -> String) -> Vec<Row> {
-    let mut rows = roll(s, |t| (t.cgroup_id, 0, String::new()));
+    let mut rows = roll(s, |t| (t.cgroup_id, 0, 0, String::new()));
     for r in &mut rows {
         r.cgroup_id = r.id;
         r.name = name_of(r.id);
@@ -294,6 +318,7 @@ pub(crate) mod tests {
         TaskRow {
             tgid,
             tid,
+            start_ns: 0,
             comm: comm.into(),
             cpu,
             cgroup_id: cgroup,
@@ -354,6 +379,36 @@ pub(crate) mod tests {
         assert_eq!(db.per_pmu["cpu_atom"].0, 20_000);
         let r = Ratios::of(&snapshot());
         assert_eq!(r.ipc(db.period_sum, &db.counts), Some(1.5));
+    }
+
+    /// Two processes that had pid 30 one after the other (different start times) are
+    /// two rows with their own names and counts; a process whose main thread's name
+    /// changed with exec() is named by the CPU row with most samples.
+    #[test]
+    fn reused_pid_stays_apart_and_exec_renames() {
+        let mut s = snapshot();
+        let mut old = task(30, 30, 0, 9, 7, "first");
+        old.start_ns = 1_000;
+        let mut new = task(30, 30, 0, 9, 11, "second");
+        new.start_ns = 2_000;
+        let mut new_thread = task(30, 31, 1, 9, 3, "second-t");
+        new_thread.start_ns = 2_000;
+        s.tasks.extend([old, new, new_thread]);
+        // db's main thread: exec()'d into "db2", sampled more under the new name on
+        // another CPU than under the old one.
+        s.tasks.push(task(10, 10, 0, 7, 45, "db2"));
+        let rows = processes(&s);
+        let of = |start| {
+            rows.iter()
+                .find(|r| r.id == 30 && r.start_ns == start)
+                .map(|r| (r.name.as_str(), r.samples, r.counts[0]))
+        };
+        assert_eq!(of(1_000), Some(("first", 7, 7 * 1500)));
+        assert_eq!(of(2_000), Some(("second", 14, 14 * 1500)));
+        let db = rows.iter().find(|r| r.id == 10).unwrap();
+        assert_eq!((db.name.as_str(), db.samples), ("db2", 110));
+        let threads = threads(&s);
+        assert_eq!(threads.iter().filter(|r| r.id == 30).count(), 2);
     }
 
     #[test]

@@ -113,6 +113,42 @@ pub struct App {
     pub status: Option<String>,
     /// Rows shown at most.
     pub limit: usize,
+    /// What the last refresh cost: map read, roll-up and drawing the screen.
+    pub refresh_ms: Option<f64>,
+}
+
+/// What the live view's refreshes cost (map read, roll-up, drawing), for the log.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RefreshCosts {
+    pub count: u64,
+    pub total_ms: f64,
+    pub slowest_ms: f64,
+    /// Task rows of the largest snapshot drawn.
+    pub most_tasks: usize,
+}
+
+impl RefreshCosts {
+    pub fn record(&mut self, ms: f64, tasks: usize) {
+        self.count += 1;
+        self.total_ms += ms;
+        self.slowest_ms = self.slowest_ms.max(ms);
+        self.most_tasks = self.most_tasks.max(tasks);
+    }
+
+    /// One line: `N refreshes (map read, roll-up, render): mean X ms, slowest Y ms,
+    /// up to T task rows`; `None` before the first refresh.
+    pub fn summary(&self) -> Option<String> {
+        (self.count > 0).then(|| {
+            format!(
+                "{} refreshes (map read, roll-up, render): mean {:.2} ms, slowest {:.2} ms, \
+                 up to {} task rows",
+                self.count,
+                self.total_ms / self.count as f64,
+                self.slowest_ms,
+                self.most_tasks
+            )
+        })
+    }
 }
 
 impl App {
@@ -132,6 +168,7 @@ impl App {
             events,
             status: None,
             limit,
+            refresh_ms: None,
         }
     }
 
@@ -331,6 +368,9 @@ fn header_lines(app: &App, s: Option<&Snapshot>) -> Vec<Line<'static>> {
     }
     if let Some(b) = s.bpf {
         status.push(Span::raw(format!("  BPF {:.0} ns/sample", b.ns_per_sample)));
+    }
+    if let Some(ms) = app.refresh_ms {
+        status.push(Span::raw(format!("  refresh {ms:.1} ms")));
     }
     let mut lines = vec![
         Line::from(first),
@@ -756,6 +796,29 @@ mod tests {
         assert!(db.contains("cpu_atom 1.50 / cpu_core 1.50"), "{db}");
         // Busiest first: db above web.
         assert!(s.find(" db ").unwrap() < s.find(" web ").unwrap());
+    }
+
+    #[test]
+    fn refresh_cost_in_the_header_and_the_log_summary() {
+        let mut a = app();
+        assert!(!screen(&a, 160, 30).contains("refresh "));
+        a.refresh_ms = Some(3.25);
+        let s = screen(&a, 160, 30);
+        assert!(
+            s.contains("refresh 3.2 ms") || s.contains("refresh 3.3 ms"),
+            "{s}"
+        );
+
+        let mut c = RefreshCosts::default();
+        assert_eq!(c.summary(), None);
+        c.record(2.0, 10);
+        c.record(6.0, 10_000);
+        c.record(1.0, 50);
+        assert_eq!(
+            c.summary().unwrap(),
+            "3 refreshes (map read, roll-up, render): mean 3.00 ms, slowest 6.00 ms, \
+             up to 10000 task rows"
+        );
     }
 
     #[test]

@@ -376,20 +376,7 @@ fn test(no_vm: bool) -> Result<()> {
         "warnings",
     ]))?;
     // The live view's end-to-end test drives it in a real terminal.
-    if Command::new("tmux")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        status(
-            privileged("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", "tmux"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("installing tmux (for the live view's terminal test)")?;
-    }
+    ensure_tmux()?;
     status(&mut cargo([
         "test",
         "--workspace",
@@ -563,5 +550,25 @@ fn vm_test(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Resul
         "xtask: {what} passed ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Installs tmux when missing: the live view's terminal test and its benchmark run
+/// `sampler top` in a real terminal.
+pub(crate) fn ensure_tmux() -> Result<()> {
+    if Command::new("tmux")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        status(
+            privileged("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "tmux"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("installing tmux (for the live view in a real terminal)")?;
+    }
     Ok(())
 }
