@@ -858,7 +858,7 @@ impl Bench {
         let log =
             std::env::temp_dir().join(format!("sampler-bench-top-{}.log", std::process::id()));
         for _ in 0..self.plan.reps.min(3) {
-            let _ = std::fs::remove_file(&log);
+            let _ = fs::remove_file(&log);
             let cmd = format!(
                 "{} top -i 1 -F {hz} --log {}",
                 self.sampler.display(),
@@ -888,8 +888,8 @@ impl Bench {
                 thread::sleep(Duration::from_millis(50));
             }
             drop(tasks);
-            let text = std::fs::read_to_string(&log)
-                .with_context(|| format!("reading {}", log.display()))?;
+            let text =
+                fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
             let slowest = text
                 .lines()
                 .filter_map(|l| l.split("slowest ").nth(1)?.split(' ').next()?.parse().ok())
@@ -898,7 +898,7 @@ impl Bench {
             fig.ours.push(slowest);
         }
         let _ = tmux(&["kill-server"]);
-        let _ = std::fs::remove_file(&log);
+        let _ = fs::remove_file(&log);
         self.figures.push(fig);
         Ok(())
     }
