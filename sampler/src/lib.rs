@@ -18,6 +18,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod container;
 pub mod counter;
 pub mod cpus;
 pub mod error;
