@@ -145,6 +145,19 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("cannot listen on {addr} ({source}); --listen sets another address, e.g. 127.0.0.1:9465")]
+    Listen {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("--listen `{0}` is not an address and port such as 127.0.0.1:9464 or [::1]:9464")]
+    BadListen(String),
+
+    #[error("--top must be at least 1 series")]
+    TopZero,
+
     #[error("{0}")]
     Runtime(#[from] io::Error),
 }

@@ -321,6 +321,58 @@ pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
     })
 }
 
+/// Drops every capability for good once programs are loaded and events are open:
+/// what is already open (map, program and perf event fds) keeps working without
+/// them. Sets `no_new_privs` (nothing regained through executing a setuid or
+/// file-capability binary), empties the bounding set where allowed (CAP_SETPCAP),
+/// then the ambient, inheritable, permitted and effective sets. Returns the
+/// effective set afterwards (0).
+pub fn drop_all_capabilities() -> io::Result<u64> {
+    use caps::CapSet;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
+    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).map_err(err)? {
+        for c in caps::all() {
+            // A capability the bounding set no longer has is fine.
+            let _ = caps::drop(None, CapSet::Bounding, c);
+        }
+    }
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(err)?;
+    }
+    effective_capabilities()
+}
+
+/// What this process costs: CPU time, resident memory, open descriptors (from /proc).
+pub fn process_stats() -> crate::export::ProcessStats {
+    // SAFETY: sysconf has no memory effects.
+    let (tick, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th.
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let cpu_seconds = (ticks(11) + ticks(12)) as f64 / tick.max(1) as f64;
+    let resident_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    crate::export::ProcessStats {
+        cpu_seconds,
+        resident_bytes: resident_pages * page.max(0) as u64,
+        open_fds,
+    }
+}
+
 /// Standard error redirected to a file while a full-screen view is up, so that
 /// nothing written to it lands on the screen; dropping it puts the original back.
 pub struct StderrRedirect {
