@@ -296,14 +296,13 @@ async fn serve_cmd(args: ServeArgs) -> Result<(), Error> {
         .event
         .clone()
         .unwrap_or_else(|| DEFAULT_EVENT.to_owned());
-    let source = session::Source::of(
-        sampling
-            .info
-            .cpus
-            .iter()
-            .map(|c| (c.hardware, c.fell_back)),
-    );
-    let mut sampled: Vec<&str> = sampling.info.cpus.iter().map(|c| c.event.as_str()).collect();
+    let source = session::Source::of(sampling.info.cpus.iter().map(|c| (c.hardware, c.fell_back)));
+    let mut sampled: Vec<&str> = sampling
+        .info
+        .cpus
+        .iter()
+        .map(|c| c.event.as_str())
+        .collect();
     sampled.sort_unstable();
     sampled.dedup();
     let mut exporter = crate::export::Exporter::new(
@@ -318,9 +317,10 @@ async fn serve_cmd(args: ServeArgs) -> Result<(), Error> {
     );
     let bpf_start = sampling.bpf.run_stats();
     let mut refresh = Refresh::new(&sampling)?;
-    let shared: crate::serve::Shared = std::sync::Arc::new(std::sync::RwLock::new(
-        std::sync::Arc::new(crate::serve::Exposition::new(exporter.openmetrics(), Ok(()))),
-    ));
+    let shared: crate::serve::Shared =
+        std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(
+            crate::serve::Exposition::new(exporter.openmetrics(), Ok(())),
+        )));
     let server = tokio::spawn(crate::serve::run(
         listener,
         std::sync::Arc::clone(&shared),

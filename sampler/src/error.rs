@@ -145,7 +145,9 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("cannot listen on {addr} ({source}); --listen sets another address, e.g. 127.0.0.1:9465")]
+    #[error(
+        "cannot listen on {addr} ({source}); --listen sets another address, e.g. 127.0.0.1:9465"
+    )]
     Listen {
         addr: String,
         #[source]

@@ -15,10 +15,7 @@ use std::{
 
 use http_body_util::Full;
 use hyper::{
-    Method, Request, Response, StatusCode,
-    body::Bytes,
-    header,
-    server::conn::http1,
+    Method, Request, Response, StatusCode, body::Bytes, header, server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -78,7 +75,9 @@ pub async fn run(listener: TcpListener, shared: Shared, stale_after: Duration) {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let current = shared.read().map_or_else(|p| Arc::clone(&p.into_inner()), |e| Arc::clone(&e));
+                let current = shared
+                    .read()
+                    .map_or_else(|p| Arc::clone(&p.into_inner()), |e| Arc::clone(&e));
                 async move { Ok::<_, Infallible>(respond(&req, &current, stale_after)) }
             });
             let conn = http1::Builder::new()
@@ -104,17 +103,19 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 /// The response to one request (pure, for the tests).
-pub fn respond<B>(req: &Request<B>, x: &Exposition, stale_after: Duration) -> Response<Full<Bytes>> {
+pub fn respond<B>(
+    req: &Request<B>,
+    x: &Exposition,
+    stale_after: Duration,
+) -> Response<Full<Bytes>> {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are served\n",
         );
-        r.headers_mut().insert(
-            header::ALLOW,
-            header::HeaderValue::from_static("GET, HEAD"),
-        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let mut r = match req.uri().path() {
@@ -134,7 +135,10 @@ pub fn respond<B>(req: &Request<B>, x: &Exposition, stale_after: Duration) -> Re
             r
         }
         "/healthz" => match &x.health {
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {why}\n"),
+            ),
             Ok(()) if x.updated.elapsed() > stale_after => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -174,7 +178,9 @@ mod tests {
     }
 
     fn body(r: Response<Full<Bytes>>) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let b = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
         String::from_utf8(b.to_vec()).unwrap()
     }
@@ -194,9 +200,16 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[header::CONTENT_TYPE], PROMETHEUS);
         let b = body(r);
-        assert!(b.contains("# TYPE sampler_x_total counter") && !b.contains("# EOF"), "{b}");
+        assert!(
+            b.contains("# TYPE sampler_x_total counter") && !b.contains("# EOF"),
+            "{b}"
+        );
         let r = respond(
-            &req(Method::GET, "/metrics", Some("application/openmetrics-text; version=1.0.0")),
+            &req(
+                Method::GET,
+                "/metrics",
+                Some("application/openmetrics-text; version=1.0.0"),
+            ),
             &x,
             day,
         );
@@ -211,7 +224,10 @@ mod tests {
     fn health_bad_methods_and_unknown_paths() {
         let day = Duration::from_secs(86_400);
         let x = exposition();
-        assert_eq!(body(respond(&req(Method::GET, "/healthz", None), &x, day)), "ok\n");
+        assert_eq!(
+            body(respond(&req(Method::GET, "/healthz", None), &x, day)),
+            "ok\n"
+        );
         let r = respond(&req(Method::GET, "/healthz", None), &x, Duration::ZERO);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let failed = Exposition::new(String::new(), Err("map read failed".into()));

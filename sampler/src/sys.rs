@@ -354,12 +354,22 @@ pub fn drop_all_capabilities() -> io::Result<u64> {
 /// What this process costs: CPU time, resident memory, open descriptors (from /proc).
 pub fn process_stats() -> crate::export::ProcessStats {
     // SAFETY: sysconf has no memory effects.
-    let (tick, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime is the 12th.
     let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let cpu_seconds = (ticks(11) + ticks(12)) as f64 / tick.max(1) as f64;
     let resident_pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
