@@ -447,3 +447,166 @@ fn serves_with_only_cap_bpf_and_cap_perfmon_then_drops_them() {
     let samples = value(&text, "sampler_samples_total{", "").unwrap_or(0.0);
     assert!(samples > 100.0, "{text}");
 }
+
+/// The deployment files next to the crate.
+fn deploy(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `sampler` containers of every document in a manifest.
+fn sampler_containers(text: &str) -> Vec<yaml_rust2::Yaml> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).expect("valid YAML");
+    let mut out = Vec::new();
+    for doc in docs {
+        let spec = if doc["kind"].as_str() == Some("Pod") {
+            doc["spec"].clone()
+        } else {
+            doc["spec"]["template"]["spec"].clone()
+        };
+        let Some(containers) = spec["containers"].as_vec() else {
+            continue;
+        };
+        for c in containers {
+            if c["name"].as_str() == Some("sampler") {
+                let mut c = c.clone();
+                // Carry the pod's volumes along for the mount check.
+                if let yaml_rust2::Yaml::Hash(h) = &mut c {
+                    h.insert(
+                        yaml_rust2::Yaml::String("_volumes".into()),
+                        spec["volumes"].clone(),
+                    );
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The manifests grant exactly CAP_BPF and CAP_PERFMON, drop the rest, run
+/// unprivileged with a read-only root, mount only the host's cgroup hierarchy
+/// read-only, probe /healthz on the port sampler listens on, and the Dockerfile's
+/// entry point and port agree. Then the binary runs with the DaemonSet's arguments
+/// (the address on loopback, the cgroup mount at this host's) and those two
+/// capabilities alone (root only).
+#[test]
+fn manifests_ask_for_least_privilege_and_their_arguments_work() {
+    let dockerfile = deploy("Dockerfile");
+    assert!(
+        dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/sampler", "serve"]"#),
+        "{dockerfile}"
+    );
+    assert!(dockerfile.contains("EXPOSE 9464"));
+    let mut daemonset_args = None;
+    for file in ["kubernetes/daemonset.yaml", "kubernetes/sidecar.yaml"] {
+        let containers = sampler_containers(&deploy(file));
+        assert_eq!(containers.len(), 1, "{file}: one sampler container");
+        let c = &containers[0];
+        let sc = &c["securityContext"];
+        let caps = |k: &str| -> Vec<String> {
+            sc["capabilities"][k]
+                .as_vec()
+                .unwrap_or_else(|| panic!("{file}: capabilities.{k}"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(caps("add"), ["BPF", "PERFMON"], "{file}");
+        assert_eq!(caps("drop"), ["ALL"], "{file}");
+        assert_eq!(sc["privileged"].as_bool(), Some(false), "{file}");
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{file}"
+        );
+        assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{file}");
+        let args: Vec<String> = c["args"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let arg = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+                .unwrap_or_else(|| panic!("{file}: no {flag}"))
+        };
+        let port = c["ports"][0]["containerPort"].as_i64().unwrap();
+        assert_eq!(arg("--listen"), format!("0.0.0.0:{port}"), "{file}");
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["port"].as_str(),
+            c["ports"][0]["name"].as_str()
+        );
+        let mounts = c["volumeMounts"].as_vec().unwrap();
+        assert_eq!(mounts.len(), 1, "{file}: only the cgroup hierarchy");
+        assert_eq!(mounts[0]["readOnly"].as_bool(), Some(true), "{file}");
+        assert_eq!(
+            mounts[0]["mountPath"].as_str(),
+            Some(arg("--cgroup-root").as_str())
+        );
+        let volume = &c["_volumes"][0];
+        assert_eq!(volume["name"], mounts[0]["name"]);
+        assert_eq!(volume["hostPath"]["path"].as_str(), Some("/sys/fs/cgroup"));
+        if file.contains("daemonset") {
+            daemonset_args = Some(args);
+        }
+    }
+
+    let name = "manifests_ask_for_least_privilege_and_their_arguments_work";
+    let Some(_serial) = require_root(name) else {
+        return;
+    };
+    let Some(root) = v2_root() else {
+        skip(name, "no cgroup v2 hierarchy to stand in for the host's");
+        return;
+    };
+    let mut args = daemonset_args.unwrap();
+    let port = free_port();
+    for (flag, value) in [
+        ("--listen", format!("127.0.0.1:{port}")),
+        ("--cgroup-root", root.display().to_string()),
+    ] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value;
+    }
+    let _busy = Busy::pinned_to(0);
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--inh-caps=-all,+bpf,+perfmon",
+        "--ambient-caps=-all,+bpf,+perfmon",
+        "--bounding-set=-all,+bpf,+perfmon",
+        "--",
+    ])
+    .arg(sampler_bin())
+    .arg("serve")
+    .args(&args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("setpriv");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        if let Ok((status, body)) = get(port, "/metrics", None)
+            && status == "200 OK"
+            && body.contains("sampler_samples_total{")
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no samples served with the manifest's arguments"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("sampler_run_info{"), "{text}");
+}

@@ -375,8 +375,10 @@ fn test(no_vm: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The live view's end-to-end test drives it in a real terminal.
+    // The live view's end-to-end test drives it in a real terminal; the exporter's
+    // is scraped by a real Prometheus and checked with promtool.
     ensure_tmux()?;
+    ensure_prometheus()?;
     status(&mut cargo([
         "test",
         "--workspace",
@@ -569,6 +571,40 @@ pub(crate) fn ensure_tmux() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
         .context("installing tmux (for the live view in a real terminal)")?;
+    }
+    Ok(())
+}
+
+/// Installs Debian's Prometheus server and promtool when missing: the exporter's
+/// end-to-end test runs them on loopback.
+pub(crate) fn ensure_prometheus() -> Result<()> {
+    let have = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !have("prometheus") || !have("promtool") {
+        status(
+            privileged("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "prometheus",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("installing prometheus (for the exporter's end-to-end test)")?;
+        // Debian starts the service on install; the test runs its own.
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "prometheus"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
     Ok(())
 }
