@@ -61,38 +61,27 @@ impl Bpf {
                 btf_path.display()
             )
         };
-        // The kernel's BTF only serves CO-RE relocations. Parsing it costs tens of
-        // MB at its peak (5 MB of type data), so it is read only when the object
-        // has relocations to resolve; ours has none today.
+        // What the program does read from the BTF: two offsets that give the process
+        // start time keeping reused pids apart (0, and a notice, when unusable). This
+        // read is also what tells whether the kernel has usable BTF at all.
+        let (offsets, mut btf_notice) = match crate::btf::task_offsets_from(btf_path) {
+            Ok(o) => (o, None),
+            Err(why) => (crate::btf::TaskOffsets::default(), Some(notice(why))),
+        };
+        // aya's full parse of the BTF only serves CO-RE relocations and costs tens of
+        // MB at its peak (5 MB of type data), so it runs only when the object has
+        // relocations to resolve; ours has none today.
         let needs_btf = aya_obj::Object::parse(OBJECT).map_or(true, |o| o.has_btf_relocations());
-        let (btf, btf_notice) = if needs_btf {
+        let btf = if needs_btf {
             match Btf::parse_file(btf_path, Endianness::default()) {
-                Ok(btf) => (Some(btf), None),
-                Err(err) => (None, Some(notice(err.to_string()))),
+                Ok(btf) => Some(btf),
+                Err(err) => {
+                    btf_notice.get_or_insert_with(|| notice(err.to_string()));
+                    None
+                }
             }
         } else {
-            match std::fs::metadata(btf_path) {
-                Ok(_) => (None, None),
-                Err(err) => (None, Some(notice(err.to_string()))),
-            }
-        };
-        // The process start time that keeps reused pids apart needs two offsets from
-        // the kernel's BTF; without them the program records 0.
-        let (offsets, btf_notice) = match crate::btf::task_offsets_from(btf_path) {
-            Ok(o) => (o, btf_notice),
-            Err(why) => (
-                crate::btf::TaskOffsets {
-                    group_leader: 0,
-                    start_time: 0,
-                },
-                Some(btf_notice.unwrap_or_else(|| {
-                    format!(
-                        "sampler: cannot find task_struct's layout in the kernel's BTF \
-                         ({why}); a process that reuses the pid of one that exited during \
-                         the run will share its row."
-                    )
-                })),
-            ),
+            None
         };
         let entries = TASK_ENTRIES_PER_CPU
             .saturating_mul(possible_cpus.max(1))

@@ -10,8 +10,8 @@
 
 use std::path::Path;
 
-/// Byte offsets inside `struct task_struct`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Byte offsets inside `struct task_struct`; all 0 (the default) when unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TaskOffsets {
     /// `struct task_struct *group_leader`.
     pub group_leader: u32,
