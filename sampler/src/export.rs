@@ -68,6 +68,8 @@ pub struct Exporter {
     evicted: u64,
     /// BPF program run time (ns) and runs since the start, when statistics are on.
     bpf: Option<(u64, u64)>,
+    /// The last refresh, for its per-interval gauges (events, check, CPUs); its task
+    /// rows, already folded into the counters, are not kept.
     last: Option<Snapshot>,
     info: Vec<(String, String)>,
     process: ProcessStats,
@@ -102,7 +104,7 @@ impl Exporter {
     /// runs since the start.
     pub fn update(
         &mut self,
-        s: Snapshot,
+        mut s: Snapshot,
         identity_of: &mut dyn FnMut(u64) -> Identity,
         bpf_total: Option<(u64, u64)>,
         process: ProcessStats,
@@ -192,6 +194,7 @@ impl Exporter {
         self.bpf = bpf_total;
         self.process = process;
         self.refreshes += 1;
+        s.tasks = Vec::new();
         self.last = Some(s);
     }
 
