@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{display, is_root, output, status, vm};
+use crate::{apt_install, display, has_command, is_root, output, vm};
 
 pub struct Options {
     pub quick: bool,
@@ -415,27 +415,10 @@ fn nproc() -> usize {
 
 /// Debian's perf, installed when missing.
 fn ensure_perf() -> Result<()> {
-    if Command::new("perf")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if has_command("perf", "--version") {
         return Ok(());
     }
-    status(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "linux-perf",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("installing Debian's linux-perf (the peer of the benchmarks)")
+    apt_install(&["linux-perf"], "the peer of the benchmarks")
 }
 
 /// What this machine samples by default, as sampler decides it.

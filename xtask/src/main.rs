@@ -192,6 +192,35 @@ fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether `program` runs (`program arg`, e.g. `--version`).
+fn has_command(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs Debian packages (non-interactive, without recommends; sudo when not
+/// root), refreshing the package lists and trying again when the first install fails
+/// (a fresh machine may have none).
+fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let install = || {
+        let mut c = privileged("apt-get");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    status(&mut install())
+        .or_else(|_| {
+            status(privileged("apt-get").args(["update", "-q"]))?;
+            status(&mut install())
+        })
+        .with_context(|| format!("installing {} ({why})", packages.join(" ")))
+}
+
 fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
@@ -260,12 +289,7 @@ fn setup() -> Result<()> {
             .all(|f| Path::new(&prefix).join(f).exists())
         {
             let package = format!("llvm-{LLVM_MAJOR}-dev");
-            status(privileged("apt-get").arg("update").arg("-q"))?;
-            status(
-                privileged("apt-get")
-                    .args(["install", "-y", "-q", "--no-install-recommends", &package])
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-            )?;
+            apt_install(&[&package], "bpf-linker links against libLLVM")?;
         }
         status(
             Command::new("cargo")
@@ -558,53 +582,24 @@ fn vm_test(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Resul
 /// Installs tmux when missing: the live view's terminal test and its benchmark run
 /// `sampler top` in a real terminal.
 pub(crate) fn ensure_tmux() -> Result<()> {
-    if Command::new("tmux")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        status(
-            privileged("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", "tmux"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("installing tmux (for the live view in a real terminal)")?;
+    if has_command("tmux", "-V") {
+        return Ok(());
     }
-    Ok(())
+    apt_install(&["tmux"], "for the live view in a real terminal")
 }
 
 /// Installs Debian's Prometheus server and promtool when missing: the exporter's
 /// end-to-end test runs them on loopback.
 pub(crate) fn ensure_prometheus() -> Result<()> {
-    let have = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if !have("prometheus") || !have("promtool") {
-        status(
-            privileged("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "prometheus",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("installing prometheus (for the exporter's end-to-end test)")?;
-        // Debian starts the service on install; the test runs its own.
-        let _ = Command::new("systemctl")
-            .args(["disable", "--now", "prometheus"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    if has_command("prometheus", "--version") && has_command("promtool", "--version") {
+        return Ok(());
     }
+    apt_install(&["prometheus"], "for the exporter's end-to-end test")?;
+    // Debian starts the service on install; the test runs its own.
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "prometheus"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     Ok(())
 }

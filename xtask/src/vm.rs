@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{display, output, privileged, status};
+use crate::{apt_install, display, output, privileged, status};
 
 /// Kernel series the test bed boots: 6.1 (arm_pmu without the extended hardware
 /// type) and 6.12 (with it).
@@ -95,12 +95,7 @@ pub fn ensure_host_tools() -> Result<()> {
         status(privileged("apt-get").args(["update", "-q"]))?;
     }
     if !missing.is_empty() {
-        status(
-            privileged("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(&missing, "the arm64 test bed")?;
     }
     Ok(())
 }
