@@ -196,17 +196,6 @@ pub fn identify(path: &str) -> Identity {
     }
 }
 
-/// The first `depth` components of `path` (`/a/b/c`, 2 -> `/a/b`): the cgroup subtree
-/// a path rolls up into.
-pub fn subtree(path: &str, depth: usize) -> String {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .take(depth)
-        .collect();
-    format!("/{}", parts.join("/"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn short_forms_and_subtrees() {
+    fn short_forms() {
         assert_eq!(
             identify(&format!("/docker/{ID}")).short(),
             "docker:3f4e5d6c7b8a"
@@ -362,9 +351,6 @@ mod tests {
             "systemd:cron.service"
         );
         assert_eq!(identify("/a/b").short(), "/a/b");
-        assert_eq!(subtree("/a/b/c", 2), "/a/b");
-        assert_eq!(subtree("/a", 2), "/a");
-        assert_eq!(subtree("/", 1), "/");
     }
 
     #[test]
