@@ -179,12 +179,20 @@ fn loads_without_kernel_btf_and_says_so() {
     let Some(_serial) = require_root(name) else {
         return;
     };
-    let bpf = sampler::bpf::Bpf::load(Path::new("/nonexistent/btf/vmlinux"), 2, 1)
-        .expect("the program needs no BTF");
+    let bpf = sampler::bpf::Bpf::load(
+        Path::new("/nonexistent/btf/vmlinux"),
+        sampler::bpf::default_task_entries(2),
+        1,
+    )
+    .expect("the program needs no BTF");
     let notice = bpf.btf_notice.as_deref().expect("a notice");
     assert!(notice.contains("/nonexistent/btf/vmlinux"), "{notice}");
     assert!(notice.contains("CONFIG_DEBUG_INFO_BTF"), "{notice}");
-    let with = sampler::bpf::Bpf::load(Path::new(sampler::bpf::KERNEL_BTF), 2, 0);
+    let with = sampler::bpf::Bpf::load(
+        Path::new(sampler::bpf::KERNEL_BTF),
+        sampler::bpf::default_task_entries(2),
+        0,
+    );
     if Path::new(sampler::bpf::KERNEL_BTF).exists() {
         assert!(with.unwrap().btf_notice.is_none());
     }

@@ -27,6 +27,31 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// this many before it starts evicting its least recently sampled tasks.
 pub const TASK_ENTRIES_PER_CPU: u32 = 4096;
 
+/// The largest `--map-entries`: 4 Mi entries, about 800 MiB of kernel memory.
+pub const MAX_TASK_ENTRIES: u32 = 1 << 22;
+
+/// The task map's capacity on a machine with `possible_cpus`: [`TASK_ENTRIES_PER_CPU`]
+/// each, at least [`DEFAULT_TASK_ENTRIES`].
+pub fn default_task_entries(possible_cpus: u32) -> u32 {
+    TASK_ENTRIES_PER_CPU
+        .saturating_mul(possible_cpus.max(1))
+        .max(DEFAULT_TASK_ENTRIES)
+}
+
+/// A `--map-entries` value checked against the machine: the LRU map keeps a list per
+/// CPU, so it needs at least one entry per possible CPU.
+pub fn task_entries(asked: Option<u32>, possible_cpus: u32) -> Result<u32, Error> {
+    match asked {
+        None => Ok(default_task_entries(possible_cpus)),
+        Some(n) if n >= possible_cpus.max(1) && n <= MAX_TASK_ENTRIES => Ok(n),
+        Some(got) => Err(Error::MapEntries {
+            got,
+            min: possible_cpus.max(1),
+            max: MAX_TASK_ENTRIES,
+        }),
+    }
+}
+
 /// The loaded BPF programs and maps.
 pub struct Bpf {
     ebpf: Ebpf,
@@ -50,8 +75,8 @@ impl Bpf {
     /// for a sampling group with `members` counting members (at most
     /// [`MAX_MEMBERS`] are attributed per task). `btf_path` is the kernel's BTF
     /// ([`KERNEL_BTF`]); the program needs no CO-RE relocation, so a kernel without BTF
-    /// is reported, not fatal.
-    pub fn load(btf_path: &Path, possible_cpus: u32, members: u32) -> Result<Self, Error> {
+    /// is reported, not fatal. The task map holds `task_entries` (see [`task_entries`]).
+    pub fn load(btf_path: &Path, task_entries: u32, members: u32) -> Result<Self, Error> {
         let notice = |why: String| {
             format!(
                 "sampler: kernel BTF not usable at {} ({why}); loading the BPF programs \
@@ -83,13 +108,10 @@ impl Bpf {
         } else {
             None
         };
-        let entries = TASK_ENTRIES_PER_CPU
-            .saturating_mul(possible_cpus.max(1))
-            .max(DEFAULT_TASK_ENTRIES);
         let members = members.min(MAX_MEMBERS as u32);
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
-            .map_max_entries(TASKS_MAP, entries)
+            .map_max_entries(TASKS_MAP, task_entries)
             .override_global(NR_MEMBERS_GLOBAL, &members, true)
             .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
             .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
@@ -280,6 +302,18 @@ fn program_load_error(e: ProgramError) -> Error {
 mod tests {
     use super::*;
 
+    #[test]
+    fn task_entries_default_per_cpu_and_checked_range() {
+        assert_eq!(task_entries(None, 2).unwrap(), DEFAULT_TASK_ENTRIES);
+        assert_eq!(task_entries(None, 64).unwrap(), 64 * TASK_ENTRIES_PER_CPU);
+        assert_eq!(task_entries(Some(8), 2).unwrap(), 8);
+        let e = task_entries(Some(1), 2).unwrap_err().to_string();
+        assert!(e.contains("--map-entries 1 is out of range"), "{e}");
+        assert!(e.contains("(2)"), "{e}");
+        assert!(task_entries(Some(MAX_TASK_ENTRIES + 1), 2).is_err());
+        assert!(task_entries(Some(0), 0).is_err());
+    }
+
     /// Root only: the batched read returns exactly what reading entry by entry does,
     /// across several batches. (Entries inserted from one CPU fill that CPU's share
     /// of the per-CPU LRU lists, max_entries / possible CPUs, so stay below it.)
@@ -296,7 +330,7 @@ mod tests {
             );
             return;
         }
-        let mut bpf = Bpf::load(Path::new(KERNEL_BTF), 4, 0).expect("load");
+        let mut bpf = Bpf::load(Path::new(KERNEL_BTF), default_task_entries(4), 0).expect("load");
         {
             let mut tasks: HashMap<&mut MapData, TaskKey, TaskValue> =
                 HashMap::try_from(bpf.ebpf.map_mut(TASKS_MAP).unwrap()).unwrap();

@@ -148,6 +148,11 @@ pub struct SamplingArgs {
     /// BPF program's cost per sample (adds two clock reads to every sample).
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Capacity of the kernel's per-task map [default: 4096 per possible CPU, at least
+    /// 16384]. When it is full the least recently sampled tasks are evicted (counted
+    /// as `evicted`; their samples stay in the per-CPU totals).
+    #[arg(long, value_name = "N")]
+    pub map_entries: Option<u32>,
     #[command(flatten)]
     pub sysfs: SysfsArgs,
 }
@@ -785,6 +790,8 @@ impl Sampling {
         };
         let kernel = kernel_version(args.kernel.as_deref())?;
         let sp = sampling_plan(args.event.as_deref(), &pmus, &cpus, kernel)?;
+        let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
+        let entries = bpf::task_entries(args.map_entries, possible)?;
         check_privileges()?;
         for note in &sp.plan.notes {
             eprintln!("sampler: {note}");
@@ -800,8 +807,7 @@ impl Sampling {
                 sp.members.len()
             );
         }
-        let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
-        let bpf = Bpf::load(Path::new(KERNEL_BTF), possible, sp.members.len() as u32)?;
+        let bpf = Bpf::load(Path::new(KERNEL_BTF), entries, sp.members.len() as u32)?;
         let stats = if args.bpf_stats {
             Some(bpf::enable_run_stats()?)
         } else {

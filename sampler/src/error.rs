@@ -160,6 +160,12 @@ pub enum Error {
     #[error("--top must be at least 1 series")]
     TopZero,
 
+    #[error(
+        "--map-entries {got} is out of range: the task map needs at least one entry per \
+         possible CPU ({min}) and at most {max} (about 200 bytes of kernel memory each)"
+    )]
+    MapEntries { got: u32, min: u32, max: u32 },
+
     #[error("{0}")]
     Runtime(#[from] io::Error),
 }
