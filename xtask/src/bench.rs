@@ -258,7 +258,7 @@ fn run_measured(cmd: &mut Command) -> Result<Measured> {
 }
 
 /// The CPU-bound loop of every workload: an LCG walking a 256 KiB table.
-fn work(iterations: u64) -> u64 {
+pub(crate) fn work(iterations: u64) -> u64 {
     let mut table = vec![0u64; 32 * 1024];
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
     for _ in 0..iterations {
@@ -401,7 +401,7 @@ impl RssPoller {
 }
 
 /// A `Vm...:` field of a `/proc/PID/status` text, in KiB.
-fn status_kib(status: &str, field: &str) -> Option<u64> {
+pub(crate) fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))

@@ -16,6 +16,7 @@
 
 mod bench;
 mod dts;
+mod soak;
 mod vm;
 
 use std::{
@@ -67,6 +68,23 @@ enum Cmd {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Run sampler for a long time under task churn and check that its memory and
+    /// its dropped samples do not grow; the report goes to target/soak-SECONDSs.md
+    /// (needs root).
+    Soak {
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        /// Samples per second per CPU.
+        #[arg(long, default_value_t = 1000)]
+        frequency: u64,
+        /// Refresh interval of `sampler top --json`, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        /// Task-map capacity (`--map-entries`); small values make it evict early.
+        #[arg(long)]
+        map_entries: Option<u32>,
+    },
     /// Build a release sampler for another architecture (static, musl).
     Build {
         #[arg(long, value_enum, default_value = "aarch64")]
@@ -115,6 +133,21 @@ fn main() -> ExitCode {
             Cmd::Test { no_vm } => test(no_vm),
             Cmd::Build { arch } => build(arch).map(drop),
             Cmd::Bench { quick, no_vm } => bench(&root, quick, no_vm),
+            Cmd::Soak {
+                seconds,
+                frequency,
+                interval,
+                map_entries,
+            } => soak(
+                &root,
+                &soak::Options {
+                    seconds,
+                    hz: frequency,
+                    interval,
+                    map_entries,
+                    out: root.join(format!("target/soak-{seconds}s.md")),
+                },
+            ),
             Cmd::VmTest {
                 kernel,
                 hetero,
@@ -343,6 +376,12 @@ fn bench(root: &Path, quick: bool, no_vm: bool) -> Result<()> {
         guest,
         &bench::Options { quick, no_vm },
     )
+}
+
+fn soak(root: &Path, o: &soak::Options) -> Result<()> {
+    setup()?;
+    status(Command::new("cargo").args(["build", "--release", "--package", "sampler"]))?;
+    soak::run(&root.join("target/release/sampler"), o)
 }
 
 fn cargo<I, S>(args: I) -> Command
