@@ -264,7 +264,7 @@ async fn serve_cmd(args: ServeArgs) -> Result<(), Error> {
             addr: args.listen.clone(),
             source,
         })?;
-    let sampling = Sampling::start(&args.sampling)?;
+    let mut sampling = Sampling::start(&args.sampling)?;
     // The program's cost: statistics on for this run (CAP_SYS_ADMIN), or already on
     // host-wide (kernel.bpf_stats_enabled=1).
     let _stats = if args.no_bpf_stats {
@@ -340,7 +340,7 @@ async fn serve_cmd(args: ServeArgs) -> Result<(), Error> {
         if wait(Some(interval)).await? == Stop::Signal {
             break Ok(());
         }
-        let health = match refresh.next(&sampling) {
+        let health = match refresh.next(&mut sampling) {
             Ok(snapshot) => {
                 let bpf_total = sampling
                     .bpf
@@ -508,13 +508,24 @@ async fn stat(args: StatArgs) -> Result<(), Error> {
     let duration = parse_seconds("duration", &args.duration)?;
     let mut sampling = Sampling::start(&args.sampling)?;
     let started = Instant::now();
-    wait(Some(duration)).await?;
+    // In steps of at most a second, following CPU hotplug in between.
+    let mut warnings = Vec::new();
+    while let Some(left) = duration
+        .checked_sub(started.elapsed())
+        .filter(|d| !d.is_zero())
+    {
+        if wait(Some(left.min(Duration::from_secs(1)))).await? == Stop::Signal {
+            break;
+        }
+        warnings.extend(sampling.follow_hotplug());
+    }
     sampling.session.disable()?;
     let elapsed = started.elapsed().as_secs_f64();
     let maps = sampling.bpf.read()?;
     let counts = sampling.session.read_counts()?;
     let mut snapshot = Snapshot::build(&maps, &counts, &sampling.info, elapsed);
     snapshot.warnings.extend(sampling.throttled());
+    snapshot.warnings.extend(warnings);
     let text = if args.json {
         let mut s = present::json(&snapshot, args.top).to_string();
         s.push('\n');
@@ -530,7 +541,7 @@ async fn top(args: TopArgs) -> Result<(), Error> {
     if !args.json && !args.batch && io::stdout().is_terminal() && io::stdin().is_terminal() {
         return top_screen(args, interval).await;
     }
-    let sampling = Sampling::start(&args.sampling)?;
+    let mut sampling = Sampling::start(&args.sampling)?;
     let events = args
         .sampling
         .event
@@ -545,7 +556,7 @@ async fn top(args: TopArgs) -> Result<(), Error> {
             break;
         }
         let started = Instant::now();
-        let snapshot = refresh.next(&sampling)?;
+        let snapshot = refresh.next(&mut sampling)?;
         let text = if args.json {
             let mut doc = present::json(&snapshot, Some(args.top));
             doc["refresh_ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
@@ -581,7 +592,8 @@ impl Refresh {
         })
     }
 
-    fn next(&mut self, sampling: &Sampling) -> Result<Snapshot, Error> {
+    fn next(&mut self, sampling: &mut Sampling) -> Result<Snapshot, Error> {
+        let hotplug = sampling.follow_hotplug();
         let cur = sampling.bpf.read()?;
         let cur_counts = sampling.session.read_counts()?;
         let now = Instant::now();
@@ -592,6 +604,7 @@ impl Refresh {
             (now - self.last).as_secs_f64(),
         );
         snapshot.warnings.extend(sampling.throttled());
+        snapshot.warnings.extend(hotplug);
         (self.prev, self.prev_counts, self.last) = (cur, cur_counts, now);
         Ok(snapshot)
     }
@@ -700,7 +713,7 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
             () = tokio::time::sleep_until(next) => {
                 next = tokio::time::Instant::now() + app.interval;
                 refresh_started = Some(Instant::now());
-                match refresh.next(&sampling) {
+                match refresh.next(&mut sampling) {
                     Ok(s) => app.update(s),
                     Err(e) => break Err(e),
                 }
@@ -846,6 +859,19 @@ impl Sampling {
             pmus,
             _stats: stats,
         })
+    }
+
+    /// Follows CPU hotplug (see [`Session::follow_online`]); each change is also
+    /// printed to standard error.
+    fn follow_hotplug(&mut self) -> Vec<String> {
+        let Ok(online) = CpuList::read(&self.pmus.root.join("devices/system/cpu/online")) else {
+            return Vec::new();
+        };
+        let notes = self.session.follow_online(&online);
+        for n in &notes {
+            eprintln!("{n}");
+        }
+        notes
     }
 
     /// Whether the kernel throttled sampling since the start (it lowers the maximum

@@ -9,8 +9,10 @@
 //! encoding chain on "no such event" errors.
 
 use std::{
+    collections::HashMap,
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
+    sync::Mutex,
 };
 
 use sampler_common::MAX_MEMBERS;
@@ -141,6 +143,28 @@ pub struct Session<'s> {
     groups: Vec<CpuGroup>,
     skipped: Vec<Skipped>,
     enabled: bool,
+    /// What was opened from, to open a CPU's groups again when it comes back online.
+    plan: Vec<PlannedEvent>,
+    rate: Rate,
+    cpu_clock_fallback: bool,
+    /// The program and member maps the sampling leaders were attached to.
+    attached: Option<Attached>,
+    /// Planned CPUs whose events were closed when they went offline.
+    offline: Vec<u32>,
+    /// Per (cpu, group, index): the counts of events closed by hotplug, added to what
+    /// their reopened successors count, so totals never go backwards.
+    carried: Vec<EventCount>,
+    /// Per (cpu, group, index): the last counts `read()` gave, before `carried`.
+    last: Mutex<HashMap<Slot, (u64, u64, u64)>>,
+}
+
+/// An event's place: (cpu, plan group, index in the group).
+type Slot = (u32, usize, usize);
+
+/// Our own copies of the program's and member maps' fds, for attaching reopened events.
+struct Attached {
+    prog: OwnedFd,
+    members: Vec<OwnedFd>,
 }
 
 impl<'s> Session<'s> {
@@ -158,72 +182,14 @@ impl<'s> Session<'s> {
     ) -> Result<Self, Error> {
         let mut groups = Vec::new();
         let mut skipped = Vec::new();
-        let mut i = 0;
-        while i < plan.len() {
-            let (cpu, group) = (plan[i].cpu, plan[i].group);
-            let mut j = i + 1;
-            while j < plan.len()
-                && plan[j].cpu == cpu
-                && plan[j].group == group
-                && !plan[j].is_leader()
-            {
-                j += 1;
-            }
-            let members = &plan[i..j];
-            i = j;
-            let leader_plan = &members[0];
-            let mode = if group == 0 {
-                Mode::Sample { rate }
-            } else {
-                Mode::CountLeader
-            };
-            let leader = match open_chain(sys, leader_plan, mode, None)? {
-                Ok((fd, encoding)) => opened(sys, leader_plan, fd, encoding, None)?,
-                Err(reason) if group == 0 && cpu_clock_fallback => {
-                    let clock = PlannedEvent::cpu_clock(cpu);
-                    let (fd, encoding) = open_chain(sys, &clock, mode, None)?
-                        .map_err(|e| open_error(&clock.event, cpu, e))?;
-                    opened(sys, &clock, fd, encoding, Some(reason))?
-                }
-                Err(reason) => {
-                    skipped.push(Skipped {
-                        cpu,
-                        event: leader_plan.event.clone(),
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            let mut events = vec![leader];
-            for m in &members[1..] {
-                let leader_fd = events[0].fd.as_fd();
-                match open_chain(sys, m, Mode::CountMember, Some(leader_fd)) {
-                    Ok(Ok((fd, encoding))) => {
-                        let e = opened(sys, m, fd, encoding, None)?;
-                        events.push(e);
-                    }
-                    Ok(Err(reason)) => skipped.push(Skipped {
-                        cpu,
-                        event: m.event.clone(),
-                        reason,
-                    }),
-                    // A PMU refuses a member that would make the group need more
-                    // counters than it has (arm_pmu's validate_group): the rest of the
-                    // group is still counted.
-                    Err(Error::PerfOpen { source, .. })
-                        if source.raw_os_error() == Some(libc::EINVAL) =>
-                    {
-                        skipped.push(Skipped {
-                            cpu,
-                            event: m.event.clone(),
-                            reason: source,
-                        });
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            groups.push(CpuGroup { cpu, group, events });
-        }
+        open_groups(
+            sys,
+            plan,
+            rate,
+            cpu_clock_fallback,
+            &mut groups,
+            &mut skipped,
+        )?;
         if !groups.iter().any(CpuGroup::sampling) {
             let first = skipped.first();
             return Err(Error::NotSupported {
@@ -242,6 +208,13 @@ impl<'s> Session<'s> {
             groups,
             skipped,
             enabled: false,
+            plan: plan.to_vec(),
+            rate,
+            cpu_clock_fallback,
+            attached: None,
+            offline: Vec::new(),
+            carried: Vec::new(),
+            last: Mutex::new(HashMap::new()),
         })
     }
 
@@ -249,30 +222,171 @@ impl<'s> Session<'s> {
     /// sampling group's members where it reads them: member `i` of CPU `c` at index
     /// `c` of `members[i]`.
     pub fn attach(
-        &self,
+        &mut self,
         prog: BorrowedFd<'_>,
         members: [BorrowedFd<'_>; MAX_MEMBERS],
     ) -> Result<(), Error> {
         for g in self.groups.iter().filter(|g| g.sampling()) {
-            let leader = g.leader();
-            self.sys
-                .set_bpf(leader.fd.as_fd(), prog)
-                .map_err(|source| Error::PerfIoctl {
-                    what: "attach the BPF program to",
-                    cpu: g.cpu,
-                    source,
-                })?;
-            for m in g.events.iter().skip(1).filter(|m| m.index <= MAX_MEMBERS) {
+            attach_group(self.sys, g, prog, &members)?;
+        }
+        let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(Error::Runtime);
+        self.attached = Some(Attached {
+            prog: dup(prog)?,
+            members: members.iter().map(|m| dup(*m)).collect::<Result<_, _>>()?,
+        });
+        Ok(())
+    }
+
+    /// Follows CPU hotplug: closes the events of CPUs that went offline (keeping their
+    /// counts) and opens, attaches and enables again those of planned CPUs that came
+    /// back. Returns a line for each change. Called once per refresh with the online
+    /// CPUs (`/sys/devices/system/cpu/online`).
+    pub fn follow_online(&mut self, online: &CpuList) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut gone: Vec<u32> = self
+            .groups
+            .iter()
+            .map(|g| g.cpu)
+            .filter(|&c| !online.contains(c))
+            .collect();
+        gone.dedup();
+        for cpu in gone {
+            self.close_cpu(cpu);
+            notes.push(format!(
+                "sampler: CPU {cpu} went offline: its events are closed, its counts so far \
+                 kept; they are reopened when it comes back"
+            ));
+        }
+        for cpu in self.offline.clone() {
+            if !online.contains(cpu) {
+                continue;
+            }
+            match self.reopen_cpu(cpu) {
+                Ok(()) => {
+                    self.offline.retain(|&c| c != cpu);
+                    notes.push(format!(
+                        "sampler: CPU {cpu} is back online: its events are open and sampling again"
+                    ));
+                }
+                Err(e) => notes.push(format!(
+                    "sampler: CPU {cpu} is back online but its events cannot be opened yet \
+                     ({e}); trying again at the next refresh"
+                )),
+            }
+        }
+        notes
+    }
+
+    /// Closes `cpu`'s groups; their last counts move to `carried`.
+    fn close_cpu(&mut self, cpu: u32) {
+        // What the kernel still reports (it detached the events when the CPU went down,
+        // which may have split the groups: take the larger of that and the last read).
+        let fresh: Vec<EventCount> = self
+            .groups
+            .iter()
+            .filter(|g| g.cpu == cpu)
+            .flat_map(|g| self.read_group(g).unwrap_or_default())
+            .collect();
+        let last = self.last.lock().map(|l| l.clone()).unwrap_or_default();
+        for mut c in fresh {
+            let key = (c.cpu, c.group, c.index);
+            if let Some(&(v, e, r)) = last.get(&key) {
+                c.value = c.value.max(v);
+                c.enabled = c.enabled.max(e);
+                c.running = c.running.max(r);
+            }
+            match self
+                .carried
+                .iter_mut()
+                .find(|k| (k.cpu, k.group, k.index) == key)
+            {
+                Some(k) => {
+                    k.value += c.value;
+                    k.enabled += c.enabled;
+                    k.running += c.running;
+                }
+                None => self.carried.push(c),
+            }
+        }
+        if let Ok(mut l) = self.last.lock() {
+            l.retain(|k, _| k.0 != cpu);
+        }
+        if let Some(a) = &self.attached {
+            let slots = self
+                .groups
+                .iter()
+                .filter(|g| g.cpu == cpu && g.sampling())
+                .flat_map(|g| g.events.iter().skip(1))
+                .filter(|m| m.index <= MAX_MEMBERS);
+            for m in slots {
+                // Best effort: the map's reference would keep the closed event alive
+                // until the CPU's slot is set again.
+                let _ = self
+                    .sys
+                    .clear_map_event(a.members[m.index - 1].as_fd(), cpu);
+            }
+        }
+        // Dropping the groups closes their fds (and detaches the program).
+        self.groups.retain(|g| g.cpu != cpu);
+        if !self.offline.contains(&cpu) {
+            self.offline.push(cpu);
+        }
+    }
+
+    /// Opens `cpu`'s planned groups again, attached and enabled like the others.
+    fn reopen_cpu(&mut self, cpu: u32) -> Result<(), Error> {
+        let plan: Vec<PlannedEvent> = self.plan.iter().filter(|p| p.cpu == cpu).cloned().collect();
+        let (mut groups, mut skipped) = (Vec::new(), Vec::new());
+        open_groups(
+            self.sys,
+            &plan,
+            self.rate,
+            self.cpu_clock_fallback,
+            &mut groups,
+            &mut skipped,
+        )?;
+        if let Some(a) = &self.attached {
+            let members: Vec<BorrowedFd<'_>> = a.members.iter().map(AsFd::as_fd).collect();
+            for g in groups.iter().filter(|g| g.sampling()) {
+                attach_group(self.sys, g, a.prog.as_fd(), &members)?;
+            }
+        }
+        if self.enabled {
+            for g in &groups {
                 self.sys
-                    .set_map_event(members[m.index - 1], g.cpu, m.fd.as_fd())
+                    .enable(g.leader().fd.as_fd())
                     .map_err(|source| Error::PerfIoctl {
-                        what: "hand the BPF program a member of",
-                        cpu: g.cpu,
+                        what: "enable",
+                        cpu,
                         source,
                     })?;
             }
         }
+        if !groups.iter().any(CpuGroup::sampling) {
+            let why = skipped.first().map_or_else(
+                || "nothing planned".to_owned(),
+                |s| format!("`{}`: {}", s.event, errno_name(&s.reason)),
+            );
+            return Err(Error::Runtime(io::Error::other(why)));
+        }
+        for s in skipped {
+            if !self
+                .skipped
+                .iter()
+                .any(|k| k.cpu == s.cpu && k.event == s.event)
+            {
+                self.skipped.push(s);
+            }
+        }
+        self.groups.extend(groups);
+        // The order they were opened in: by plan group, then CPU.
+        self.groups.sort_by_key(|g| (g.group, g.cpu));
         Ok(())
+    }
+
+    /// CPUs whose events are closed because they went offline.
+    pub fn offline_cpus(&self) -> &[u32] {
+        &self.offline
     }
 
     pub fn enable(&mut self) -> Result<(), Error> {
@@ -303,43 +417,74 @@ impl<'s> Session<'s> {
         Ok(())
     }
 
-    /// Reads every group: the counts of each event on each CPU.
+    /// Reads every group: the counts of each event on each CPU, including what
+    /// events closed by CPU hotplug counted before (a CPU that is offline keeps its
+    /// last counts).
     pub fn read_counts(&self) -> Result<Vec<EventCount>, Error> {
         let mut out = Vec::new();
         for g in &self.groups {
-            let mut buf = vec![0u8; group_read_size(g.events.len())];
-            let n = self
-                .sys
-                .read(g.leader().fd.as_fd(), &mut buf)
-                .map_err(|source| Error::PerfIoctl {
-                    what: "read",
-                    cpu: g.cpu,
-                    source,
-                })?;
-            let r = parse_group_read(&buf[..n]).ok_or_else(|| Error::PerfIoctl {
-                what: "parse the read() of",
-                cpu: g.cpu,
-                source: io::Error::new(io::ErrorKind::InvalidData, "short group read"),
-            })?;
-            for e in &g.events {
-                let value = r
-                    .values
-                    .iter()
-                    .find(|(id, _)| *id == e.id)
-                    .map_or(0, |v| v.1);
-                out.push(EventCount {
-                    cpu: g.cpu,
-                    group: g.group,
-                    index: e.index,
-                    event: e.event.clone(),
-                    pmu: e.pmu.clone(),
-                    value,
-                    enabled: r.enabled,
-                    running: r.running,
-                });
+            out.extend(self.read_group(g)?);
+        }
+        if let Ok(mut last) = self.last.lock() {
+            for c in &out {
+                last.insert((c.cpu, c.group, c.index), (c.value, c.enabled, c.running));
+            }
+        }
+        for c in &mut out {
+            if let Some(k) = self
+                .carried
+                .iter()
+                .find(|k| (k.cpu, k.group, k.index) == (c.cpu, c.group, c.index))
+            {
+                c.value += k.value;
+                c.enabled += k.enabled;
+                c.running += k.running;
+            }
+        }
+        for k in &self.carried {
+            if !out
+                .iter()
+                .any(|c| (c.cpu, c.group, c.index) == (k.cpu, k.group, k.index))
+            {
+                out.push(k.clone());
             }
         }
         Ok(out)
+    }
+
+    /// One group's counts, as `read()` gives them now.
+    fn read_group(&self, g: &CpuGroup) -> Result<Vec<EventCount>, Error> {
+        let mut buf = vec![0u8; group_read_size(g.events.len())];
+        let n = self
+            .sys
+            .read(g.leader().fd.as_fd(), &mut buf)
+            .map_err(|source| Error::PerfIoctl {
+                what: "read",
+                cpu: g.cpu,
+                source,
+            })?;
+        let r = parse_group_read(&buf[..n]).ok_or_else(|| Error::PerfIoctl {
+            what: "parse the read() of",
+            cpu: g.cpu,
+            source: io::Error::new(io::ErrorKind::InvalidData, "short group read"),
+        })?;
+        Ok(g.events
+            .iter()
+            .map(|e| EventCount {
+                cpu: g.cpu,
+                group: g.group,
+                index: e.index,
+                event: e.event.clone(),
+                pmu: e.pmu.clone(),
+                value: r
+                    .values
+                    .iter()
+                    .find(|(id, _)| *id == e.id)
+                    .map_or(0, |v| v.1),
+                enabled: r.enabled,
+                running: r.running,
+            })
+            .collect())
     }
 
     pub fn groups(&self) -> &[CpuGroup] {
@@ -407,6 +552,107 @@ impl<'s> Session<'s> {
         }
         out
     }
+}
+
+/// Opens the groups of `plan` (contiguous per CPU and group) into `groups`; what a
+/// CPU's PMU lacks goes to `skipped`. See [`Session::open`].
+fn open_groups(
+    sys: &dyn PerfSys,
+    plan: &[PlannedEvent],
+    rate: Rate,
+    cpu_clock_fallback: bool,
+    groups: &mut Vec<CpuGroup>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(), Error> {
+    let mut i = 0;
+    while i < plan.len() {
+        let (cpu, group) = (plan[i].cpu, plan[i].group);
+        let mut j = i + 1;
+        while j < plan.len() && plan[j].cpu == cpu && plan[j].group == group && !plan[j].is_leader()
+        {
+            j += 1;
+        }
+        let members = &plan[i..j];
+        i = j;
+        let leader_plan = &members[0];
+        let mode = if group == 0 {
+            Mode::Sample { rate }
+        } else {
+            Mode::CountLeader
+        };
+        let leader = match open_chain(sys, leader_plan, mode, None)? {
+            Ok((fd, encoding)) => opened(sys, leader_plan, fd, encoding, None)?,
+            Err(reason) if group == 0 && cpu_clock_fallback => {
+                let clock = PlannedEvent::cpu_clock(cpu);
+                let (fd, encoding) = open_chain(sys, &clock, mode, None)?
+                    .map_err(|e| open_error(&clock.event, cpu, e))?;
+                opened(sys, &clock, fd, encoding, Some(reason))?
+            }
+            Err(reason) => {
+                skipped.push(Skipped {
+                    cpu,
+                    event: leader_plan.event.clone(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        let mut events = vec![leader];
+        for m in &members[1..] {
+            let leader_fd = events[0].fd.as_fd();
+            match open_chain(sys, m, Mode::CountMember, Some(leader_fd)) {
+                Ok(Ok((fd, encoding))) => {
+                    let e = opened(sys, m, fd, encoding, None)?;
+                    events.push(e);
+                }
+                Ok(Err(reason)) => skipped.push(Skipped {
+                    cpu,
+                    event: m.event.clone(),
+                    reason,
+                }),
+                // A PMU refuses a member that would make the group need more
+                // counters than it has (arm_pmu's validate_group): the rest of the
+                // group is still counted.
+                Err(Error::PerfOpen { source, .. })
+                    if source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    skipped.push(Skipped {
+                        cpu,
+                        event: m.event.clone(),
+                        reason: source,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        groups.push(CpuGroup { cpu, group, events });
+    }
+    Ok(())
+}
+
+/// Runs `prog` on every overflow of `g`'s leader and puts `g`'s members in the member
+/// maps at the CPU's index.
+fn attach_group(
+    sys: &dyn PerfSys,
+    g: &CpuGroup,
+    prog: BorrowedFd<'_>,
+    members: &[BorrowedFd<'_>],
+) -> Result<(), Error> {
+    sys.set_bpf(g.leader().fd.as_fd(), prog)
+        .map_err(|source| Error::PerfIoctl {
+            what: "attach the BPF program to",
+            cpu: g.cpu,
+            source,
+        })?;
+    for m in g.events.iter().skip(1).filter(|m| m.index <= MAX_MEMBERS) {
+        sys.set_map_event(members[m.index - 1], g.cpu, m.fd.as_fd())
+            .map_err(|source| Error::PerfIoctl {
+                what: "hand the BPF program a member of",
+                cpu: g.cpu,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 fn opened(
@@ -508,8 +754,12 @@ mod tests {
         accepts: Vec<(u32, u32, u64)>,
         software_errno: Option<i32>,
         calls: RefCell<Vec<String>>,
-        /// (fd, id, leader fd)
-        fds: RefCell<Vec<(RawFd, u64, RawFd)>>,
+        /// (fd, id, leader fd, cpu)
+        fds: RefCell<Vec<(RawFd, u64, RawFd, u32)>>,
+        /// CPUs that are offline: opening there fails with ENODEV, and a group read
+        /// there gives the leader only (the kernel detached the group).
+        offline: RefCell<Vec<u32>>,
+        next_id: std::cell::Cell<u64>,
     }
 
     impl FakeSys {
@@ -521,6 +771,9 @@ mod tests {
         }
         fn id_of(&self, fd: RawFd) -> u64 {
             self.fds.borrow().iter().find(|f| f.0 == fd).unwrap().1
+        }
+        fn cpu_of(&self, fd: RawFd) -> u32 {
+            self.fds.borrow().iter().find(|f| f.0 == fd).unwrap().3
         }
     }
 
@@ -557,11 +810,17 @@ mod tests {
             if !ok {
                 return Err(io::Error::from_raw_os_error(libc::ENOENT));
             }
+            if self.offline.borrow().contains(&(cpu as u32)) {
+                return Err(io::Error::from_raw_os_error(libc::ENODEV));
+            }
             let fd: OwnedFd = File::open("/dev/null").unwrap().into();
             let raw = fd.as_raw_fd();
-            let id = 100 + self.fds.borrow().len() as u64;
+            let id = 100 + self.next_id.get();
+            self.next_id.set(self.next_id.get() + 1);
             let leader = group.map_or(raw, |g| g.as_raw_fd());
-            self.fds.borrow_mut().push((raw, id, leader));
+            // A reused fd number: the event it was is closed.
+            self.fds.borrow_mut().retain(|f| f.0 != raw);
+            self.fds.borrow_mut().push((raw, id, leader, cpu as u32));
             Ok(fd)
         }
         fn set_bpf(&self, e: BorrowedFd<'_>, _: BorrowedFd<'_>) -> io::Result<()> {
@@ -584,11 +843,12 @@ mod tests {
         }
         fn read(&self, e: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
             let leader = e.as_raw_fd();
+            let detached = self.offline.borrow().contains(&self.cpu_of(leader));
             let ids: Vec<u64> = self
                 .fds
                 .borrow()
                 .iter()
-                .filter(|f| f.2 == leader)
+                .filter(|f| f.2 == leader && (!detached || f.0 == leader))
                 .map(|f| f.1)
                 .collect();
             let mut words = vec![ids.len() as u64, 1000, 500];
@@ -610,6 +870,13 @@ mod tests {
             self.calls
                 .borrow_mut()
                 .push(format!("map fd{map}[{index}] = {id}"));
+            Ok(())
+        }
+        fn clear_map_event(&self, map: BorrowedFd<'_>, index: u32) -> io::Result<()> {
+            let map = map.as_raw_fd();
+            self.calls
+                .borrow_mut()
+                .push(format!("clear map fd{map}[{index}]"));
             Ok(())
         }
     }
@@ -850,6 +1117,112 @@ mod tests {
             *sys.calls.borrow(),
             ["disable 100", "disable 103", "disable 105", "disable 106"]
         );
+    }
+
+    #[test]
+    fn a_cpu_going_offline_and_back_is_closed_reopened_and_keeps_its_counts() {
+        let sys = FakeSys::new(vec![
+            (0, PERF_TYPE_HARDWARE, 4 << 32),
+            (1, PERF_TYPE_HARDWARE, 4 << 32),
+            (0, PERF_TYPE_HARDWARE, 4 << 32 | 1),
+            (1, PERF_TYPE_HARDWARE, 4 << 32 | 1),
+        ]);
+        let mut plan = Vec::new();
+        for cpu in [0, 1] {
+            plan.push(cycles(cpu));
+            plan.push(hw(cpu, "instructions", 1, 0xc0, 0, 1));
+        }
+        for cpu in [0, 1] {
+            plan.push(sw(cpu, "page-faults", 2, 1, 0));
+        }
+        let mut s = Session::open(&sys, &plan, Rate::Frequency(999), false).unwrap();
+        let maps: Vec<File> = (0..MAX_MEMBERS)
+            .map(|_| File::open("/dev/null").unwrap())
+            .collect();
+        let map_fds: [BorrowedFd<'_>; MAX_MEMBERS] = std::array::from_fn(|i| maps[i].as_fd());
+        let prog = File::open("/dev/null").unwrap();
+        s.attach(prog.as_fd(), map_fds).unwrap();
+        s.enable().unwrap();
+        let key = |c: &EventCount| (c.cpu, c.group, c.index, c.value, c.enabled);
+        // ids: cpu0 cycles 100, instructions 101; cpu1 cycles 102, instructions 103;
+        // page-faults 104 (cpu0), 105 (cpu1). A read gives id * 10.
+        let before: Vec<_> = s.read_counts().unwrap().iter().map(key).collect();
+        assert_eq!(
+            before,
+            [
+                (0, 0, 0, 1000, 1000),
+                (0, 0, 1, 1010, 1000),
+                (1, 0, 0, 1020, 1000),
+                (1, 0, 1, 1030, 1000),
+                (0, 1, 0, 1040, 1000),
+                (1, 1, 0, 1050, 1000),
+            ]
+        );
+        let all = CpuList::parse("0-1").unwrap();
+        assert!(s.follow_online(&all).is_empty(), "nothing changed");
+
+        // CPU 1 goes down: the kernel detached its groups (a read gives the leader
+        // only); its events are closed, its member slot emptied, its counts kept.
+        sys.offline.borrow_mut().push(1);
+        sys.calls.borrow_mut().clear();
+        let notes = s.follow_online(&CpuList::parse("0").unwrap());
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("CPU 1 went offline"), "{notes:?}");
+        // Our copy of the member map's fd (the session keeps its own).
+        let calls = sys.calls.borrow().clone();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(calls[0].starts_with("clear map fd") && calls[0].ends_with("[1]"));
+        let m0 = calls[0]["clear map fd".len()..calls[0].len() - 3].to_owned();
+        assert_eq!(s.offline_cpus(), [1]);
+        assert!(s.groups().iter().all(|g| g.cpu == 0));
+        let mut offline: Vec<_> = s.read_counts().unwrap().iter().map(key).collect();
+        offline.sort_unstable();
+        let mut sorted = before.clone();
+        sorted.sort_unstable();
+        assert_eq!(offline, sorted, "counts of the offline CPU are kept");
+
+        // Still down although listed online (a race): it is tried again later.
+        let notes = s.follow_online(&all);
+        assert!(notes[0].contains("cannot be opened yet"), "{notes:?}");
+        assert_eq!(s.offline_cpus(), [1]);
+
+        // Back: opened (new ids 106-108), attached, enabled; counts continue.
+        sys.offline.borrow_mut().clear();
+        sys.calls.borrow_mut().clear();
+        let notes = s.follow_online(&all);
+        assert!(notes[0].contains("CPU 1 is back online"), "{notes:?}");
+        assert!(s.offline_cpus().is_empty());
+        let calls = sys.calls.borrow().clone();
+        for want in [
+            "set_bpf 106".to_owned(),
+            format!("map fd{m0}[1] = 107"),
+            "enable 106".to_owned(),
+            "enable 108".to_owned(),
+        ] {
+            assert!(calls.contains(&want), "{want} in {calls:?}");
+        }
+        let after: Vec<_> = s.read_counts().unwrap().iter().map(key).collect();
+        assert_eq!(
+            after,
+            [
+                (0, 0, 0, 1000, 1000),
+                (0, 0, 1, 1010, 1000),
+                (1, 0, 0, 1020 + 1060, 2000),
+                (1, 0, 1, 1030 + 1070, 2000),
+                (0, 1, 0, 1040, 1000),
+                (1, 1, 0, 1050 + 1080, 2000),
+            ]
+        );
+        // Down and back again: the carried counts add up.
+        sys.offline.borrow_mut().push(1);
+        s.follow_online(&CpuList::parse("0").unwrap());
+        sys.offline.borrow_mut().clear();
+        s.follow_online(&all);
+        let again = s.read_counts().unwrap();
+        let cycles1 = again
+            .iter()
+            .find(|c| (c.cpu, c.group, c.index) == (1, 0, 0));
+        assert_eq!(cycles1.unwrap().value, 1020 + 1060 + 1090);
     }
 
     #[test]

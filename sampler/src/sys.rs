@@ -42,6 +42,9 @@ pub trait PerfSys {
         index: u32,
         event: BorrowedFd<'_>,
     ) -> io::Result<()>;
+    /// `bpf(BPF_MAP_DELETE_ELEM)`: empties `index` of the `PERF_EVENT_ARRAY` map `map`
+    /// (the map holds a reference to the event it had there until then).
+    fn clear_map_event(&self, map: BorrowedFd<'_>, index: u32) -> io::Result<()>;
 }
 
 /// The running kernel.
@@ -123,41 +126,56 @@ impl PerfSys for RealSys {
         index: u32,
         event: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
-        #[repr(C)]
-        struct MapElemAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
         const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-        const BPF_ANY: u64 = 0;
-        let key = index;
         let value = event.as_raw_fd() as u32;
-        let attr = MapElemAttr {
-            map_fd: map.as_raw_fd() as u32,
-            _pad: 0,
-            key: (&raw const key) as u64,
-            value: (&raw const value) as u64,
-            flags: BPF_ANY,
-        };
-        // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_UPDATE_ELEM of the size
-        // passed; `key` and `value` outlive the call; the kernel only reads them.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                &raw const attr,
-                size_of::<MapElemAttr>() as libc::c_uint,
-            )
-        };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        map_elem(BPF_MAP_UPDATE_ELEM, map, index, Some(&value))
+    }
+
+    fn clear_map_event(&self, map: BorrowedFd<'_>, index: u32) -> io::Result<()> {
+        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+        map_elem(BPF_MAP_DELETE_ELEM, map, index, None)
+    }
+}
+
+/// One `BPF_MAP_*_ELEM` call on an array map with a `u32` key (and value).
+fn map_elem(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    index: u32,
+    value: Option<&u32>,
+) -> io::Result<()> {
+    /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_ANY: u64 = 0;
+    let key = index;
+    let attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: (&raw const key) as u64,
+        value: value.map_or(0, |v| std::ptr::from_ref(v) as u64),
+        flags: BPF_ANY,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_{UPDATE,DELETE}_ELEM of the
+    // size passed; `key` and `value` outlive the call; the kernel only reads them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &raw const attr,
+            size_of::<MapElemAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
