@@ -16,6 +16,7 @@
 
 mod bench;
 mod dts;
+mod fuzz;
 mod soak;
 mod vm;
 
@@ -85,6 +86,14 @@ enum Cmd {
         #[arg(long)]
         map_entries: Option<u32>,
     },
+    /// Run the fuzz targets (cargo-fuzz, nightly) for a while each; a crash fails.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Targets to run [default: all].
+        targets: Vec<String>,
+    },
     /// Build a release sampler for another architecture (static, musl).
     Build {
         #[arg(long, value_enum, default_value = "aarch64")]
@@ -133,6 +142,7 @@ fn main() -> ExitCode {
             Cmd::Test { no_vm } => test(no_vm),
             Cmd::Build { arch } => build(arch).map(drop),
             Cmd::Bench { quick, no_vm } => bench(&root, quick, no_vm),
+            Cmd::Fuzz { seconds, targets } => fuzz_cmd(&root, seconds, targets),
             Cmd::Soak {
                 seconds,
                 frequency,
@@ -378,6 +388,25 @@ fn bench(root: &Path, quick: bool, no_vm: bool) -> Result<()> {
     )
 }
 
+fn fuzz_cmd(root: &Path, seconds: u64, targets: Vec<String>) -> Result<()> {
+    setup()?;
+    let targets = if targets.is_empty() {
+        fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect()
+    } else {
+        targets
+    };
+    let ran = fuzz::run(root, &targets, seconds)?;
+    let total: u64 = ran.iter().map(|r| r.executions).sum();
+    for r in &ran {
+        eprintln!(
+            "xtask: fuzz: {:<14} {:>12} executions {:>6.0} s  corpus {}",
+            r.target, r.executions, r.seconds, r.corpus
+        );
+    }
+    eprintln!("xtask: fuzz: {total} executions in all, no crash");
+    Ok(())
+}
+
 fn soak(root: &Path, o: &soak::Options) -> Result<()> {
     setup()?;
     status(Command::new("cargo").args(["build", "--release", "--package", "sampler"]))?;
@@ -454,6 +483,28 @@ fn test(no_vm: bool) -> Result<()> {
             "xtask: not root: the tests that load BPF and open perf events were skipped \
              (each printed SKIPPED with its reason); run `sudo -E cargo xtask test` to run them"
         );
+    }
+    // The fuzz targets briefly (`cargo xtask fuzz` runs them for long), and a minute
+    // of the soak (`cargo xtask soak` runs an hour) with a small task map, so that it
+    // is full and evicting for most of the minute.
+    let root = workspace_root();
+    let targets: Vec<String> = fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    fuzz::run(&root, &targets, 15).context("cargo xtask fuzz --seconds 15")?;
+    if is_root() {
+        status(Command::new("cargo").args(["build", "--release", "--package", "sampler"]))?;
+        soak::run(
+            &root.join("target/release/sampler"),
+            &soak::Options {
+                seconds: 60,
+                hz: 1000,
+                interval: 2.0,
+                map_entries: Some(256),
+                out: root.join("target/soak-60s.md"),
+            },
+        )
+        .context("cargo xtask soak --seconds 60 --interval 2 --map-entries 256")?;
+    } else {
+        eprintln!("xtask: not root: the one-minute soak was not run (it needs root)");
     }
     let mut guest_sampler = None;
     if no_vm {
