@@ -194,3 +194,166 @@ fn this_machine_is_discovered() {
         2 * doc["online_cpus"].as_array().unwrap().len()
     );
 }
+
+/// A sysfs tree built on the fly; removed when dropped.
+struct Tree(std::path::PathBuf);
+
+impl Tree {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sampler-sysfs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, rel: &str, content: &[u8]) -> &Self {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    fn root(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs sampler with a deadline: a hostile file must not make it hang.
+fn bounded(args: &[&str]) -> std::process::Output {
+    use std::{
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+    let mut child = Command::new(common::sampler_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sampler {args:?} hung on a hostile sysfs tree");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hostile_sysfs_roots_get_clear_errors_and_warnings() {
+    // No tree at all, garbage and absurd CPU lists: one error line naming the file.
+    let empty = Tree::new("empty");
+    let e = error(&["pmus", "--sysfs-root", empty.root()]);
+    assert!(e.contains("devices/system/cpu/online"), "{e}");
+    let garbage = Tree::new("garbage");
+    garbage.file("devices/system/cpu/online", b"zzz\n");
+    let e = error(&["pmus", "--sysfs-root", garbage.root()]);
+    assert!(e.contains("`zzz` is not a CPU number or range"), "{e}");
+    let huge = Tree::new("huge");
+    huge.file("devices/system/cpu/online", b"0-4294967295\n");
+    let e = error(&["plan", "-e", "cycles", "--sysfs-root", huge.root()]);
+    assert!(e.contains("above the largest CPU number supported"), "{e}");
+    // A file that never ends (a device behind a symlink) and a FIFO that never
+    // answers: refused, no hang, no huge read.
+    let odd = Tree::new("odd");
+    odd.file("bus/event_source/devices/.keep", b"");
+    std::fs::create_dir_all(odd.0.join("devices/system/cpu")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", odd.0.join("devices/system/cpu/online")).unwrap();
+    let out = bounded(&["pmus", "--sysfs-root", odd.root()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(odd.0.join("devices/system/cpu/online")).unwrap();
+    odd.file("devices/system/cpu/online", b"0-1\n");
+    let cpu = odd.0.join("bus/event_source/devices/cpu");
+    std::fs::create_dir_all(cpu.join("events")).unwrap();
+    std::fs::write(cpu.join("type"), "4\n").unwrap();
+    let fifo = std::ffi::CString::new(cpu.join("events/fifo").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let out = bounded(&["pmus", "--sysfs-root", odd.root()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `pmus` reports what it could not read with its table.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("events/fifo: ignored: not a regular file"),
+        "{text}"
+    );
+
+    // A PMU directory full of damage: every bad file is a warning naming it; the
+    // rest is still usable.
+    let t = Tree::new("damaged");
+    t.file("devices/system/cpu/online", b"0-1\n")
+        .file("bus/event_source/devices/cpu/type", b"4\n")
+        .file("bus/event_source/devices/cpu/format/event", b"config:0-7\n")
+        .file("bus/event_source/devices/cpu/format/umask", b"config:7-0\n")
+        .file(
+            "bus/event_source/devices/cpu/format/wide",
+            b"config:0-99999\n",
+        )
+        .file("bus/event_source/devices/cpu/format/bin", b"\xff\xfe")
+        .file(
+            "bus/event_source/devices/cpu/events/cycles",
+            b"event=0x3c\n",
+        )
+        .file(
+            "bus/event_source/devices/cpu/events/broken",
+            b"event=0xzz\n",
+        )
+        .file(
+            "bus/event_source/devices/cpu/events/flood",
+            &vec![b'a'; 200_000],
+        )
+        .file("bus/event_source/devices/bad/type", b"garbage\n")
+        .file("bus/event_source/devices/cpu_atom/type", b"10\n")
+        .file("bus/event_source/devices/cpu_atom/cpus", b"0-4294967295\n");
+    let out = bounded(&["pmus", "--sysfs-root", t.root()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "bad/type: skipped: `garbage` is not a PMU type",
+        "cpu_atom/cpus: ignored: CPU 4294967295 is above the largest CPU number",
+        "format/umask: ignored: format `config:7-0` is not of the form",
+        "format/wide: ignored: format `config:0-99999`",
+        "format/bin: ignored: stream did not contain valid UTF-8",
+        "events/flood: ignored: 65536 bytes, too long for an event alias",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    assert!(
+        err.len() < 4096,
+        "warnings must stay short: {} bytes",
+        err.len()
+    );
+    // The good parts plan; the damaged alias is a clear error about the alias.
+    let plan = json(&[
+        "plan",
+        "-e",
+        "cpu/cycles/",
+        "--json",
+        "--sysfs-root",
+        t.root(),
+    ]);
+    assert_eq!(plan["plan"].as_array().unwrap().len(), 2, "{plan}");
+    let e = error(&["plan", "-e", "cpu/broken/", "--sysfs-root", t.root()]);
+    assert!(
+        e.contains("the event alias cpu/events/broken reads `event=0xzz`"),
+        "{e}"
+    );
+    let out = bounded(&["list", "--sysfs-root", t.root()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.len() < 64 * 1024, "{} bytes", out.stdout.len());
+}

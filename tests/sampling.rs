@@ -258,6 +258,24 @@ fn bad_arguments_get_one_clear_error_each() {
             &["top", "-e", "{cycles"],
             "invalid -e/--event: `{` has no matching `}`",
         ),
+        (&["top", "-i", "1e-300"], "--interval must be a positive"),
+        (&["serve", "--grace=-5"], "--grace must be a positive"),
+        (
+            &["stat", "-F", "18446744073709551615"],
+            "beyond what any kernel takes",
+        ),
+        (
+            &["stat", "--map-entries", "1"],
+            "--map-entries 1 is out of range",
+        ),
+        (
+            &["stat", "-C", "0-100000000"],
+            "above the largest CPU number supported",
+        ),
+        (
+            &["pmus", "--sysfs-root", "/nonexistent"],
+            "/nonexistent/devices/system/cpu/online",
+        ),
     ];
     for (args, expected) in cases {
         let out = sampler(args);
@@ -270,10 +288,27 @@ fn bad_arguments_get_one_clear_error_each() {
         );
         assert!(!err.contains("panicked") && !err.contains("backtrace"));
     }
-    // Malformed numbers are clap usage errors: exit 2, a message, no panic.
-    let out = sampler(&["stat", "-F", "fast"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid value 'fast'"));
+    // Malformed numbers and unknown flags are clap usage errors: exit 2, a message
+    // naming the problem, no panic.
+    for (args, expected) in [
+        (&["stat", "-F", "fast"][..], "invalid value 'fast'"),
+        (&["stat", "-F", "-1"][..], "unexpected argument '-1'"),
+        (
+            &["stat", "--frobnicate"][..],
+            "unexpected argument '--frobnicate'",
+        ),
+        (&["frobnicate"][..], "unrecognized subcommand 'frobnicate'"),
+        (
+            &["stat", "--map-entries", "99999999999"][..],
+            "invalid value",
+        ),
+    ] {
+        let out = sampler(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -941,6 +941,10 @@ pub fn check_frequency(hz: u64, max_rate_path: &Path) -> Result<u64, Error> {
     if let Ok(max) = sys::read_sysctl_u64(max_rate_path)
         && hz > max
     {
+        // The sysctl is an int: suggesting it be raised past that would be absurd.
+        if hz > i32::MAX as u64 {
+            return Err(Error::FrequencyAbsurd { hz, max });
+        }
         return Err(Error::FrequencyTooHigh { hz, max });
     }
     Ok(hz)
@@ -954,7 +958,8 @@ pub fn parse_seconds(flag: &'static str, value: &str) -> Result<Duration, Error>
         max: MAX_SECONDS,
     };
     let secs: f64 = value.trim().parse().map_err(|_| bad())?;
-    if !(secs > 0.0 && secs <= MAX_SECONDS as f64) {
+    // Below a millisecond a refresh loop would only spin.
+    if !(secs >= 0.001 && secs <= MAX_SECONDS as f64) {
         return Err(bad());
     }
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
@@ -1097,7 +1102,13 @@ mod tests {
             parse_seconds("duration", "0.25").unwrap(),
             Duration::from_millis(250)
         );
-        for bad in ["0", "-1", "abc", "", "NaN", "inf", "1e300", "31536001"] {
+        assert_eq!(
+            parse_seconds("interval", "0.001").unwrap(),
+            Duration::from_millis(1)
+        );
+        for bad in [
+            "0", "-1", "abc", "", "NaN", "inf", "1e300", "31536001", "1e-300", "0.0009",
+        ] {
             let e = parse_seconds("duration", bad).unwrap_err();
             assert!(
                 e.to_string().starts_with("--duration must be a positive"),

@@ -34,7 +34,13 @@ pub enum Error {
     )]
     FrequencyTooHigh { hz: u64, max: u64 },
 
-    #[error("--{flag} must be a positive number of seconds below {max} (got `{value}`)")]
+    #[error(
+        "--frequency {hz} Hz is beyond what any kernel takes (at most 2147483647); the \
+         limit here is kernel.perf_event_max_sample_rate = {max}: use --frequency {max} or less"
+    )]
+    FrequencyAbsurd { hz: u64, max: u64 },
+
+    #[error("--{flag} must be a positive number of seconds from 0.001 up to {max} (got `{value}`)")]
     BadSeconds {
         flag: &'static str,
         value: String,
@@ -170,6 +176,17 @@ pub enum Error {
     Runtime(#[from] io::Error),
 }
 
+/// Text read from outside (a sysfs file, a user's argument) for quoting in a message:
+/// at most `max` characters, then how much more there was, so a hostile file cannot
+/// flood the terminal or a log.
+pub fn clip(s: &str, max: usize) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &s[..cut], s.len()),
+    }
+}
+
 impl Error {
     /// The tail of a verifier log, at most `lines` lines: enough to see the rejected
     /// instruction and the reason without flooding the terminal.
@@ -210,6 +227,17 @@ mod tests {
             e.to_string(),
             "CPU 7 is not online (online CPUs: 0-1); pick CPUs from that list"
         );
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(clip(" config:0-7\n", 80), "config:0-7");
+        let long = "a".repeat(100_000);
+        let c = clip(&long, 80);
+        assert!(c.starts_with(&"a".repeat(80)) && c.ends_with("(100000 bytes in all)"));
+        assert!(c.len() < 120);
+        // Never splits a character.
+        assert_eq!(clip("ééé", 2), "éé… (6 bytes in all)");
     }
 
     #[test]

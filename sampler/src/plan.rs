@@ -292,6 +292,16 @@ pub enum PlanError {
         fields: String,
         suggestions: Vec<String>,
     },
+    #[error(
+        "in `{event}`: the event alias {pmu}/events/{alias} reads `{terms}`, which is not a \
+         list of term=value (is the sysfs tree damaged? `sampler list {pmu}` shows it)"
+    )]
+    BadAlias {
+        event: String,
+        pmu: String,
+        alias: String,
+        terms: String,
+    },
     #[error("in `{event}`: {source}")]
     Field {
         event: String,
@@ -566,16 +576,19 @@ fn encode_into(
             && depth == 0
             && let Some(alias) = p.events.get(&t.key)
         {
-            let alias_terms = parse_alias_terms(&alias.terms).ok_or_else(|| PlanError::Field {
-                event: event.to_owned(),
-                source: FormatError::Syntax(alias.terms.clone()),
-            })?;
+            let alias_terms =
+                parse_alias_terms(&alias.terms).ok_or_else(|| PlanError::BadAlias {
+                    event: event.to_owned(),
+                    pmu: p.name.clone(),
+                    alias: t.key.clone(),
+                    terms: crate::error::clip(&alias.terms, 80),
+                })?;
             encode_into(p, &alias_terms, event, words, depth + 1)?;
             continue;
         }
         let names = p.formats.keys().chain(p.events.keys()).map(String::as_str);
         return Err(PlanError::UnknownTerm {
-            term: t.key.clone(),
+            term: crate::error::clip(&t.key, 80),
             event: event.to_owned(),
             pmu: p.name.clone(),
             fields: p.formats.keys().cloned().collect::<Vec<_>>().join(", "),

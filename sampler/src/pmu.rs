@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    io::Read as _,
     path::{Path, PathBuf},
 };
 
@@ -17,6 +16,9 @@ use crate::{Error, cpus::CpuList};
 
 /// The longest sysfs file read (real ones are a few bytes); bounds hostile trees.
 const MAX_FILE: u64 = 64 * 1024;
+
+/// The longest event alias (`events/<name>`) taken.
+const MAX_ALIAS: usize = 4096;
 
 /// One of the attr words a format field maps into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -74,7 +76,7 @@ pub enum FormatError {
 impl Format {
     pub fn parse(s: &str) -> Result<Self, FormatError> {
         let s = s.trim();
-        let err = || FormatError::Syntax(s.to_owned());
+        let err = || FormatError::Syntax(crate::error::clip(s, 80));
         let (word, bits) = s.split_once(':').ok_or_else(err)?;
         let word = ConfigWord::parse(word.trim()).ok_or_else(err)?;
         let mut ranges = Vec::new();
@@ -241,11 +243,7 @@ impl PmuSet {
 }
 
 fn read_small(path: &Path) -> std::io::Result<String> {
-    let mut s = String::new();
-    fs::File::open(path)?
-        .take(MAX_FILE)
-        .read_to_string(&mut s)?;
-    Ok(s)
+    crate::sys::read_sysfs_file(path, MAX_FILE)
 }
 
 fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, String> {
@@ -308,6 +306,13 @@ fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, S
             continue;
         }
         match read_small(path) {
+            // Real aliases are a few terms; a longer file is not one (and would flood
+            // `sampler list` and any message that quotes it).
+            Ok(terms) if terms.trim().len() > MAX_ALIAS => warnings.push(format!(
+                "{}: ignored: {} bytes, too long for an event alias (at most {MAX_ALIAS})",
+                path.display(),
+                terms.trim().len()
+            )),
             Ok(terms) => {
                 let scale = companion(event, ".scale").and_then(|s| s.parse().ok());
                 let unit = companion(event, ".unit");

@@ -179,6 +179,27 @@ fn map_elem(
     }
 }
 
+/// Reads a sysfs attribute file: a regular file, at most `max` bytes of it, as text.
+/// Anything else under a (possibly hostile or damaged) `--sysfs-root` is an error, not
+/// a hang or a huge allocation: a FIFO (opened without blocking, then refused), a
+/// device such as `/dev/zero` behind a symlink, a directory.
+pub fn read_sysfs_file(path: &Path, max: u64) -> io::Result<String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut s = String::new();
+    file.take(max).read_to_string(&mut s)?;
+    Ok(s)
+}
+
 /// One `BPF_MAP_LOOKUP_BATCH` call on a hash map: copies up to `keys.len()` entries
 /// into `keys` and `values` and returns how many, and whether the map is exhausted.
 /// `token` carries the position between calls (`first` for the first one). `K` and
