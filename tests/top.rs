@@ -150,29 +150,39 @@ fn full_screen_view_in_a_real_terminal() {
 
 #[test]
 fn sigterm_restores_the_terminal_too() {
-    let Some((_serial, session)) = Session::start("sigterm_restores_the_terminal_too", 120, 30)
-    else {
-        return;
-    };
-    let socket = &session.socket;
-    let pane = wait_pane(socket, 20, |p| p.contains("PID"));
-    assert!(pane.contains("sampler top"), "{pane}");
-    let pids = Command::new("pgrep")
-        // Anchored: the shell around it has the same words after `sh -c`.
-        .args(["-f", &format!("^{}$", session.command())])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&pids.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(!pid.is_empty(), "sampler's pid");
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let pane = wait_pane(socket, 10, |p| p.contains("EXITED"));
-    assert!(pane.contains("EXITED 0"), "did not stop on SIGTERM: {pane}");
-    assert_restored(socket);
+    // What a service manager (TERM), a user (INT, from another terminal) and a closed
+    // terminal or ssh session (HUP) send: each stops the view cleanly.
+    for sig in ["TERM", "INT", "HUP"] {
+        let Some((_serial, session)) = Session::start("sigterm_restores_the_terminal_too", 120, 30)
+        else {
+            return;
+        };
+        let socket = &session.socket;
+        let pane = wait_pane(socket, 20, |p| p.contains("PID"));
+        assert!(pane.contains("sampler top"), "{pane}");
+        let pids = Command::new("pgrep")
+            // Anchored: the shell around it has the same words after `sh -c`.
+            .args(["-f", &format!("^{}$", session.command())])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pids.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!pid.is_empty(), "sampler's pid");
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let pane = wait_pane(socket, 10, |p| p.contains("EXITED"));
+        assert!(
+            pane.contains("EXITED 0"),
+            "did not stop on SIG{sig}: {pane}"
+        );
+        assert_restored(socket);
+    }
 }
 
 #[test]
