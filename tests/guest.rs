@@ -793,3 +793,31 @@ fn cpu_hotplug_closes_and_reopens_events_and_keeps_counts() {
     assert!(on_cpu[..gap].iter().all(|&n| n > 0), "{on_cpu:?}");
     assert!(*on_cpu.last().unwrap() > 0, "sampling resumed: {on_cpu:?}");
 }
+
+#[test]
+fn perf_user_access_off_falls_back_to_read_and_says_why() {
+    let Some(_g) = guest_without_icount("perf_user_access_off_falls_back_to_read_and_says_why")
+    else {
+        return;
+    };
+    // With user-space counter access off, the page shows index 0 (or no rdpmc bit):
+    // every row is read with read(), and the document says why and how to turn it on.
+    let _off = Sysctls::set(&[("/proc/sys/kernel/perf_user_access", "0")]);
+    let out = sampler(&["check", "-e", "cycles", "-F", "200", "-d", "0.5", "--json"]);
+    let doc: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let checks = doc["checks"].as_array().unwrap();
+    assert!(!checks.is_empty(), "{doc}");
+    for c in checks {
+        assert_eq!(c["method"], "read", "{c}");
+        assert!(c["userpage"].is_null(), "{c}");
+        assert!(c["read"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let notes = strings(&doc["notes"]);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("perf_user_access is 0") && n.contains("sysctl -w")),
+        "{notes:?}"
+    );
+}

@@ -68,6 +68,10 @@ pub struct MapContents {
     pub cpu_stats: Vec<CpuStats>,
     /// The program's run statistics at the time of the read.
     pub bpf: Option<RunStats>,
+    /// Task entries the LRU map evicted: set by [`crate::model::delta`] for an
+    /// interval; `None` for a reading, whose evictions are its inserts minus its
+    /// live entries.
+    pub evicted: Option<u64>,
 }
 
 impl Bpf {
@@ -210,6 +214,7 @@ impl Bpf {
             tasks: entries,
             cpu_stats: per_cpu.iter().copied().collect(),
             bpf: self.run_stats(),
+            evicted: None,
         })
     }
 }

@@ -281,7 +281,7 @@ impl Snapshot {
             samples,
             idle_samples,
             dropped,
-            evicted: inserted.saturating_sub(live),
+            evicted: maps.evicted.unwrap_or(inserted.saturating_sub(live)),
             cpus,
             tasks,
             members: run.members.clone(),
@@ -425,10 +425,21 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
             }
         })
         .collect();
+    // Evictions so far are inserts minus live entries, in each full reading; those
+    // of the interval are the difference. (The interval's own inserts minus its
+    // changed entries would miss every eviction of an entry older than the interval.)
+    let evicted_so_far = |m: &MapContents| {
+        m.cpu_stats
+            .iter()
+            .map(|c| c.inserted)
+            .sum::<u64>()
+            .saturating_sub(m.tasks.len() as u64)
+    };
     MapContents {
         tasks,
         cpu_stats,
         bpf: cur.bpf.map(|c| prev.bpf.map_or(c, |p| c.since(p))),
+        evicted: Some(evicted_so_far(cur).saturating_sub(evicted_so_far(prev))),
     }
 }
 
@@ -510,6 +521,7 @@ pub(crate) mod tests {
             ],
             cpu_stats: vec![stats(92, 4, 2), stats(100, 5, 0), stats(9, 1, 0)],
             bpf: None,
+            evicted: None,
         };
         let run = RunInfo {
             cpus: vec![cpu_clock(0), cpu_clock(1)],
@@ -702,6 +714,7 @@ pub(crate) mod tests {
                 run_time_ns: 1_000,
                 run_count: 10,
             }),
+            evicted: None,
         };
         let cur = MapContents {
             tasks: vec![
@@ -716,6 +729,7 @@ pub(crate) mod tests {
                 run_time_ns: 4_750,
                 run_count: 35,
             }),
+            evicted: None,
         };
         let d = delta(&prev, &cur);
         let got: Vec<_> = d.tasks.iter().map(|(k, v)| (k.tgid, v.samples)).collect();
@@ -729,6 +743,36 @@ pub(crate) mod tests {
         let cost = BpfCost::of(d.bpf.unwrap()).unwrap();
         assert_eq!((cost.run_time_ns, cost.run_count), (3_750, 25));
         assert_eq!(cost.ns_per_sample, 150.0);
+        // 3 of 3 inserted entries live before, 5 inserted and 4 live after: one
+        // eviction in the interval.
+        assert_eq!(d.evicted, Some(1));
+    }
+
+    #[test]
+    fn evictions_of_entries_older_than_the_interval_are_counted() {
+        // A full map of 4: two old entries make room for two new ones. The interval's
+        // changed entries are just the two new ones, as many as its inserts.
+        let full = |tgids: [u32; 4], inserted| MapContents {
+            tasks: tgids
+                .iter()
+                .map(|&t| (key(t, t, 0, 0), value(3, "t")))
+                .collect(),
+            cpu_stats: vec![stats(12, inserted, 0)],
+            bpf: None,
+            evicted: None,
+        };
+        let prev = full([1, 2, 3, 4], 6);
+        let cur = full([3, 4, 5, 6], 8);
+        let d = delta(&prev, &cur);
+        assert_eq!(d.evicted, Some(2));
+        let run = RunInfo {
+            cpus: vec![cpu_clock(0)],
+            rate: Rate::Frequency(999),
+            members: vec![],
+        };
+        assert_eq!(Snapshot::build(&d, &[], &run, 1.0).evicted, 2);
+        // A whole-run reading: inserts minus live entries.
+        assert_eq!(Snapshot::build(&cur, &[], &run, 1.0).evicted, 4);
     }
 
     #[test]
