@@ -157,6 +157,15 @@ pub struct SamplingArgs {
     pub sysfs: SysfsArgs,
 }
 
+impl SamplingArgs {
+    /// The `-e` text as given, or the default event list.
+    fn events(&self) -> String {
+        self.event
+            .clone()
+            .unwrap_or_else(|| DEFAULT_EVENT.to_owned())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Events in perf's syntax: names, `pmu/terms/`, `rNNNN`, `:u`/`:k`/`:h`,
@@ -296,11 +305,7 @@ async fn serve_cmd(args: ServeArgs) -> Result<(), Error> {
         Some(root) => CgroupNames::at(Some(root.clone())),
         None => CgroupNames::new(),
     };
-    let events = args
-        .sampling
-        .event
-        .clone()
-        .unwrap_or_else(|| DEFAULT_EVENT.to_owned());
+    let events = args.sampling.events();
     let source = session::Source::of(sampling.info.cpus.iter().map(|c| (c.hardware, c.fell_back)));
     let mut sampled: Vec<&str> = sampling
         .info
@@ -542,11 +547,7 @@ async fn top(args: TopArgs) -> Result<(), Error> {
         return top_screen(args, interval).await;
     }
     let mut sampling = Sampling::start(&args.sampling)?;
-    let events = args
-        .sampling
-        .event
-        .clone()
-        .unwrap_or_else(|| DEFAULT_EVENT.to_owned());
+    let events = args.sampling.events();
     let mut app = tui::App::new(events, interval, args.top);
     let mut names = CgroupNames::new();
     let mut refresh = Refresh::new(&sampling)?;
@@ -647,10 +648,7 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
 
     let mut sampling_args = args.sampling;
     let mut sampling = Sampling::start(&sampling_args)?;
-    let events = sampling_args
-        .event
-        .clone()
-        .unwrap_or_else(|| DEFAULT_EVENT.to_owned());
+    let events = sampling_args.events();
     let mut app = tui::App::new(events, interval, args.top);
     let mut names = CgroupNames::new();
     let mut refresh = Refresh::new(&sampling)?;
