@@ -249,6 +249,8 @@ impl<'s> Session<'s> {
             .map(|g| g.cpu)
             .filter(|&c| !online.contains(c))
             .collect();
+        // Groups are in plan-group order: a CPU appears once per group.
+        gone.sort_unstable();
         gone.dedup();
         for cpu in gone {
             self.close_cpu(cpu);
@@ -345,6 +347,13 @@ impl<'s> Session<'s> {
             &mut groups,
             &mut skipped,
         )?;
+        if !groups.iter().any(CpuGroup::sampling) {
+            let why = skipped.first().map_or_else(
+                || "nothing planned".to_owned(),
+                |s| format!("`{}`: {}", s.event, errno_name(&s.reason)),
+            );
+            return Err(Error::Runtime(io::Error::other(why)));
+        }
         if let Some(a) = &self.attached {
             let members: Vec<BorrowedFd<'_>> = a.members.iter().map(AsFd::as_fd).collect();
             for g in groups.iter().filter(|g| g.sampling()) {
@@ -361,13 +370,6 @@ impl<'s> Session<'s> {
                         source,
                     })?;
             }
-        }
-        if !groups.iter().any(CpuGroup::sampling) {
-            let why = skipped.first().map_or_else(
-                || "nothing planned".to_owned(),
-                |s| format!("`{}`: {}", s.event, errno_name(&s.reason)),
-            );
-            return Err(Error::Runtime(io::Error::other(why)));
         }
         for s in skipped {
             if !self
@@ -818,8 +820,9 @@ mod tests {
             let id = 100 + self.next_id.get();
             self.next_id.set(self.next_id.get() + 1);
             let leader = group.map_or(raw, |g| g.as_raw_fd());
-            // A reused fd number: the event it was is closed.
-            self.fds.borrow_mut().retain(|f| f.0 != raw);
+            // A reused fd number: the event it was is closed, and so is its group
+            // (a session closes a CPU's groups whole).
+            self.fds.borrow_mut().retain(|f| f.0 != raw && f.2 != raw);
             self.fds.borrow_mut().push((raw, id, leader, cpu as u32));
             Ok(fd)
         }
@@ -1117,6 +1120,26 @@ mod tests {
             *sys.calls.borrow(),
             ["disable 100", "disable 103", "disable 105", "disable 106"]
         );
+    }
+
+    #[test]
+    fn cpus_going_offline_together_are_each_closed_once() {
+        let sys = FakeSys::default();
+        let mut plan = Vec::new();
+        for group in [0, 1] {
+            for cpu in 0..3 {
+                plan.push(sw(cpu, "page-faults", 2, group, 0));
+            }
+        }
+        let mut s = Session::open(&sys, &plan, Rate::Frequency(999), false).unwrap();
+        sys.offline.borrow_mut().extend([1, 2]);
+        let notes = s.follow_online(&CpuList::parse("0").unwrap());
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("CPU 1 went offline"), "{notes:?}");
+        assert!(notes[1].contains("CPU 2 went offline"), "{notes:?}");
+        assert_eq!(s.offline_cpus(), [1, 2]);
+        // Each closed CPU's two groups are kept once, not twice.
+        assert_eq!(s.read_counts().unwrap().len(), 6);
     }
 
     #[test]
