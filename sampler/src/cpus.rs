@@ -55,12 +55,11 @@ impl CpuList {
 
     /// Reads and parses a CPU-list file such as `<sysfs>/devices/system/cpu/online`.
     pub fn read(path: &Path) -> Result<Self, crate::Error> {
-        let text =
-            crate::sys::read_sysfs_file(path, 64 * 1024).map_err(|source| crate::Error::Io {
-                what: "read the CPU list",
-                path: path.to_owned(),
-                source,
-            })?;
+        let text = crate::sys::read_sysfs_file(path).map_err(|source| crate::Error::Io {
+            what: "read the CPU list",
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text).map_err(|source| crate::Error::SysfsCpuList {
             path: path.to_owned(),
             source,

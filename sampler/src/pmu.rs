@@ -12,10 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{Error, cpus::CpuList};
-
-/// The longest sysfs file read (real ones are a few bytes); bounds hostile trees.
-const MAX_FILE: u64 = 64 * 1024;
+use crate::{Error, cpus::CpuList, sys::read_sysfs_file};
 
 /// The longest event alias (`events/<name>`) taken.
 const MAX_ALIAS: usize = 4096;
@@ -242,14 +239,10 @@ impl PmuSet {
     }
 }
 
-fn read_small(path: &Path) -> std::io::Result<String> {
-    crate::sys::read_sysfs_file(path, MAX_FILE)
-}
-
 fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, String> {
     let type_path = dir.join("type");
-    let type_text =
-        read_small(&type_path).map_err(|e| format!("{}: skipped: {e}", type_path.display()))?;
+    let type_text = read_sysfs_file(&type_path)
+        .map_err(|e| format!("{}: skipped: {e}", type_path.display()))?;
     let type_: u32 = type_text.trim().parse().map_err(|_| {
         format!(
             "{}: skipped: `{}` is not a PMU type",
@@ -262,7 +255,7 @@ fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, S
     let mut has_cpus_file = false;
     for file in ["cpus", "cpumask"] {
         let p = dir.join(file);
-        if let Ok(text) = read_small(&p) {
+        if let Ok(text) = read_sysfs_file(&p) {
             has_cpus_file |= file == "cpus";
             match CpuList::parse(&text) {
                 Ok(list) => {
@@ -277,7 +270,7 @@ fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, S
 
     let mut formats = BTreeMap::new();
     for (field, path) in list_dir(&dir.join("format")) {
-        match read_small(&path)
+        match read_sysfs_file(&path)
             .map_err(|e| e.to_string())
             .and_then(|t| Format::parse(&t).map_err(|e| e.to_string()))
         {
@@ -294,7 +287,7 @@ fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, S
         files
             .iter()
             .find(|(n, _)| n.strip_suffix(suffix) == Some(event))
-            .and_then(|(_, p)| read_small(p).ok())
+            .and_then(|(_, p)| read_sysfs_file(p).ok())
             .map(|s| s.trim().to_owned())
     };
     for (event, path) in &files {
@@ -305,7 +298,7 @@ fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, S
         {
             continue;
         }
-        match read_small(path) {
+        match read_sysfs_file(path) {
             // Real aliases are a few terms; a longer file is not one (and would flood
             // `sampler list` and any message that quotes it).
             Ok(terms) if terms.trim().len() > MAX_ALIAS => warnings.push(format!(
@@ -331,7 +324,7 @@ fn read_pmu(dir: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Pmu, S
 
     let mut caps = BTreeMap::new();
     for (cap, path) in list_dir(&dir.join("caps")) {
-        if let Ok(v) = read_small(&path) {
+        if let Ok(v) = read_sysfs_file(&path) {
             caps.insert(cap, v.trim().to_owned());
         }
     }

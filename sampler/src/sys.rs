@@ -179,11 +179,15 @@ fn map_elem(
     }
 }
 
-/// Reads a sysfs attribute file: a regular file, at most `max` bytes of it, as text.
+/// The most read of one sysfs file: attribute files are at most a page.
+pub const SYSFS_FILE_MAX: u64 = 64 * 1024;
+
+/// Reads a sysfs attribute file: a regular file, at most [`SYSFS_FILE_MAX`] bytes of
+/// it, as text.
 /// Anything else under a (possibly hostile or damaged) `--sysfs-root` is an error, not
 /// a hang or a huge allocation: a FIFO (opened without blocking, then refused), a
 /// device such as `/dev/zero` behind a symlink, a directory.
-pub fn read_sysfs_file(path: &Path, max: u64) -> io::Result<String> {
+pub fn read_sysfs_file(path: &Path) -> io::Result<String> {
     use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -196,7 +200,7 @@ pub fn read_sysfs_file(path: &Path, max: u64) -> io::Result<String> {
         ));
     }
     let mut s = String::new();
-    file.take(max).read_to_string(&mut s)?;
+    file.take(SYSFS_FILE_MAX).read_to_string(&mut s)?;
     Ok(s)
 }
 
