@@ -187,7 +187,9 @@ pub fn run(sampler: &Path, o: &Options) -> Result<()> {
             died = Some(status);
             break;
         }
-        thread::sleep(Duration::from_millis(200).min(deadline - Instant::now().min(deadline)));
+        thread::sleep(
+            Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())),
+        );
     }
     let (processes, threads) = churn.stop();
     // SAFETY: kill(2) on our own unreaped child.
