@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{sampler, stderr};
+use common::{TestResult, sampler, skip, stderr};
 use serde_json::Value;
 
 fn fixture(machine: &str) -> String {
@@ -28,8 +28,7 @@ fn error(args: &[&str]) -> String {
     err
 }
 
-#[test]
-fn pmus_of_each_recorded_machine() {
+fn pmus_of_each_recorded_machine() -> TestResult {
     let adl = json(&["pmus", "--json", "--sysfs-root", &fixture("adl")]);
     assert_eq!(adl["heterogeneous"], true);
     assert_eq!(adl["online_cpus"].as_array().unwrap().len(), 24);
@@ -70,10 +69,10 @@ fn pmus_of_each_recorded_machine() {
             .iter()
             .all(|p| p["core"] == false)
     );
+    Ok(())
 }
 
-#[test]
-fn plan_json_puts_each_cpu_on_its_pmu() {
+fn plan_json_puts_each_cpu_on_its_pmu() -> TestResult {
     let doc = json(&[
         "plan",
         "-e",
@@ -120,10 +119,10 @@ fn plan_json_puts_each_cpu_on_its_pmu() {
     assert_eq!(doc["plan"][0]["encoding"], "pmu-alias");
     assert_eq!(doc["plan"][0]["type"], 10);
     assert_eq!(doc["plan"][0]["config"], 0x11);
+    Ok(())
 }
 
-#[test]
-fn plan_and_list_errors_are_one_clear_line() {
+fn plan_and_list_errors_are_one_clear_line() -> TestResult {
     let adl = fixture("adl");
     let cases: &[(&[&str], &str)] = &[
         (&["plan", "-e", "cyles"], "did you mean `cycles`"),
@@ -162,10 +161,10 @@ fn plan_and_list_errors_are_one_clear_line() {
     }
     let err = error(&["pmus", "--sysfs-root", "/nonexistent/root"]);
     assert!(err.contains("/nonexistent/root"), "{err}");
+    Ok(())
 }
 
-#[test]
-fn list_shows_events_by_pmu() {
+fn list_shows_events_by_pmu() -> TestResult {
     let out = sampler(&["list", "armv8_cortex_a57", "--sysfs-root", &fixture("juno")]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -175,10 +174,10 @@ fn list_shows_events_by_pmu() {
     );
     assert!(text.contains("  inst_spec"));
     assert!(!text.contains("armv8_cortex_a53"));
+    Ok(())
 }
 
-#[test]
-fn this_machine_is_discovered() {
+fn this_machine_is_discovered() -> TestResult {
     let doc = json(&["pmus", "--json"]);
     assert!(!doc["online_cpus"].as_array().unwrap().is_empty());
     assert!(
@@ -193,6 +192,7 @@ fn this_machine_is_discovered() {
         plan["plan"].as_array().unwrap().len(),
         2 * doc["online_cpus"].as_array().unwrap().len()
     );
+    Ok(())
 }
 
 /// A sysfs tree built on the fly; removed when dropped.
@@ -249,8 +249,7 @@ fn bounded(args: &[&str]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-#[test]
-fn hostile_sysfs_roots_get_clear_errors_and_warnings() {
+fn hostile_sysfs_roots_get_clear_errors_and_warnings() -> TestResult {
     // No tree at all, garbage and absurd CPU lists: one error line naming the file.
     let empty = Tree::new("empty");
     let e = error(&["pmus", "--sysfs-root", empty.root()]);
@@ -356,4 +355,33 @@ fn hostile_sysfs_roots_get_clear_errors_and_warnings() {
     let out = bounded(&["list", "--sysfs-root", t.root()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout.len() < 64 * 1024, "{} bytes", out.stdout.len());
+    Ok(())
 }
+
+/// The running kernel's BTF, when it has one: both `task_struct` fields found, inside
+/// the structure, distinct. (That they are the right fields is checked end to end by
+/// the pid-reuse test in `sampling.rs`, against /proc/PID/stat.)
+fn this_kernels_btf_gives_task_struct_offsets() -> TestResult {
+    let path = std::path::Path::new(sampler::bpf::KERNEL_BTF);
+    if !path.exists() {
+        return Err(skip(format!(
+            "this kernel has no BTF ({} missing)",
+            path.display()
+        )));
+    }
+    let got = sampler::btf::task_offsets_from(path).unwrap();
+    assert_ne!(got.group_leader, got.start_time);
+    assert!(got.group_leader > 0 && got.group_leader < 16384, "{got:?}");
+    assert!(got.start_time > 0 && got.start_time < 16384, "{got:?}");
+    Ok(())
+}
+
+crate::test_main!(
+    pmus_of_each_recorded_machine,
+    plan_json_puts_each_cpu_on_its_pmu,
+    plan_and_list_errors_are_one_clear_line,
+    list_shows_events_by_pmu,
+    this_machine_is_discovered,
+    hostile_sysfs_roots_get_clear_errors_and_warnings,
+    this_kernels_btf_gives_task_struct_offsets,
+);

@@ -1,8 +1,8 @@
 //! End-to-end tests of the `sampler` binary on the running kernel.
 //!
 //! Tests that load BPF and open system-wide perf events need root (CI runs as root);
-//! without it they print `SKIPPED <test>: <reason>` on the terminal and return. The
-//! bad-input tests run for everyone: arguments are checked before privileges.
+//! without it they are reported as ignored, with the reason. The bad-input tests run
+//! for everyone: arguments are checked before privileges.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{Busy, is_root, require_root, sampler, sampler_bin, skip, stderr};
+use common::{Busy, Skip, TestResult, is_root, require_root, sampler, sampler_bin, skip, stderr};
 use serde_json::Value;
 
 fn online_cpus() -> sampler::cpus::CpuList {
@@ -20,20 +20,15 @@ fn online_cpus() -> sampler::cpus::CpuList {
 }
 
 /// [`require_root`], and CPU 1 online (the busy loop's CPU).
-fn require_root_and_cpu1(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = require_root(test)?;
+fn require_root_and_cpu1() -> Result<std::sync::MutexGuard<'static, ()>, Skip> {
     if !online_cpus().contains(1) {
-        skip(test, "CPU 1 is not online on this machine");
-        return None;
+        return Err(skip("CPU 1 is not online on this machine"));
     }
-    Some(guard)
+    require_root()
 }
 
-#[test]
-fn busy_task_pinned_to_cpu1_gets_its_samples() {
-    let Some(_serial) = require_root_and_cpu1("busy_task_pinned_to_cpu1_gets_its_samples") else {
-        return;
-    };
+fn busy_task_pinned_to_cpu1_gets_its_samples() -> TestResult {
+    let _serial = require_root_and_cpu1()?;
     let busy = Busy::pinned_to(1);
     let out = sampler(&["stat", "--duration", "2", "--json"]);
     assert!(out.status.success(), "sampler failed: {}", stderr(&out));
@@ -77,14 +72,11 @@ fn busy_task_pinned_to_cpu1_gets_its_samples() {
         .unwrap();
     assert_eq!(child_row["comm"], "sh");
     assert_eq!(child_row["tid"], busy.pid());
+    Ok(())
 }
 
-#[test]
-fn json_reports_source_cpus_and_no_idle_task() {
-    let name = "json_reports_source_cpus_and_no_idle_task";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn json_reports_source_cpus_and_no_idle_task() -> TestResult {
+    let _serial = require_root()?;
     let _busy = Busy::pinned_to(0);
     let out = sampler(&["stat", "--duration", "0.5", "--cpu", "0", "--json"]);
     assert!(out.status.success(), "sampler failed: {}", stderr(&out));
@@ -120,14 +112,11 @@ fn json_reports_source_cpus_and_no_idle_task() {
         task_samples + idle + dropped,
         cpus[0]["samples"].as_u64().unwrap()
     );
+    Ok(())
 }
 
-#[test]
-fn table_output_lists_the_busy_task() {
-    let name = "table_output_lists_the_busy_task";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn table_output_lists_the_busy_task() -> TestResult {
+    let _serial = require_root()?;
     let busy = Busy::pinned_to(0);
     let out = sampler(&["stat", "-d", "0.5", "-C", "0", "--top", "3"]);
     assert!(out.status.success(), "sampler failed: {}", stderr(&out));
@@ -143,14 +132,11 @@ fn table_output_lists_the_busy_task() {
     assert_eq!(first[0], busy.pid().to_string(), "{text}");
     assert_eq!(first[2], "sh");
     assert!(lines.last().unwrap().contains("[idle]"));
+    Ok(())
 }
 
-#[test]
-fn top_batch_refreshes_the_requested_number_of_times() {
-    let name = "top_batch_refreshes_the_requested_number_of_times";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn top_batch_refreshes_the_requested_number_of_times() -> TestResult {
+    let _serial = require_root()?;
     let busy = Busy::pinned_to(0);
     let out = sampler(&["top", "-i", "0.3", "-n", "2", "--json", "-C", "0"]);
     assert!(out.status.success(), "sampler failed: {}", stderr(&out));
@@ -171,14 +157,11 @@ fn top_batch_refreshes_the_requested_number_of_times() {
         );
         assert_eq!(d["tasks"][0]["tgid"], busy.pid());
     }
+    Ok(())
 }
 
-#[test]
-fn loads_without_kernel_btf_and_says_so() {
-    let name = "loads_without_kernel_btf_and_says_so";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn loads_without_kernel_btf_and_says_so() -> TestResult {
+    let _serial = require_root()?;
     let bpf = sampler::bpf::Bpf::load(
         Path::new("/nonexistent/btf/vmlinux"),
         sampler::bpf::default_task_entries(2),
@@ -196,10 +179,10 @@ fn loads_without_kernel_btf_and_says_so() {
     if Path::new(sampler::bpf::KERNEL_BTF).exists() {
         assert!(with.unwrap().btf_notice.is_none());
     }
+    Ok(())
 }
 
-#[test]
-fn unprivileged_user_gets_one_clear_error() {
+fn unprivileged_user_gets_one_clear_error() -> TestResult {
     // As root, drop to `nobody` for the child; as a normal user, run as we are.
     let mut cmd = Command::new(sampler_bin());
     cmd.args(["stat", "-d", "0.1"]).stdin(Stdio::null());
@@ -209,11 +192,9 @@ fn unprivileged_user_gets_one_clear_error() {
     let out = match cmd.output() {
         Ok(out) => out,
         Err(e) => {
-            skip(
-                "unprivileged_user_gets_one_clear_error",
-                &format!("cannot run the binary as user nobody ({e}); is the checkout private?"),
-            );
-            return;
+            return Err(skip(format!(
+                "cannot run the binary as user nobody ({e}); is the checkout private?"
+            )));
         }
     };
     assert_eq!(out.status.code(), Some(1));
@@ -226,10 +207,10 @@ fn unprivileged_user_gets_one_clear_error() {
     );
     assert!(err.contains("sudo"), "{err}");
     assert!(out.stdout.is_empty());
+    Ok(())
 }
 
-#[test]
-fn bad_arguments_get_one_clear_error_each() {
+fn bad_arguments_get_one_clear_error_each() -> TestResult {
     let online = online_cpus();
     let absent = online.as_slice().last().unwrap() + 1;
     let absent_arg = absent.to_string();
@@ -309,14 +290,11 @@ fn bad_arguments_get_one_clear_error_each() {
         assert!(err.contains(expected), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    Ok(())
 }
 
-#[test]
-fn explicit_software_event_is_not_a_fallback() {
-    let name = "explicit_software_event_is_not_a_fallback";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn explicit_software_event_is_not_a_fallback() -> TestResult {
+    let _serial = require_root()?;
     let busy = Busy::pinned_to(0);
     let out = sampler(&[
         "stat",
@@ -339,14 +317,11 @@ fn explicit_software_event_is_not_a_fallback() {
     assert_eq!(doc["cpus"][0]["event"], "cpu-clock:u");
     // A user-space busy loop: its samples are user-mode ones, so it still leads.
     assert_eq!(doc["tasks"][0]["tgid"], busy.pid());
+    Ok(())
 }
 
-#[test]
-fn hardware_event_without_fallback_is_opened_or_refused_clearly() {
-    let name = "hardware_event_without_fallback_is_opened_or_refused_clearly";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn hardware_event_without_fallback_is_opened_or_refused_clearly() -> TestResult {
+    let _serial = require_root()?;
     let pmus = Command::new(sampler_bin())
         .args(["pmus", "--json"])
         .output()
@@ -369,15 +344,11 @@ fn hardware_event_without_fallback_is_opened_or_refused_clearly() {
         );
         assert!(err.contains("no core PMU in sysfs"), "{err}");
     }
+    Ok(())
 }
 
-#[test]
-fn group_members_are_attributed_per_task_in_the_kernel() {
-    let Some(_serial) =
-        require_root_and_cpu1("group_members_are_attributed_per_task_in_the_kernel")
-    else {
-        return;
-    };
+fn group_members_are_attributed_per_task_in_the_kernel() -> TestResult {
+    let _serial = require_root_and_cpu1()?;
     let busy = Busy::pinned_to(1);
     // cpu-clock samples; a second cpu-clock and context-switches count in its group;
     // page-faults counts in a group of its own.
@@ -448,14 +419,11 @@ fn group_members_are_attributed_per_task_in_the_kernel() {
         attributed <= total && attributed >= 0.9 * total,
         "tasks got {attributed} of the member's {total}"
     );
+    Ok(())
 }
 
-#[test]
-fn check_agrees_three_ways_and_explains_the_read_fallback() {
-    let name = "check_agrees_three_ways_and_explains_the_read_fallback";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn check_agrees_three_ways_and_explains_the_read_fallback() -> TestResult {
+    let _serial = require_root()?;
     // 2 % over 2 s: a member's first delta on a CPU may still include a gap from before
     // the reader started (up to ~10 ms seen); comparing deltas over a synchronised inner
     // interval, which removes it, is the open part of the cross-check work (issue 5).
@@ -513,14 +481,11 @@ fn check_agrees_three_ways_and_explains_the_read_fallback() {
         "{}",
         stderr(&out)
     );
+    Ok(())
 }
 
-#[test]
-fn top_intervals_hold_per_interval_member_counts_and_bpf_cost() {
-    let name = "top_intervals_hold_per_interval_member_counts_and_bpf_cost";
-    let Some(_serial) = require_root_and_cpu1(name) else {
-        return;
-    };
+fn top_intervals_hold_per_interval_member_counts_and_bpf_cost() -> TestResult {
+    let _serial = require_root_and_cpu1()?;
     let busy = Busy::pinned_to(1);
     let out = sampler(&[
         "top",
@@ -566,14 +531,11 @@ fn top_intervals_hold_per_interval_member_counts_and_bpf_cost() {
         let ns = bpf["ns_per_sample"].as_f64().unwrap();
         assert!(ns > 0.0 && ns < 1e6, "{bpf}");
     }
+    Ok(())
 }
 
-#[test]
-fn stat_with_bpf_stats_counts_one_run_per_sample() {
-    let name = "stat_with_bpf_stats_counts_one_run_per_sample";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn stat_with_bpf_stats_counts_one_run_per_sample() -> TestResult {
+    let _serial = require_root()?;
     let out = sampler(&["stat", "-d", "0.5", "--bpf-stats", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -588,6 +550,7 @@ fn stat_with_bpf_stats_counts_one_run_per_sample() {
     let out = sampler(&["stat", "-d", "0.3", "--json"]);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["bpf"].is_null(), "{}", doc["bpf"]);
+    Ok(())
 }
 
 /// `/proc/PID/stat`'s start time (field 22, clock ticks since boot).
@@ -629,20 +592,15 @@ fn busy_named(dir: &Path, name: &str) -> std::process::Child {
 /// A process exits and the next one gets its pid (set through `ns_last_pid`) while
 /// sampler runs: they are two rows, each with its own name and samples, and each
 /// row's start time is the one /proc gives for that process.
-#[test]
-fn reused_pid_does_not_mix_two_processes() {
-    let name = "reused_pid_does_not_mix_two_processes";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn reused_pid_does_not_mix_two_processes() -> TestResult {
+    let _serial = require_root()?;
     let last_pid = Path::new("/proc/sys/kernel/ns_last_pid");
     if std::fs::OpenOptions::new()
         .write(true)
         .open(last_pid)
         .is_err()
     {
-        skip(name, "cannot write /proc/sys/kernel/ns_last_pid");
-        return;
+        return Err(skip("cannot write /proc/sys/kernel/ns_last_pid"));
     }
     let dir = std::env::temp_dir().join(format!("sampler-reuse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -720,4 +678,22 @@ fn reused_pid_does_not_mix_two_processes() {
             "{want_comm}: start {start} ns = {ticks} ticks, /proc says {want_ticks}"
         );
     }
+    Ok(())
 }
+
+crate::test_main!(
+    busy_task_pinned_to_cpu1_gets_its_samples,
+    json_reports_source_cpus_and_no_idle_task,
+    table_output_lists_the_busy_task,
+    top_batch_refreshes_the_requested_number_of_times,
+    loads_without_kernel_btf_and_says_so,
+    unprivileged_user_gets_one_clear_error,
+    bad_arguments_get_one_clear_error_each,
+    explicit_software_event_is_not_a_fallback,
+    hardware_event_without_fallback_is_opened_or_refused_clearly,
+    group_members_are_attributed_per_task_in_the_kernel,
+    check_agrees_three_ways_and_explains_the_read_fallback,
+    top_intervals_hold_per_interval_member_counts_and_bpf_cost,
+    stat_with_bpf_stats_counts_one_run_per_sample,
+    reused_pid_does_not_mix_two_processes,
+);

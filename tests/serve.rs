@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Busy, require_root, sampler_bin, skip};
+use common::{Busy, TestResult, require_root, sampler_bin, skip};
 
 /// A free loopback port.
 fn free_port() -> u16 {
@@ -146,26 +146,19 @@ const CRI_ID: &str = "c1c2c3c4c5c6c7c8c9d0d1d2d3d4d5d6d7d8d9e0e1e2e3e4e5e6e7e8e9
 
 /// Two cgroups like a Docker container and a Kubernetes pod's container, a busy
 /// process pinned to its own CPU in each; a real Prometheus scrapes `sampler serve`.
-#[test]
-fn prometheus_scrapes_per_container_series_with_fair_shares() {
-    let name = "prometheus_scrapes_per_container_series_with_fair_shares";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn prometheus_scrapes_per_container_series_with_fair_shares() -> TestResult {
+    let _serial = require_root()?;
     let Some(root) = v2_root() else {
-        skip(name, "no cgroup v2 hierarchy mounted");
-        return;
+        return Err(skip("no cgroup v2 hierarchy mounted"));
     };
     if Command::new("prometheus")
         .arg("--version")
         .output()
         .is_err()
     {
-        skip(
-            name,
+        return Err(skip(
             "Debian's `prometheus` is not installed (`cargo xtask test` installs it)",
-        );
-        return;
+        ));
     }
     let base = format!("sampler-test-{}", std::process::id());
     let docker = TestCgroup::create(
@@ -288,6 +281,7 @@ fn prometheus_scrapes_per_container_series_with_fair_shares() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(serve);
+    Ok(())
 }
 
 fn urlencode(s: &str) -> String {
@@ -313,12 +307,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// Garbage, oversized heads, unknown paths, bad methods, 300 concurrent scrapes and
 /// 30 clients that never finish their request: the exporter keeps answering and
 /// sampling, cuts the slow clients off, and its memory stays bounded.
-#[test]
-fn bad_requests_floods_and_slow_clients_do_not_stop_it() {
-    let name = "bad_requests_floods_and_slow_clients_do_not_stop_it";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn bad_requests_floods_and_slow_clients_do_not_stop_it() -> TestResult {
+    let _serial = require_root()?;
     let port = free_port();
     let serve = Serve::start(port, &[]);
     let refreshes = |text: &str| value(text, "sampler_refreshes_total", "").unwrap();
@@ -402,19 +392,15 @@ fn bad_requests_floods_and_slow_clients_do_not_stop_it() {
         rss < 64 * 1024,
         "sampler serve uses {rss} KiB after the flood"
     );
+    Ok(())
 }
 
 /// Started with only CAP_BPF and CAP_PERFMON, as an unprivileged user: it samples
 /// and serves, and holds no capability afterwards.
-#[test]
-fn serves_with_only_cap_bpf_and_cap_perfmon_then_drops_them() {
-    let name = "serves_with_only_cap_bpf_and_cap_perfmon_then_drops_them";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn serves_with_only_cap_bpf_and_cap_perfmon_then_drops_them() -> TestResult {
+    let _serial = require_root()?;
     if Command::new("setpriv").arg("--version").output().is_err() {
-        skip(name, "setpriv (util-linux) is missing");
-        return;
+        return Err(skip("setpriv (util-linux) is missing"));
     }
     let port = free_port();
     let mut cmd = Command::new("setpriv");
@@ -447,6 +433,7 @@ fn serves_with_only_cap_bpf_and_cap_perfmon_then_drops_them() {
     let (_, text) = get(port, "/metrics", None).unwrap();
     let samples = value(&text, "sampler_samples_total{", "").unwrap_or(0.0);
     assert!(samples > 100.0, "{text}");
+    Ok(())
 }
 
 /// The deployment files next to the crate.
@@ -493,8 +480,7 @@ fn sampler_containers(text: &str) -> Vec<yaml_rust2::Yaml> {
 /// entry point and port agree. Then the binary runs with the DaemonSet's arguments
 /// (the address on loopback, the cgroup mount at this host's) and those two
 /// capabilities alone (root only).
-#[test]
-fn manifests_ask_for_least_privilege_and_their_arguments_work() {
+fn manifests_ask_for_least_privilege_and_their_arguments_work() -> TestResult {
     let dockerfile = deploy("Dockerfile");
     assert!(
         dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/sampler", "serve"]"#),
@@ -561,13 +547,9 @@ fn manifests_ask_for_least_privilege_and_their_arguments_work() {
         }
     }
 
-    let name = "manifests_ask_for_least_privilege_and_their_arguments_work";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+    let _serial = require_root()?;
     let Some(root) = v2_root() else {
-        skip(name, "no cgroup v2 hierarchy to stand in for the host's");
-        return;
+        return Err(skip("no cgroup v2 hierarchy to stand in for the host's"));
     };
     let mut args = daemonset_args.unwrap();
     let port = free_port();
@@ -610,4 +592,12 @@ fn manifests_ask_for_least_privilege_and_their_arguments_work() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(text.contains("sampler_run_info{"), "{text}");
+    Ok(())
 }
+
+crate::test_main!(
+    prometheus_scrapes_per_container_series_with_fair_shares,
+    bad_requests_floods_and_slow_clients_do_not_stop_it,
+    serves_with_only_cap_bpf_and_cap_perfmon_then_drops_them,
+    manifests_ask_for_least_privilege_and_their_arguments_work,
+);

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Busy, require_root, sampler, sampler_bin, skip, stderr};
+use common::{Busy, Skip, TestResult, require_root, sampler, sampler_bin, skip, stderr};
 use serde_json::Value;
 
 fn tmux(socket: &str, args: &[&str]) -> String {
@@ -57,18 +57,17 @@ struct Session {
 }
 
 impl Session {
-    /// Root, tmux, and the session started at `width`x`height`; `None` (with the
-    /// reason printed) when the test cannot run here.
+    /// Root, tmux, and the session started at `width`x`height`; why not when the
+    /// test cannot run here.
     fn start(
         test: &str,
         width: u16,
         height: u16,
-    ) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
-        let serial = require_root(test)?;
+    ) -> Result<(std::sync::MutexGuard<'static, ()>, Self), Skip> {
         if Command::new("tmux").arg("-V").output().is_err() {
-            skip(test, "tmux is not installed (`apt-get install tmux`)");
-            return None;
+            return Err(skip("tmux is not installed (`apt-get install tmux`)"));
         }
+        let serial = require_root()?;
         let id = format!("{test}-{}", std::process::id());
         let session = Self {
             socket: format!("sampler-{id}"),
@@ -80,7 +79,7 @@ impl Session {
             &session.socket,
             &["new-session", "-d", "-s", "top", "-x", &w, "-y", &h, &cmd],
         );
-        Some((serial, session))
+        Ok((serial, session))
     }
 
     /// The sampler command line, as `pgrep -f` sees it.
@@ -100,12 +99,8 @@ impl Drop for Session {
     }
 }
 
-#[test]
-fn full_screen_view_in_a_real_terminal() {
-    let Some((_serial, session)) = Session::start("full_screen_view_in_a_real_terminal", 160, 40)
-    else {
-        return;
-    };
+fn full_screen_view_in_a_real_terminal() -> TestResult {
+    let (_serial, session) = Session::start("full_screen_view_in_a_real_terminal", 160, 40)?;
     let socket = &session.socket;
     let busy = Busy::pinned_to(0);
     // The view comes up on the alternate screen with the busy process on top.
@@ -146,17 +141,14 @@ fn full_screen_view_in_a_real_terminal() {
         "sampler top did not quit on q: {pane}"
     );
     assert_restored(socket);
+    Ok(())
 }
 
-#[test]
-fn sigterm_restores_the_terminal_too() {
+fn sigterm_restores_the_terminal_too() -> TestResult {
     // What a service manager (TERM), a user (INT, from another terminal) and a closed
     // terminal or ssh session (HUP) send: each stops the view cleanly.
     for sig in ["TERM", "INT", "HUP"] {
-        let Some((_serial, session)) = Session::start("sigterm_restores_the_terminal_too", 120, 30)
-        else {
-            return;
-        };
+        let (_serial, session) = Session::start("sigterm_restores_the_terminal_too", 120, 30)?;
         let socket = &session.socket;
         let pane = wait_pane(socket, 20, |p| p.contains("PID"));
         assert!(pane.contains("sampler top"), "{pane}");
@@ -183,14 +175,11 @@ fn sigterm_restores_the_terminal_too() {
         );
         assert_restored(socket);
     }
+    Ok(())
 }
 
-#[test]
-fn batch_iterations_json_and_text() {
-    let name = "batch_iterations_json_and_text";
-    let Some(_serial) = require_root(name) else {
-        return;
-    };
+fn batch_iterations_json_and_text() -> TestResult {
+    let _serial = require_root()?;
     let busy = Busy::pinned_to(0);
     let out = sampler(&["top", "--batch", "--iterations", "2", "--json", "-i", "0.3"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -222,4 +211,11 @@ fn batch_iterations_json_and_text() {
             .any(|l| l.trim_start().starts_with(&pid) && l.contains("sh")),
         "{text}"
     );
+    Ok(())
 }
+
+crate::test_main!(
+    full_screen_view_in_a_real_terminal,
+    sigterm_restores_the_terminal_too,
+    batch_iterations_json_and_text,
+);

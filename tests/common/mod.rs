@@ -1,13 +1,13 @@
 //! Helpers shared by the end-to-end tests: running the built `sampler` binary, busy
-//! child processes, and skipping with a printed reason.
+//! child processes, and the harness that reports a test that cannot run here as
+//! ignored, with its reason.
 #![allow(
     dead_code,
     reason = "each test target uses a different subset of these helpers"
 )]
 
 use std::{
-    io::Write as _,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitCode, Output, Stdio},
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
@@ -38,25 +38,65 @@ pub fn is_root() -> bool {
     })
 }
 
-/// Prints why a test is skipped, past the test harness's output capture.
-pub fn skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+/// Why a test did not run here. The harness ([`run`]) reports such a test as
+/// ignored, with the reason, never as passed.
+#[derive(Debug)]
+pub struct Skip(String);
+
+/// What a test returns: `Ok` when it ran and passed (a failure panics), `Err` when it
+/// could not run here.
+pub type TestResult = Result<(), Skip>;
+
+/// A test: its name and its function.
+pub type Test = (&'static str, fn() -> TestResult);
+
+pub fn skip(reason: impl Into<String>) -> Skip {
+    Skip(reason.into())
+}
+
+/// Runs the tests like the standard harness (same arguments: filters, `--exact`,
+/// `--test-threads`, `--list`), except that a test that could not run here is
+/// counted and shown as ignored with its reason.
+pub fn run(tests: &[Test]) -> ExitCode {
+    use libtest_mimic::{Arguments, Completion, Trial};
+    let trials = tests
+        .iter()
+        .map(|&(name, test)| {
+            Trial::ignorable_test(name, move || match test() {
+                Ok(()) => Ok(Completion::Completed),
+                Err(Skip(reason)) => Ok(Completion::ignored_with(reason)),
+            })
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+/// The `main` of a test target: `crate::test_main!(test_a, test_b);` runs those
+/// functions (each `fn() -> TestResult`) through [`run`].
+#[macro_export]
+macro_rules! test_main {
+    ($($test:ident),+ $(,)?) => {
+        fn main() -> std::process::ExitCode {
+            $crate::common::run(&[
+                $((stringify!($test), $test as fn() -> $crate::common::TestResult)),+
+            ])
+        }
+    };
 }
 
 /// Tests that pin busy loops to CPUs and read system-wide shares run one at a time.
 static SYSTEM_WIDE: Mutex<()> = Mutex::new(());
 
-/// `Some(guard)` when the test can run: root, and no other system-wide test running.
-pub fn require_root(test: &str) -> Option<MutexGuard<'static, ()>> {
+/// The guard that runs the test alone among the system-wide tests, when it can run:
+/// as root.
+pub fn require_root() -> Result<MutexGuard<'static, ()>, Skip> {
     if is_root() {
-        return Some(SYSTEM_WIDE.lock().unwrap_or_else(PoisonError::into_inner));
+        return Ok(SYSTEM_WIDE.lock().unwrap_or_else(PoisonError::into_inner));
     }
-    skip(
-        test,
+    Err(skip(
         "needs root (loads BPF programs, opens system-wide perf events); \
          run `sudo -E cargo xtask test`",
-    );
-    None
+    ))
 }
 
 /// A CPU-bound child (`sh` busy loop) pinned to one CPU, killed on drop.

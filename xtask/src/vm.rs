@@ -251,13 +251,35 @@ fn build_initramfs(assets: &Assets, payload: &Payload, dir: &Path) -> Result<Pat
     Ok(cpio)
 }
 
+/// The QEMU machine of `g`, for the boot and for the device-tree dump alike (with
+/// `dumpdtb`, QEMU writes the tree it would boot with and exits), so that the tree the
+/// heterogeneous guest boots with describes the same machine.
+///
+/// `-nic none`: the guest needs no network, and `virt`'s default network card makes
+/// QEMU load that card's option ROM (`efi-virtio.rom`), which only `ipxe-qemu`, a
+/// Recommends of `qemu-system-arm`, ships: without it QEMU exits before booting.
+fn qemu(g: &Guest, dumpdtb: Option<&Path>) -> Command {
+    let mut machine = String::from(if g.hetero {
+        "virt,gic-version=3"
+    } else {
+        "virt"
+    });
+    if let Some(dtb) = dumpdtb {
+        machine.push_str(",dumpdtb=");
+        machine.push_str(&dtb.to_string_lossy());
+    }
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.arg("-M")
+        .arg(machine)
+        .args(["-cpu", "max,pauth-impdef=on", "-m", "1024", "-nographic"])
+        .args(["-nic", "none"])
+        .args(["-smp", &g.smp.to_string()]);
+    cmd
+}
+
 fn hetero_dtb(g: &Guest, dir: &Path) -> Result<PathBuf> {
     let dtb = dir.join("virt.dtb");
-    let status_ = Command::new("qemu-system-aarch64")
-        .arg("-M")
-        .arg(format!("virt,gic-version=3,dumpdtb={}", dtb.display()))
-        .args(["-cpu", "max,pauth-impdef=on", "-m", "1024", "-nographic"])
-        .args(["-smp", &g.smp.to_string()])
+    let status_ = qemu(g, Some(&dtb))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?;
@@ -296,22 +318,8 @@ pub fn run(g: &Guest, payload: &Payload) -> Result<Run> {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let initrd = build_initramfs(&assets, payload, &dir)?;
-    let mut cmd = Command::new("qemu-system-aarch64");
-    cmd.arg("-M")
-        .arg(if g.hetero {
-            "virt,gic-version=3"
-        } else {
-            "virt"
-        })
-        .args([
-            "-cpu",
-            "max,pauth-impdef=on",
-            "-m",
-            "1024",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .args(["-smp", &g.smp.to_string()])
+    let mut cmd = qemu(g, None);
+    cmd.arg("-no-reboot")
         .arg("-kernel")
         .arg(&assets.image)
         .arg("-initrd")
@@ -413,6 +421,30 @@ mod tests {
         ];
         v.sort_by_key(|p| version_key(p));
         assert_eq!(v.last(), Some(&"linux-image-6.1.0-44-arm64-unsigned"));
+    }
+
+    #[test]
+    fn guests_have_no_network_card() {
+        for hetero in [false, true] {
+            let g = Guest {
+                series: Series::V6_1,
+                hetero,
+                icount: false,
+                smp: 4,
+                timeout: Duration::from_secs(1),
+            };
+            for dump in [None, Some(Path::new("/tmp/x.dtb"))] {
+                let cmd = qemu(&g, dump);
+                let args: Vec<String> = cmd
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                assert!(args.windows(2).any(|w| w == ["-nic", "none"]), "{args:?}");
+                let machine = &args[args.iter().position(|a| a == "-M").unwrap() + 1];
+                assert_eq!(machine.contains("gic-version=3"), hetero, "{machine}");
+                assert_eq!(machine.contains("dumpdtb=/tmp/x.dtb"), dump.is_some());
+            }
+        }
     }
 
     #[test]
