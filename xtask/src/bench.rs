@@ -28,7 +28,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{apt_install, display, has_command, is_root, output, vm};
+use crate::{
+    display, output,
+    setup::{apt_install, ensure_tmux, has_command, is_root},
+    vm,
+};
 
 pub struct Options {
     pub quick: bool,
@@ -819,7 +823,7 @@ impl Bench {
     /// threads: its slowest refresh including drawing the screen, from the summary
     /// `sampler top` writes to its log on quitting.
     fn screen_refresh(&mut self, n: usize, hz: u64, spin: Duration) -> Result<()> {
-        crate::ensure_tmux()?;
+        ensure_tmux()?;
         let mut fig = Figure::new(
             "Live view refresh cost",
             format!(

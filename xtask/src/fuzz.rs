@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{display, has_command, status};
+use crate::{display, setup::has_command, status};
 
 pub const TARGETS: [&str; 3] = ["event_syntax", "sysfs_values", "userpage"];
 

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{bench::status_kib, is_root};
+use crate::{bench::status_kib, setup::is_root};
 
 pub struct Options {
     pub seconds: u64,

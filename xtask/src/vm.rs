@@ -20,7 +20,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{apt_install, display, output, privileged, status};
+use crate::{
+    display, output,
+    setup::{apt_install, privileged},
+    status,
+};
 
 /// Kernel series the test bed boots: 6.1 (arm_pmu without the extended hardware
 /// type) and 6.12 (with it).

@@ -1,0 +1,92 @@
+//! The guest test runs: the arm64 binaries they boot with (the static `sampler` and
+//! the `tests/guest.rs` binary), and one run of those tests in a guest (`vm`).
+
+use std::{path::PathBuf, process::Stdio, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Arch, build, cargo, display, vm};
+
+/// Builds the guest test binary (`tests/guest.rs`) for `arch`; returns its path.
+fn build_tests(arch: Arch) -> Result<PathBuf> {
+    let mut cmd = cargo([
+        "test",
+        "--release",
+        "--package",
+        "sampler",
+        "--test",
+        "guest",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+        "--target",
+        arch.target(),
+    ]);
+    eprintln!("xtask: {}", display(&cmd));
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("building the guest tests failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "guest")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo reported no guest test executable")
+}
+
+/// What a guest run boots with: the static sampler and the guest test binary.
+pub struct GuestBinaries {
+    pub sampler: PathBuf,
+    pub tests: PathBuf,
+}
+
+/// Builds the guest binaries and checks the host tools, once for any number of runs.
+pub fn binaries() -> Result<GuestBinaries> {
+    let sampler = build(Arch::Aarch64)?;
+    let tests = build_tests(Arch::Aarch64)?;
+    vm::ensure_host_tools()?;
+    Ok(GuestBinaries { sampler, tests })
+}
+
+/// Runs the guest tests (those matching `filters`) in `guest`; returns what they
+/// printed.
+pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Result<String> {
+    let mut command = format!(
+        "SAMPLER_BIN=/sampler SAMPLER_GUEST=1 SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} \
+         SAMPLER_GUEST_KERNEL={} /guest-tests --test-threads=1 --color=never",
+        if guest.hetero { 2 } else { 1 },
+        u8::from(guest.icount),
+        guest.series.name(),
+    );
+    for f in filters {
+        if !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("test filter `{f}`: only letters, digits and _ are allowed");
+        }
+        command.push(' ');
+        command.push_str(f);
+    }
+    let payload = vm::Payload {
+        files: vec![
+            (bins.sampler.clone(), "sampler"),
+            (bins.tests.clone(), "guest-tests"),
+        ],
+        command,
+    };
+    let started = Instant::now();
+    let run = vm::run(guest, &payload)?;
+    print!("{}", run.output);
+    let what = format!(
+        "guest tests on {} ({}{})",
+        guest.series.name(),
+        if guest.hetero { "two PMUs" } else { "one PMU" },
+        if guest.icount { ", icount" } else { "" }
+    );
+    if run.rc != 0 {
+        bail!("{what} failed (exit status {})", run.rc);
+    }
+    eprintln!(
+        "xtask: {what} passed ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(run.output)
+}

@@ -1,0 +1,186 @@
+//! Installing what the chores need, only when it is missing (idempotent, fast when
+//! everything is there): the BPF toolchain (`setup`), rustup targets, Debian packages
+//! (through sudo when not root, refreshing the package lists when an install fails).
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{output, status};
+
+/// The bpf-linker release the build recipe is measured with.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The LLVM major bpf-linker is built against; must match the nightly's LLVM.
+pub const LLVM_MAJOR: u32 = 22;
+
+pub fn is_root() -> bool {
+    // The effective uid is the 3rd field of `Uid:` in /proc/self/status.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `cmd` as root: unchanged when we are root, else through sudo.
+pub fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+/// Whether `program` runs (`program arg`, e.g. `--version`).
+pub fn has_command(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs Debian packages (non-interactive, without recommends; sudo when not
+/// root), refreshing the package lists and trying again when the first install fails
+/// (a fresh machine may have none).
+pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let install = || {
+        let mut c = privileged("apt-get");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    status(&mut install())
+        .or_else(|_| {
+            status(privileged("apt-get").args(["update", "-q"]))?;
+            status(&mut install())
+        })
+        .with_context(|| format!("installing {} ({why})", packages.join(" ")))
+}
+
+pub fn setup() -> Result<()> {
+    let started = Instant::now();
+    // 1. The nightly toolchain with rust-src (build-std=core for bpfel-unknown-none)
+    //    and clippy (lints of the BPF crate).
+    let installed = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("nightly")) {
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    for component in ["rust-src", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(component)) {
+            status(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+    }
+    let nightly_llvm = output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("LLVM version: "))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    if !nightly_llvm.starts_with(&format!("{LLVM_MAJOR}.")) {
+        eprintln!(
+            "xtask: warning: the nightly toolchain uses LLVM {nightly_llvm}, bpf-linker is \
+             built against LLVM {LLVM_MAJOR}; if linking the BPF object fails, install a \
+             nightly with LLVM {LLVM_MAJOR}"
+        );
+    }
+
+    // 2. bpf-linker, built against LLVM 22 from Debian.
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        let prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
+        // `llvm-22` alone has llvm-config; linking needs the dev package's libLLVM.so.
+        let dev_files = ["bin/llvm-config", "lib/libLLVM.so"];
+        if !dev_files
+            .iter()
+            .all(|f| Path::new(&prefix).join(f).exists())
+        {
+            let package = format!("llvm-{LLVM_MAJOR}-dev");
+            apt_install(&[&package], "bpf-linker links against libLLVM")?;
+        }
+        status(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "--locked",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{LLVM_MAJOR}"),
+                ])
+                .env("LLVM_PREFIX", &prefix),
+        )?;
+    }
+    eprintln!(
+        "xtask: setup complete ({:.1} s): nightly rust-src, LLVM {LLVM_MAJOR}, bpf-linker {BPF_LINKER_VERSION}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn ensure_target(target: &str) -> Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == target) {
+        status(Command::new("rustup").args(["target", "add", target]))?;
+    }
+    Ok(())
+}
+
+/// Installs tmux when missing: the live view's terminal test and its benchmark run
+/// `sampler top` in a real terminal.
+pub fn ensure_tmux() -> Result<()> {
+    if has_command("tmux", "-V") {
+        return Ok(());
+    }
+    apt_install(&["tmux"], "for the live view in a real terminal")
+}
+
+/// Installs Debian's Prometheus server and promtool when missing: the exporter's
+/// end-to-end test runs them on loopback.
+pub fn ensure_prometheus() -> Result<()> {
+    if has_command("prometheus", "--version") && has_command("promtool", "--version") {
+        return Ok(());
+    }
+    apt_install(&["prometheus"], "for the exporter's end-to-end test")?;
+    // Debian starts the service on install; the test runs its own.
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "prometheus"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}
