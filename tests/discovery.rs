@@ -362,14 +362,14 @@ fn hostile_sysfs_roots_get_clear_errors_and_warnings() -> TestResult {
 /// the structure, distinct. (That they are the right fields is checked end to end by
 /// the pid-reuse test in `sampling.rs`, against /proc/PID/stat.)
 fn this_kernels_btf_gives_task_struct_offsets() -> TestResult {
-    let path = std::path::Path::new(sampler::bpf::KERNEL_BTF);
+    let path = std::path::Path::new(sampler::kernel::bpf::KERNEL_BTF);
     if !path.exists() {
         return Err(skip(format!(
             "this kernel has no BTF ({} missing)",
             path.display()
         )));
     }
-    let got = sampler::btf::task_offsets_from(path).unwrap();
+    let got = sampler::discover::btf::task_offsets_from(path).unwrap();
     assert_ne!(got.group_leader, got.start_time);
     assert!(got.group_leader > 0 && got.group_leader < 16384, "{got:?}");
     assert!(got.start_time > 0 && got.start_time < 16384, "{got:?}");

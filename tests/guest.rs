@@ -529,21 +529,21 @@ fn self_event(
     type_: u32,
     config: u64,
     config1: u64,
-) -> (std::os::fd::OwnedFd, sampler::userpage::UserPage) {
+) -> (std::os::fd::OwnedFd, sampler::kernel::userpage::UserPage) {
     use sampler::sys::PerfSys as _;
     use std::os::fd::AsFd as _;
     let mut attr = perf_event_open_sys::bindings::perf_event_attr {
         type_,
         size: size_of::<perf_event_open_sys::bindings::perf_event_attr>() as u32,
         config,
-        read_format: sampler::counter::READ_FORMAT,
+        read_format: sampler::events::plan::READ_FORMAT,
         ..Default::default()
     };
     attr.config1 = config1;
     let fd = sampler::sys::RealSys
         .perf_event_open(&attr, 0, -1, None)
         .expect("open a self-monitoring event");
-    let page = sampler::userpage::UserPage::map(fd.as_fd()).expect("map its page");
+    let page = sampler::kernel::userpage::UserPage::map(fd.as_fd()).expect("map its page");
     (fd, page)
 }
 
@@ -572,10 +572,12 @@ fn user_page_reads_32_and_64_bit_counters_and_event_counters() -> TestResult {
         assert_ne!(fields.index, 0, "readable on its own PMU's CPU");
         indexes.push(fields.index);
         // page, read(), page: the syscall's value lies between the two user reads.
-        let (before, method) = sampler::userpage::read_event(&sys, fd.as_fd(), Some(page)).unwrap();
-        let via_read = sampler::userpage::read_syscall(&sys, fd.as_fd()).unwrap();
-        let (after, _) = sampler::userpage::read_event(&sys, fd.as_fd(), Some(page)).unwrap();
-        assert_eq!(method, sampler::userpage::Method::Mrs);
+        let (before, method) =
+            sampler::kernel::userpage::read_event(&sys, fd.as_fd(), Some(page)).unwrap();
+        let via_read = sampler::kernel::userpage::read_syscall(&sys, fd.as_fd()).unwrap();
+        let (after, _) =
+            sampler::kernel::userpage::read_event(&sys, fd.as_fd(), Some(page)).unwrap();
+        assert_eq!(method, sampler::kernel::userpage::Method::Mrs);
         assert!(before.value > 1_000_000, "{before:?}");
         assert!(
             before.value <= via_read.value && via_read.value <= after.value,
@@ -604,8 +606,8 @@ fn a_reader_on_the_other_pmus_cpus_sees_index_0_and_falls_back() -> TestResult {
     let (fields, _, _) = page.snapshot().unwrap();
     assert_eq!(fields.index, 0, "{fields:?}");
     let sys = sampler::sys::RealSys;
-    let (_, method) = sampler::userpage::read_event(&sys, fd.as_fd(), Some(&page)).unwrap();
-    assert_eq!(method, sampler::userpage::Method::Read);
+    let (_, method) = sampler::kernel::userpage::read_event(&sys, fd.as_fd(), Some(&page)).unwrap();
+    assert_eq!(method, sampler::kernel::userpage::Method::Read);
     Ok(())
 }
 

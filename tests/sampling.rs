@@ -15,8 +15,8 @@ use std::{
 use common::{Busy, Skip, TestResult, is_root, require_root, sampler, sampler_bin, skip, stderr};
 use serde_json::Value;
 
-fn online_cpus() -> sampler::cpus::CpuList {
-    sampler::cpus::CpuList::read(Path::new("/sys/devices/system/cpu/online")).unwrap()
+fn online_cpus() -> sampler::discover::cpus::CpuList {
+    sampler::discover::cpus::CpuList::read(Path::new("/sys/devices/system/cpu/online")).unwrap()
 }
 
 /// [`require_root`], and CPU 1 online (the busy loop's CPU).
@@ -162,21 +162,21 @@ fn top_batch_refreshes_the_requested_number_of_times() -> TestResult {
 
 fn loads_without_kernel_btf_and_says_so() -> TestResult {
     let _serial = require_root()?;
-    let bpf = sampler::bpf::Bpf::load(
+    let bpf = sampler::kernel::bpf::Bpf::load(
         Path::new("/nonexistent/btf/vmlinux"),
-        sampler::bpf::default_task_entries(2),
+        sampler::kernel::bpf::default_task_entries(2),
         1,
     )
     .expect("the program needs no BTF");
     let notice = bpf.btf_notice.as_deref().expect("a notice");
     assert!(notice.contains("/nonexistent/btf/vmlinux"), "{notice}");
     assert!(notice.contains("CONFIG_DEBUG_INFO_BTF"), "{notice}");
-    let with = sampler::bpf::Bpf::load(
-        Path::new(sampler::bpf::KERNEL_BTF),
-        sampler::bpf::default_task_entries(2),
+    let with = sampler::kernel::bpf::Bpf::load(
+        Path::new(sampler::kernel::bpf::KERNEL_BTF),
+        sampler::kernel::bpf::default_task_entries(2),
         0,
     );
-    if Path::new(sampler::bpf::KERNEL_BTF).exists() {
+    if Path::new(sampler::kernel::bpf::KERNEL_BTF).exists() {
         assert!(with.unwrap().btf_notice.is_none());
     }
     Ok(())

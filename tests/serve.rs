@@ -137,7 +137,7 @@ impl Drop for TestCgroup {
 }
 
 fn v2_root() -> Option<PathBuf> {
-    sampler::cgroup::v2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+    sampler::discover::cgroup::v2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
 const DOCKER_ID: &str = "d0c4e7a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d";

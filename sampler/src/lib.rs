@@ -1,38 +1,35 @@
 //! sampler: an eBPF-assisted, system-wide PMU sampler.
 //!
-//! The modules follow the data flow, one step each:
+//! One folder per step of the data flow; a step uses the steps before it (and `sys`)
+//! and never a step after it:
 //!
 //! ```text
-//! pmu ──────► event ──► plan ────────► session (sys) ──► sampler-ebpf ──► bpf ──► model ──► rollup ──► present / tui
-//! sysfs PMUs,  -e list   (event × CPU)    open per CPU,     aggregate per    read     snapshot   per process,  table, JSON,
-//! CPUs (cpus)  parsed    -> PMU + attrs   attach, enable    task in maps     maps     per run    thread, cgroup live view
+//! discover ──► events ──────► kernel ─────────────────────► model ─────────► present ──► run ──► cli
+//! sysfs PMUs,  -e syntax,     open per CPU, attach BPF,      snapshots,       tables,     the     arguments,
+//! CPU lists,   the plan       aggregate in BPF maps, read    roll-ups,        JSON, TUI,  shared  one file per
+//! BTF, cgroups (event × CPU)  maps, groups and user pages    containers,      OpenMetrics sampling command
+//!                                                            cross-check      and HTTP    loop
+//!
+//! sys: every system call and bounded file read, under all of them (tests replace it)
 //! ```
 //!
-//! `cli` drives the steps for each command; `sys` holds every system call; `error`
-//! gives each failure a message that names the problem and the fix. `userpage` and
-//! `check` read the counters from user space and cross-check them with the maps;
-//! `cgroup` names cgroup ids.
+//! The BPF side of `kernel` (the program that aggregates in the maps) is the
+//! `sampler-ebpf` crate; the records both sides share are in `sampler-common`.
+//! Each step has its own error type; `cli` composes them, and every message names the
+//! problem and the fix.
 
-pub mod bpf;
-pub mod btf;
-pub mod cgroup;
-pub mod check;
-pub mod cli;
-pub mod container;
-pub mod counter;
-pub mod cpus;
-pub mod error;
-pub mod event;
-pub mod export;
-pub mod model;
-pub mod plan;
-pub mod pmu;
-pub mod present;
-pub mod rollup;
-pub mod serve;
-pub mod session;
 pub mod sys;
-pub mod tui;
-pub mod userpage;
 
-pub use error::Error;
+pub mod discover;
+
+pub mod events;
+
+pub mod kernel;
+
+pub mod model;
+
+pub mod present;
+
+pub mod run;
+
+pub mod cli;

@@ -11,9 +11,9 @@ use std::{
 
 use libfuzzer_sys::fuzz_target;
 use sampler::{
-    event,
-    plan::{self, KernelVersion},
-    pmu::{Alias, PmuSet},
+    discover::pmu::{Alias, PmuSet},
+    events::plan::{self, KernelVersion},
+    events::syntax,
 };
 
 fn fixtures() -> &'static Mutex<Vec<PmuSet>> {
@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
                 .map(|p| format!("{}/fuzz/", p.name)),
         );
         for list in lists {
-            if let Ok(parsed) = event::parse(&list) {
+            if let Ok(parsed) = syntax::parse(&list) {
                 for kernel in [None, Some(KernelVersion(6, 1)), Some(KernelVersion(6, 12))] {
                     if let Ok(plan) = plan::plan(&parsed, set, &set.online, kernel) {
                         for p in &plan.plan {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sampler::{cpus::CpuList, event::parse_number, pmu::Format};
+use sampler::{discover::cpus::CpuList, discover::pmu::Format, events::syntax::parse_number};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

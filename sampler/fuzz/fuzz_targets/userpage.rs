@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sampler::userpage::{PageFields, decode};
+use sampler::kernel::userpage::{PageFields, decode};
 
 fuzz_target!(|data: &[u8]| {
     let mut words = data

@@ -44,7 +44,7 @@ pub struct Exposition {
 impl Exposition {
     pub fn new(openmetrics: String, health: Result<(), String>) -> Self {
         Self {
-            prometheus: Bytes::from(crate::export::to_prometheus_text(&openmetrics)),
+            prometheus: Bytes::from(crate::present::export::to_prometheus_text(&openmetrics)),
             openmetrics: Bytes::from(openmetrics),
             health,
             updated: Instant::now(),
@@ -124,7 +124,7 @@ pub fn respond<B>(
                 .headers()
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
-            let (body, kind) = if crate::export::wants_openmetrics(accept) {
+            let (body, kind) = if crate::present::export::wants_openmetrics(accept) {
                 (x.openmetrics.clone(), OPENMETRICS)
             } else {
                 (x.prometheus.clone(), PROMETHEUS)

@@ -18,10 +18,10 @@ use std::{
 use sampler_common::MAX_MEMBERS;
 
 use crate::{
-    Error,
-    counter::{group_read_size, parse_group_read},
-    cpus::CpuList,
-    plan::{Encoding, Mode, PlannedEvent, Rate},
+    discover::cpus::CpuList,
+    events::plan::{Encoding, Mode, PlannedEvent, Rate},
+    kernel::Error,
+    kernel::counter::{group_read_size, parse_group_read},
     sys::{PerfSys, errno_name},
 };
 
@@ -746,7 +746,7 @@ mod tests {
     use perf_event_open_sys::bindings::{PERF_TYPE_HARDWARE, PERF_TYPE_SOFTWARE, perf_event_attr};
 
     use super::*;
-    use crate::{counter::READ_FORMAT, plan::Attr};
+    use crate::events::plan::{Attr, READ_FORMAT};
 
     /// A kernel that accepts the (cpu, type, config) triples listed (software events
     /// everywhere unless `software_errno`), records every call, and keeps an id and a

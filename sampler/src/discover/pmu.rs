@@ -12,7 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{Error, cpus::CpuList, sys::read_sysfs_file};
+use crate::{
+    discover::{Error, clip, cpus::CpuList},
+    sys::read_sysfs_file,
+};
 
 /// The longest event alias (`events/<name>`) taken.
 const MAX_ALIAS: usize = 4096;
@@ -73,7 +76,7 @@ pub enum FormatError {
 impl Format {
     pub fn parse(s: &str) -> Result<Self, FormatError> {
         let s = s.trim();
-        let err = || FormatError::Syntax(crate::error::clip(s, 80));
+        let err = || FormatError::Syntax(clip(s, 80));
         let (word, bits) = s.split_once(':').ok_or_else(err)?;
         let word = ConfigWord::parse(word.trim()).ok_or_else(err)?;
         let mut ranges = Vec::new();

@@ -18,7 +18,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{counter, sys::PerfSys};
+use crate::{kernel::counter, sys::PerfSys};
 
 /// `struct perf_event_mmap_page` of `include/uapi/linux/perf_event.h` (the part before
 /// the ring buffer's data area).
@@ -230,7 +230,7 @@ pub fn page_method() -> Option<Method> {
 }
 
 /// Reads `event` through its page when allowed, else with `read()` (of a single,
-/// non-group event opened with [`crate::counter::READ_FORMAT`]).
+/// non-group event opened with [`crate::events::plan::READ_FORMAT`]).
 pub fn read_event(
     sys: &dyn PerfSys,
     event: BorrowedFd<'_>,

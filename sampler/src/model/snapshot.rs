@@ -7,10 +7,10 @@ use sampler_common::{CpuStats, MAX_MEMBERS, TaskKey, TaskValue};
 use serde::Serialize;
 
 use crate::{
-    bpf::{MapContents, RunStats},
-    counter,
-    plan::{Encoding, Rate},
-    session::{EventCount, Source},
+    events::plan::{Encoding, Rate},
+    kernel::bpf::{MapContents, RunStats},
+    kernel::counter,
+    kernel::session::{EventCount, Source},
 };
 
 /// What one CPU of a run samples: the event it ended up with, through which PMU.
@@ -302,7 +302,7 @@ impl Snapshot {
                         samples: stats.samples,
                         bpf,
                         read,
-                        rel_diff: crate::check::rel_diff(bpf, read),
+                        rel_diff: crate::model::check::rel_diff(bpf, read),
                     })
                 })
                 .collect(),
@@ -345,7 +345,7 @@ pub fn run_warnings(counts: &[EventCount]) -> Vec<String> {
                 "the group of `{event}` never ran on CPU {} (other events held the \
                  counters, or the group needs more counters than the PMU has): its counts \
                  are 0",
-                crate::cpus::CpuList::from_cpus(cpus)
+                crate::discover::cpus::CpuList::from_cpus(cpus)
             )
         })
         .collect()

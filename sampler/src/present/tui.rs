@@ -1,5 +1,5 @@
 //! The live view of `sampler top`: state, keys and rendering (ratatui). The terminal
-//! and the event loop are in `cli.rs`; everything here is pure over a [`Snapshot`]
+//! and the event loop are in `cli/top.rs`; everything here is pure over a [`Snapshot`]
 //! and tested with ratatui's `TestBackend`.
 
 use std::{collections::VecDeque, fmt::Write as _, time::Duration};
@@ -14,8 +14,8 @@ use ratatui::{
 };
 
 use crate::{
-    model::Snapshot,
-    rollup::{self, Ratios, Row},
+    model::rollup::{self, Ratios, Row},
+    model::snapshot::Snapshot,
 };
 
 /// What the table shows.
@@ -539,7 +539,7 @@ fn cpu_table(s: &Snapshot) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
                 check.map_or("-".into(), |k| human(k.bpf)),
                 check.map_or("-".into(), |k| human(k.read)),
                 check.map_or("-".into(), |k| {
-                    if k.samples < crate::model::CHECK_MIN_SAMPLES {
+                    if k.samples < crate::model::snapshot::CHECK_MIN_SAMPLES {
                         "idle".into()
                     } else {
                         format!("{:.2}{}", k.rel_diff * 100.0, if k.ok() { "" } else { "!" })

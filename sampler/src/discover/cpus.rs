@@ -54,13 +54,13 @@ impl CpuList {
     }
 
     /// Reads and parses a CPU-list file such as `<sysfs>/devices/system/cpu/online`.
-    pub fn read(path: &Path) -> Result<Self, crate::Error> {
-        let text = crate::sys::read_sysfs_file(path).map_err(|source| crate::Error::Io {
+    pub fn read(path: &Path) -> Result<Self, super::Error> {
+        let text = crate::sys::read_sysfs_file(path).map_err(|source| super::Error::Io {
             what: "read the CPU list",
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|source| crate::Error::SysfsCpuList {
+        Self::parse(&text).map_err(|source| super::Error::SysfsCpuList {
             path: path.to_owned(),
             source,
         })

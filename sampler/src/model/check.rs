@@ -23,12 +23,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    Error,
-    plan::{Mode, PlannedEvent},
-    pmu::PmuSet,
-    session::is_unsupported_error,
+    discover::pmu::PmuSet,
+    events::plan::{Mode, PlannedEvent},
+    kernel::Error,
+    kernel::session::is_unsupported_error,
+    kernel::userpage::{Counts, Method, UserPage, read_event, read_syscall},
     sys::{self, PerfSys},
-    userpage::{Counts, Method, UserPage, read_event, read_syscall},
 };
 
 /// One (CPU, event) of the check.
@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn user_access_bits_come_from_the_pmu_formats() {
-        let juno = crate::pmu::tests::load("juno");
+        let juno = crate::discover::pmu::tests::load("juno");
         // long = config1:0, rdpmc = config1:1
         assert_eq!(
             user_access_bits(&juno, Some("armv8_cortex_a53")),
@@ -543,7 +543,7 @@ mod tests {
                 long: 0b01
             }
         );
-        let adl = crate::pmu::tests::load("adl");
+        let adl = crate::discover::pmu::tests::load("adl");
         assert_eq!(
             user_access_bits(&adl, Some("cpu_core")),
             UserBits::default()

@@ -1,17 +1,8 @@
 //! Counter values as `read()` returns them for a group leader opened with
 //! [`READ_FORMAT`], and the multiplexing arithmetic on them. Pure.
 
-use perf_event_open_sys::bindings::{
-    PERF_FORMAT_GROUP, PERF_FORMAT_ID, PERF_FORMAT_TOTAL_TIME_ENABLED,
-    PERF_FORMAT_TOTAL_TIME_RUNNING,
-};
-
-/// Every event is opened with this `read_format`: the whole group in one `read()` of
-/// the leader, each value with its id, and the times for multiplexing.
-pub const READ_FORMAT: u64 = (PERF_FORMAT_TOTAL_TIME_ENABLED
-    | PERF_FORMAT_TOTAL_TIME_RUNNING
-    | PERF_FORMAT_ID
-    | PERF_FORMAT_GROUP) as u64;
+#[cfg(doc)]
+use crate::events::plan::READ_FORMAT;
 
 /// One `read()` of a group: `{ nr, time_enabled, time_running, { value, id }[nr] }`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use sampler_common::{
     NR_MEMBERS_GLOBAL, PROGRAM_NAME, START_OFFSET_GLOBAL, TASKS_MAP, TaskKey, TaskValue,
 };
 
-use crate::Error;
+use crate::kernel::Error;
 
 /// The BPF object built by `build.rs` from `sampler-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-ebpf"));
@@ -68,7 +68,7 @@ pub struct MapContents {
     pub cpu_stats: Vec<CpuStats>,
     /// The program's run statistics at the time of the read.
     pub bpf: Option<RunStats>,
-    /// Task entries the LRU map evicted: set by [`crate::model::delta`] for an
+    /// Task entries the LRU map evicted: set by the model's `delta` for an
     /// interval; `None` for a reading, whose evictions are its inserts minus its
     /// live entries.
     pub evicted: Option<u64>,
@@ -93,9 +93,12 @@ impl Bpf {
         // What the program does read from the BTF: two offsets that give the process
         // start time keeping reused pids apart (0, and a notice, when unusable). This
         // read is also what tells whether the kernel has usable BTF at all.
-        let (offsets, mut btf_notice) = match crate::btf::task_offsets_from(btf_path) {
+        let (offsets, mut btf_notice) = match crate::discover::btf::task_offsets_from(btf_path) {
             Ok(o) => (o, None),
-            Err(why) => (crate::btf::TaskOffsets::default(), Some(notice(why))),
+            Err(why) => (
+                crate::discover::btf::TaskOffsets::default(),
+                Some(notice(why)),
+            ),
         };
         // aya's full parse of the BTF only serves CO-RE relocations and costs tens of
         // MB at its peak (5 MB of type data), so it runs only when the object has

@@ -23,17 +23,25 @@
 use std::collections::BTreeSet;
 
 use perf_event_open_sys::bindings::{
-    PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_HARDWARE, PERF_TYPE_HW_CACHE, PERF_TYPE_RAW,
+    PERF_COUNT_SW_CPU_CLOCK, PERF_FORMAT_GROUP, PERF_FORMAT_ID, PERF_FORMAT_TOTAL_TIME_ENABLED,
+    PERF_FORMAT_TOTAL_TIME_RUNNING, PERF_TYPE_HARDWARE, PERF_TYPE_HW_CACHE, PERF_TYPE_RAW,
     PERF_TYPE_SOFTWARE, perf_event_attr,
 };
 use serde::Serialize;
 
 use crate::{
-    counter::READ_FORMAT,
-    cpus::CpuList,
-    event::{self, EventKind, EventList, EventSpec, Term},
-    pmu::{ConfigWord, FormatError, Pmu, PmuSet},
+    discover::cpus::CpuList,
+    discover::pmu::{ConfigWord, FormatError, Pmu, PmuSet},
+    events::syntax::{self, EventKind, EventList, EventSpec, Term},
 };
+
+/// Every event is opened with this `read_format`: the whole group in one `read()` of
+/// the leader, each value with its id, and the times for multiplexing
+/// ([`crate::kernel::counter`] decodes it).
+pub const READ_FORMAT: u64 = (PERF_FORMAT_TOTAL_TIME_ENABLED
+    | PERF_FORMAT_TOTAL_TIME_RUNNING
+    | PERF_FORMAT_ID
+    | PERF_FORMAT_GROUP) as u64;
 
 /// Names under which PMUs publish the generic hardware events, by `PERF_COUNT_HW_*`
 /// id: x86 spellings first, then arm_pmu's (`armv8_pmuv3_perf_map`).
@@ -465,7 +473,7 @@ fn coverage(group: &Group, pmus: &PmuSet) -> String {
     }
 }
 
-use crate::event::Group;
+use crate::events::syntax::Group;
 
 /// The PMUs an event can be opened through, whatever the CPU.
 fn candidate_pmus<'a>(e: &EventSpec, pmus: &'a PmuSet) -> Vec<&'a Pmu> {
@@ -498,8 +506,8 @@ fn check_names(e: &EventSpec, pmus: &PmuSet) -> Result<(), PlanError> {
     match &e.kind {
         EventKind::Symbol(name) => {
             if alias_holders(name, pmus).is_empty() {
-                let caches = event::cache_names();
-                let mut names: Vec<&str> = event::generic_names().collect();
+                let caches = syntax::cache_names();
+                let mut names: Vec<&str> = syntax::generic_names().collect();
                 names.extend(
                     pmus.pmus
                         .iter()
@@ -581,14 +589,14 @@ fn encode_into(
                     event: event.to_owned(),
                     pmu: p.name.clone(),
                     alias: t.key.clone(),
-                    terms: crate::error::clip(&alias.terms, 80),
+                    terms: crate::discover::clip(&alias.terms, 80),
                 })?;
             encode_into(p, &alias_terms, event, words, depth + 1)?;
             continue;
         }
         let names = p.formats.keys().chain(p.events.keys()).map(String::as_str);
         return Err(PlanError::UnknownTerm {
-            term: crate::error::clip(&t.key, 80),
+            term: crate::discover::clip(&t.key, 80),
             event: event.to_owned(),
             pmu: p.name.clone(),
             fields: p.formats.keys().cloned().collect::<Vec<_>>().join(", "),
@@ -606,7 +614,7 @@ fn parse_alias_terms(s: &str) -> Option<Vec<Term>> {
         .map(|t| match t.split_once('=') {
             Some((k, v)) => Some(Term {
                 key: k.trim().to_owned(),
-                value: Some(event::parse_number(v)?),
+                value: Some(syntax::parse_number(v)?),
             }),
             None => Some(Term {
                 key: t.to_owned(),
@@ -765,7 +773,7 @@ fn hw_alias(p: &Pmu, id: u64) -> Option<[u64; 4]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::parse, pmu::tests::load};
+    use crate::{discover::pmu::tests::load, events::syntax::parse};
 
     const K6_1: Option<KernelVersion> = Some(KernelVersion(6, 1));
     const K6_12: Option<KernelVersion> = Some(KernelVersion(6, 12));
@@ -1143,7 +1151,7 @@ mod tests {
             /// Format encoding puts every bit of a fitting value in the field's ranges.
             #[test]
             fn format_encoding_round_trips(value in any::<u64>()) {
-                let f = crate::pmu::Format::parse("config:0-7,32-35,60-63").unwrap();
+                let f = crate::discover::pmu::Format::parse("config:0-7,32-35,60-63").unwrap();
                 let fitting = value & 0xffff;
                 let enc = f.encode("event", fitting).unwrap();
                 let back = (enc & 0xff) | ((enc >> 32) & 0xf) << 8 | ((enc >> 60) & 0xf) << 12;

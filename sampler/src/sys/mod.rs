@@ -394,8 +394,16 @@ pub fn drop_all_capabilities() -> io::Result<u64> {
     effective_capabilities()
 }
 
+/// What the process itself costs (`serve` exports it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+}
+
 /// What this process costs: CPU time, resident memory, open descriptors (from /proc).
-pub fn process_stats() -> crate::export::ProcessStats {
+pub fn process_stats() -> ProcessStats {
     // SAFETY: sysconf has no memory effects.
     let (tick, page) = unsafe {
         (
@@ -419,7 +427,7 @@ pub fn process_stats() -> crate::export::ProcessStats {
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
     let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    crate::export::ProcessStats {
+    ProcessStats {
         cpu_seconds,
         resident_bytes: resident_pages * page.max(0) as u64,
         open_fds,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::Snapshot;
+use crate::model::snapshot::Snapshot;
 
 /// One row of a roll-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +114,10 @@ pub fn heterogeneous(s: &Snapshot) -> bool {
 }
 
 /// Rows keyed by `key(task)` = (id, process start, process id, name), busiest first.
-fn roll(s: &Snapshot, key: impl Fn(&crate::model::TaskRow) -> (u64, u64, u32, String)) -> Vec<Row> {
+fn roll(
+    s: &Snapshot,
+    key: impl Fn(&crate::model::snapshot::TaskRow) -> (u64, u64, u32, String),
+) -> Vec<Row> {
     let pmus = pmu_of_cpu(s);
     let members = s.members.len();
     let mut rows: HashMap<(u64, u64), Row> = HashMap::new();
@@ -305,14 +308,19 @@ pub fn pmu_cpus(s: &Snapshot) -> Vec<(String, String)> {
             .push(c.cpu);
     }
     by.into_iter()
-        .map(|(pmu, cpus)| (pmu, crate::cpus::CpuList::from_cpus(cpus).to_string()))
+        .map(|(pmu, cpus)| {
+            (
+                pmu,
+                crate::discover::cpus::CpuList::from_cpus(cpus).to_string(),
+            )
+        })
         .collect()
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{CpuRow, TaskRow};
+    use crate::model::snapshot::{CpuRow, TaskRow};
 
     fn task(tgid: u32, tid: u32, cpu: u32, cgroup: u64, samples: u64, comm: &str) -> TaskRow {
         TaskRow {
@@ -342,7 +350,7 @@ pub(crate) mod tests {
 
     pub fn snapshot() -> Snapshot {
         Snapshot {
-            source: crate::session::Source::Hardware,
+            source: crate::kernel::session::Source::Hardware,
             duration_s: 1.0,
             frequency_hz: Some(100),
             period: None,
@@ -473,7 +481,7 @@ pub(crate) mod tests {
     #[test]
     fn events_sum_cpus_with_the_lowest_coverage() {
         let mut s = snapshot();
-        let ev = |cpu, value, coverage| crate::model::EventRow {
+        let ev = |cpu, value, coverage| crate::model::snapshot::EventRow {
             name: "instructions".into(),
             cpu,
             group: 0,

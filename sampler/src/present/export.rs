@@ -15,8 +15,9 @@ use prometheus_client::{
 };
 
 use crate::{
-    container::Identity,
-    model::{CHECK_MIN_SAMPLES, Snapshot},
+    model::container::Identity,
+    model::snapshot::{CHECK_MIN_SAMPLES, Snapshot},
+    sys::ProcessStats,
 };
 
 /// Label value of the series that sums every container outside the top N.
@@ -47,14 +48,6 @@ struct Tracked {
     activity: f64,
     last_seen: Instant,
     exported: bool,
-}
-
-/// What the process itself costs, read by `serve` from /proc.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ProcessStats {
-    pub cpu_seconds: f64,
-    pub resident_bytes: u64,
-    pub open_fds: u64,
 }
 
 /// Everything the exporter shows, updated once per refresh.
@@ -515,7 +508,7 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{container::identify, rollup::tests::snapshot};
+    use crate::{model::container::identify, model::rollup::tests::snapshot};
 
     fn names(id: u64) -> Identity {
         identify(&format!("/system.slice/c{id}.service"))

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::{
-    event,
-    model::Snapshot,
-    plan::{Attr, Plan, Rate},
-    pmu::PmuSet,
+    discover::pmu::PmuSet,
+    events::plan::{Attr, Plan, Rate},
+    events::syntax,
+    model::snapshot::Snapshot,
 };
 
 /// Width of a member count column.
@@ -158,13 +158,13 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
 /// The member whose count over the sampled cycles is the IPC: `instructions` (with
 /// any modifiers) when every CPU samples `cycles`.
 fn ipc_member(s: &Snapshot) -> Option<&str> {
-    let i = crate::rollup::Ratios::of(s).instructions?;
+    let i = crate::model::rollup::Ratios::of(s).instructions?;
     s.members.get(i).map(String::as_str)
 }
 
 /// The cross-check as a table: one row per CPU and event, then the notes.
 pub fn check_table(
-    rows: &[crate::check::CheckRow],
+    rows: &[crate::model::check::CheckRow],
     tolerance_pct: f64,
     notes: &[String],
 ) -> String {
@@ -181,9 +181,9 @@ pub fn check_table(
     out.push('\n');
     for r in rows {
         let method = match r.method {
-            crate::userpage::Method::Rdpmc => "rdpmc",
-            crate::userpage::Method::Mrs => "mrs",
-            crate::userpage::Method::Read => "read",
+            crate::kernel::userpage::Method::Rdpmc => "rdpmc",
+            crate::kernel::userpage::Method::Mrs => "mrs",
+            crate::kernel::userpage::Method::Read => "read",
         };
         let ok = r.rel_diff * 100.0 <= tolerance_pct;
         let _ = write!(
@@ -309,7 +309,7 @@ pub fn plan_table(p: &Plan) -> String {
         let _ = writeln!(out, "note: {n}");
     }
     if p.no_core_pmu {
-        let _ = writeln!(out, "note: {}", crate::plan::NO_CORE_PMU);
+        let _ = writeln!(out, "note: {}", crate::events::plan::NO_CORE_PMU);
     }
     out
 }
@@ -381,15 +381,15 @@ pub fn event_list(s: &PmuSet, only: Option<&str>) -> String {
     let mut out = String::new();
     if only.is_none() {
         let _ = writeln!(out, "generic hardware events (on each core PMU):");
-        for &(n, _) in event::HARDWARE {
+        for &(n, _) in syntax::HARDWARE {
             let _ = writeln!(out, "  {n}");
         }
         let _ = writeln!(out, "hardware cache events (on each core PMU):");
-        for n in event::cache_names() {
+        for n in syntax::cache_names() {
             let _ = writeln!(out, "  {n}");
         }
         let _ = writeln!(out, "software events:");
-        for &(n, _) in event::SOFTWARE {
+        for &(n, _) in syntax::SOFTWARE {
             let _ = writeln!(out, "  {n}");
         }
         let _ = writeln!(out, "raw events: rNNNN (hex config for the core PMU)");
@@ -428,7 +428,7 @@ pub fn event_list(s: &PmuSet, only: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::tests::example, session::EventCount};
+    use crate::{kernel::session::EventCount, model::snapshot::tests::example};
 
     fn snapshot() -> Snapshot {
         let (maps, run) = example();
@@ -528,13 +528,13 @@ mod tests {
 
     #[test]
     fn plan_table_rows_and_notes() {
-        let pmus = crate::pmu::tests::load("juno");
-        let list = event::parse("cycles:u,inst_spec").unwrap();
-        let p = crate::plan::plan(
+        let pmus = crate::discover::pmu::tests::load("juno");
+        let list = syntax::parse("cycles:u,inst_spec").unwrap();
+        let p = crate::events::plan::plan(
             &list,
             &pmus,
             &pmus.online,
-            Some(crate::plan::KernelVersion(6, 1)),
+            Some(crate::events::plan::KernelVersion(6, 1)),
         )
         .unwrap();
         let t = plan_table(&p);
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn pmus_views() {
-        let s = crate::pmu::tests::load("adl");
+        let s = crate::discover::pmu::tests::load("adl");
         let t = pmus_table(&s);
         assert!(
             t.starts_with("online CPUs: 0-23 (possible 0-23); 2 core PMUs (heterogeneous)"),
@@ -587,14 +587,14 @@ mod tests {
         assert_eq!(atom["core"], true);
         assert_eq!(atom["cpus"].as_array().unwrap().len(), 8);
         assert_eq!(atom["formats"]["event"], "config:0-7");
-        let vm = pmus_json(&crate::pmu::tests::load("vm"));
+        let vm = pmus_json(&crate::discover::pmu::tests::load("vm"));
         assert_eq!(vm["heterogeneous"], false);
         assert_eq!(vm["core_pmus"].as_array().unwrap().len(), 0);
     }
 
     #[test]
     fn event_listing() {
-        let s = crate::pmu::tests::load("adl");
+        let s = crate::discover::pmu::tests::load("adl");
         let all = event_list(&s, None);
         assert!(all.contains("generic hardware events"));
         assert!(all.contains("  L1-dcache-load-misses"));

@@ -1,0 +1,13 @@
+//! Model: what the numbers mean. `snapshot` turns map contents and counter reads into
+//! one run's (or one interval's) rows per task and CPU with shares and deltas;
+//! `rollup` groups them per process, thread, cgroup, CPU and event with the derived
+//! ratios (IPC, cache-miss %); `container` names containers and pods from cgroup
+//! paths; `check` is the three-way cross-check (BPF maps, `read()`, user page).
+//!
+//! Pure except `check`'s reader threads, which open their own events through
+//! `kernel`. Uses: `discover`, `events`, `kernel`, `sys`.
+
+pub mod check;
+pub mod container;
+pub mod rollup;
+pub mod snapshot;

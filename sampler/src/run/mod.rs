@@ -1,0 +1,495 @@
+//! Run: the sampling loop `stat`, `top`, `check` and `serve` share. [`Sampling`]
+//! discovers the PMUs, plans the events, checks the arguments and privileges, loads
+//! the BPF object, opens, attaches and enables every CPU's events, and keeps them
+//! while it lives; [`Refresh`] turns successive readings into per-interval
+//! snapshots; [`wait`] sleeps until the next one or a signal.
+//!
+//! Uses every step below it: `discover`, `events`, `kernel`, `model`, `sys`. Takes
+//! plain [`Options`], not command-line types: `cli` builds them.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use sampler_common::MAX_MEMBERS;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    discover::{self, cpus::CpuList, cpus::CpuListError, pmu::PmuSet},
+    events::{
+        plan::{self, KernelVersion, Plan, PlanError, Rate},
+        syntax::{self, EventKind, EventList, ParseError},
+    },
+    kernel::{
+        self,
+        bpf::{self, Bpf, KERNEL_BTF},
+        session::{self, Session},
+    },
+    model::snapshot::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
+    sys::{self, RealSys},
+};
+
+/// The event sampled when no `-e` is given: hardware cycles, or cpu-clock where the
+/// CPU's PMU has none.
+pub const DEFAULT_EVENT: &str = "cycles";
+/// The kernel's ceiling on sampling frequency.
+const MAX_SAMPLE_RATE: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
+
+/// What to sample and how: the options `stat`, `top`, `check` and `serve` share.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Events in perf's syntax (`-e`); `None` for [`DEFAULT_EVENT`].
+    pub event: Option<String>,
+    /// Samples per second on each CPU (unless `period` is set).
+    pub frequency: u64,
+    /// One sample every N events instead.
+    pub period: Option<u64>,
+    /// `--cpu` as typed; `None` for every online CPU.
+    pub cpu: Option<String>,
+    /// `--kernel` as typed: plan for that release instead of the running one.
+    pub kernel: Option<String>,
+    /// Keep the kernel's BPF run-time statistics on while sampling.
+    pub bpf_stats: bool,
+    /// The task map's capacity (`--map-entries`).
+    pub map_entries: Option<u32>,
+    /// Where sysfs is.
+    pub sysfs_root: PathBuf,
+}
+
+impl Options {
+    /// The `-e` text as given, or the default event list.
+    pub fn events(&self) -> String {
+        self.event
+            .clone()
+            .unwrap_or_else(|| DEFAULT_EVENT.to_owned())
+    }
+}
+
+/// What starting or running a sampling run can fail on: the arguments, the
+/// privileges, and the steps below (their messages unchanged).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid --cpu list `{input}`: {source}")]
+    CpuListArg {
+        input: String,
+        #[source]
+        source: CpuListError,
+    },
+
+    #[error("CPU {cpu} is not online (online CPUs: {online}); pick CPUs from that list")]
+    CpuNotOnline { cpu: u32, online: CpuList },
+
+    #[error("--frequency must be at least 1 Hz (got {0}); perf's default is 4000, sampler's 999")]
+    FrequencyZero(u64),
+
+    #[error(
+        "--frequency {hz} Hz is above the kernel's limit kernel.perf_event_max_sample_rate = \
+         {max}; use --frequency {max} or less, or raise the limit with \
+         `sysctl -w kernel.perf_event_max_sample_rate={hz}`"
+    )]
+    FrequencyTooHigh { hz: u64, max: u64 },
+
+    #[error(
+        "--frequency {hz} Hz is beyond what any kernel takes (at most 2147483647); the \
+         limit here is kernel.perf_event_max_sample_rate = {max}: use --frequency {max} or less"
+    )]
+    FrequencyAbsurd { hz: u64, max: u64 },
+
+    #[error("--period must be at least 1 event per sample")]
+    PeriodZero,
+
+    #[error("--kernel `{0}` is not a kernel release such as 6.1 or 6.12.3")]
+    BadKernel(String),
+
+    #[error(
+        "sampler needs {missing} to load BPF programs and open system-wide perf events: \
+         run it as root (`sudo sampler ...`) or grant {missing} \
+         (e.g. `setcap cap_bpf,cap_perfmon+ep sampler`)",
+        missing = missing.join(" and ")
+    )]
+    Privileges { missing: Vec<&'static str> },
+
+    #[error("invalid -e/--event: {0}")]
+    Event(#[from] ParseError),
+
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+
+    #[error(transparent)]
+    Discover(#[from] discover::Error),
+
+    #[error(transparent)]
+    Kernel(#[from] kernel::Error),
+
+    #[error("{0}")]
+    Runtime(#[from] io::Error),
+}
+
+/// Loaded programs and enabled events: sampling is under way while this lives.
+pub struct Sampling {
+    // Field order is drop order: close the events before unloading the program.
+    pub session: Session<'static>,
+    pub bpf: Bpf,
+    pub info: RunInfo,
+    /// `kernel.perf_event_max_sample_rate` when sampling started.
+    max_rate_at_start: Option<u64>,
+    /// The plan opened, and the PMUs it was made from.
+    pub plan: Vec<plan::PlannedEvent>,
+    pub pmus: PmuSet,
+    /// Keeps the kernel's BPF run-time statistics on (`--bpf-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+static REAL_SYS: RealSys = RealSys;
+
+impl Sampling {
+    pub fn start(args: &Options) -> Result<Self, Error> {
+        let pmus = PmuSet::discover(&args.sysfs_root)?;
+        let cpus = select_cpus(args.cpu.as_deref(), &pmus.online)?;
+        let rate = match args.period {
+            Some(0) => return Err(Error::PeriodZero),
+            Some(n) => Rate::Period(n),
+            None => Rate::Frequency(check_frequency(args.frequency, Path::new(MAX_SAMPLE_RATE))?),
+        };
+        let kernel = kernel_version(args.kernel.as_deref())?;
+        let sp = sampling_plan(args.event.as_deref(), &pmus, &cpus, kernel)?;
+        let possible = aya::util::nr_cpus().map_or(cpus.len(), |n| n) as u32;
+        let entries = bpf::task_entries(args.map_entries, possible)?;
+        check_privileges()?;
+        for note in &sp.plan.notes {
+            eprintln!("sampler: {note}");
+        }
+        // With the cpu-clock fall-back, the session's own notice says it better.
+        if sp.plan.no_core_pmu && !sp.cpu_clock_fallback {
+            eprintln!("sampler: {}", plan::NO_CORE_PMU);
+        }
+        if sp.members.len() > MAX_MEMBERS {
+            eprintln!(
+                "sampler: the sampling group has {} counting members; the first {MAX_MEMBERS} \
+                 are attributed per task, the others are counted per CPU only",
+                sp.members.len()
+            );
+        }
+        let bpf = Bpf::load(Path::new(KERNEL_BTF), entries, sp.members.len() as u32)?;
+        let stats = if args.bpf_stats {
+            Some(bpf::enable_run_stats()?)
+        } else {
+            None
+        };
+        if let Some(notice) = &bpf.btf_notice {
+            eprintln!("{notice}");
+        }
+        let mut session = Session::open(&REAL_SYS, &sp.plan.plan, rate, sp.cpu_clock_fallback)?;
+        for notice in session.notices() {
+            eprintln!("{notice}");
+        }
+        bpf.with_fds(|prog, members| session.attach(prog, members))?;
+        session.enable()?;
+        let info = RunInfo {
+            cpus: session
+                .leaders()
+                .map(|e| CpuRun {
+                    cpu: e.cpu,
+                    event: e.event.clone(),
+                    pmu: e.pmu.clone(),
+                    encoding: e.encoding,
+                    hardware: e.hardware,
+                    fell_back: e.fallback_reason.is_some(),
+                })
+                .collect(),
+            rate,
+            members: sp.members.into_iter().take(MAX_MEMBERS).collect(),
+        };
+        Ok(Self {
+            session,
+            bpf,
+            info,
+            max_rate_at_start: sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok(),
+            plan: sp.plan.plan,
+            pmus,
+            _stats: stats,
+        })
+    }
+
+    /// Follows CPU hotplug (see [`Session::follow_online`]); each change is also
+    /// printed to standard error.
+    pub fn follow_hotplug(&mut self) -> Vec<String> {
+        let Ok(online) = CpuList::read(&self.pmus.root.join("devices/system/cpu/online")) else {
+            return Vec::new();
+        };
+        let notes = self.session.follow_online(&online);
+        for n in &notes {
+            eprintln!("{n}");
+        }
+        notes
+    }
+
+    /// Whether the kernel throttled sampling since the start (it lowers the maximum
+    /// sample rate when sampling interrupts take too long).
+    pub fn throttled(&self) -> Option<String> {
+        let now = sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok();
+        snapshot::throttle_warning(
+            self.max_rate_at_start,
+            now,
+            self.info.rate.frequency().unwrap_or(0),
+        )
+    }
+}
+
+/// The per-interval deltas of a running sampler: each call reads the maps and the
+/// counters and returns what changed since the previous one.
+pub struct Refresh {
+    prev: bpf::MapContents,
+    prev_counts: Vec<session::EventCount>,
+    last: Instant,
+}
+
+impl Refresh {
+    pub fn new(sampling: &Sampling) -> Result<Self, Error> {
+        Ok(Self {
+            prev: sampling.bpf.read()?,
+            prev_counts: sampling.session.read_counts()?,
+            last: Instant::now(),
+        })
+    }
+
+    pub fn next(&mut self, sampling: &mut Sampling) -> Result<Snapshot, Error> {
+        let hotplug = sampling.follow_hotplug();
+        let cur = sampling.bpf.read()?;
+        let cur_counts = sampling.session.read_counts()?;
+        let now = Instant::now();
+        let mut snapshot = Snapshot::build(
+            &delta(&self.prev, &cur),
+            &delta_counts(&self.prev_counts, &cur_counts),
+            &sampling.info,
+            (now - self.last).as_secs_f64(),
+        );
+        snapshot.warnings.extend(sampling.throttled());
+        snapshot.warnings.extend(hotplug);
+        (self.prev, self.prev_counts, self.last) = (cur, cur_counts, now);
+        Ok(snapshot)
+    }
+}
+
+/// What a sampling run opens: the plan (group 0 samples, the others count), whether
+/// CPUs without the sampling event may sample cpu-clock instead (perf's rule: only
+/// for `cycles`), and the names of the sampling group's counting members.
+#[derive(Debug)]
+pub struct SamplingPlan {
+    pub plan: Plan,
+    pub cpu_clock_fallback: bool,
+    pub members: Vec<String>,
+}
+
+pub fn sampling_plan(
+    event_arg: Option<&str>,
+    pmus: &PmuSet,
+    cpus: &CpuList,
+    kernel: Option<KernelVersion>,
+) -> Result<SamplingPlan, Error> {
+    let list: EventList = syntax::parse(event_arg.unwrap_or(DEFAULT_EVENT))?;
+    let sampling = &list.groups[0].events;
+    let cpu_clock_fallback = sampling[0].kind == EventKind::Hardware(0);
+    let members = sampling[1..].iter().map(|e| e.display()).collect();
+    let plan = plan::plan(&list, pmus, cpus, kernel)?;
+    Ok(SamplingPlan {
+        plan,
+        cpu_clock_fallback,
+        members,
+    })
+}
+
+/// The CPUs of `--cpu`, which must all be online, or every online CPU.
+pub fn select_cpus(arg: Option<&str>, online: &CpuList) -> Result<CpuList, Error> {
+    let Some(arg) = arg else {
+        return Ok(online.clone());
+    };
+    let wanted = CpuList::parse(arg).map_err(|source| Error::CpuListArg {
+        input: arg.to_owned(),
+        source,
+    })?;
+    if let Some(cpu) = wanted.iter().find(|&c| !online.contains(c)) {
+        return Err(Error::CpuNotOnline {
+            cpu,
+            online: online.clone(),
+        });
+    }
+    Ok(wanted)
+}
+
+/// Checks `--frequency` against 0 and the kernel's `perf_event_max_sample_rate` (when
+/// readable).
+pub fn check_frequency(hz: u64, max_rate_path: &Path) -> Result<u64, Error> {
+    if hz == 0 {
+        return Err(Error::FrequencyZero(hz));
+    }
+    if let Ok(max) = sys::read_sysctl_u64(max_rate_path)
+        && hz > max
+    {
+        // The sysctl is an int: suggesting it be raised past that would be absurd.
+        if hz > i32::MAX as u64 {
+            return Err(Error::FrequencyAbsurd { hz, max });
+        }
+        return Err(Error::FrequencyTooHigh { hz, max });
+    }
+    Ok(hz)
+}
+
+/// `--kernel RELEASE`, or the running kernel's release.
+pub fn kernel_version(arg: Option<&str>) -> Result<Option<KernelVersion>, Error> {
+    match arg {
+        Some(k) => KernelVersion::parse(k)
+            .map(Some)
+            .ok_or_else(|| Error::BadKernel(k.to_owned())),
+        None => Ok(KernelVersion::running()),
+    }
+}
+
+fn check_privileges() -> Result<(), Error> {
+    // If the status file cannot be read, let the system calls themselves report.
+    let Ok(caps) = sys::effective_capabilities() else {
+        return Ok(());
+    };
+    let missing = sys::missing_capabilities(caps);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Privileges { missing })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    Elapsed,
+    Signal,
+}
+
+/// Waits for `duration` or until SIGINT, SIGTERM or SIGHUP.
+pub async fn wait(duration: Option<Duration>) -> Result<Stop, Error> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = sleep => Ok(Stop::Elapsed),
+        _ = int.recv() => Ok(Stop::Signal),
+        _ = term.recv() => Ok(Stop::Signal),
+        _ = hup.recv() => Ok(Stop::Signal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    fn tmpfile(name: &str, content: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sampler-run-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    #[test]
+    fn cpu_selection() {
+        let online = CpuList::parse("0-1,3").unwrap();
+        assert_eq!(select_cpus(None, &online).unwrap().to_string(), "0-1,3");
+        assert_eq!(
+            select_cpus(Some("1,3"), &online).unwrap().to_string(),
+            "1,3"
+        );
+        let e = select_cpus(Some("2"), &online).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "CPU 2 is not online (online CPUs: 0-1,3); pick CPUs from that list"
+        );
+        let e = select_cpus(Some("x-1"), &online).unwrap_err();
+        assert!(e.to_string().starts_with("invalid --cpu list `x-1`"), "{e}");
+    }
+
+    #[test]
+    fn sampling_plan_defaults_to_cycles_with_fallback() {
+        let pmus = discover::pmu::tests::load("vm");
+        let sp = sampling_plan(None, &pmus, &pmus.online, None).unwrap();
+        assert!(sp.cpu_clock_fallback);
+        assert_eq!(sp.plan.plan.len(), 2);
+        assert!(sp.plan.plan.iter().all(|p| p.event == "cycles"));
+        assert!(sp.members.is_empty());
+        let sp = sampling_plan(Some("page-faults"), &pmus, &pmus.online, None).unwrap();
+        assert!(!sp.cpu_clock_fallback);
+        let sp = sampling_plan(
+            Some("{cycles,instructions:u,cache-misses},page-faults"),
+            &pmus,
+            &pmus.online,
+            None,
+        )
+        .unwrap();
+        assert!(sp.cpu_clock_fallback);
+        assert_eq!(sp.members, ["instructions:u", "cache-misses"]);
+        assert_eq!(sp.plan.plan.len(), 8);
+        let e = sampling_plan(Some("{cycles"), &pmus, &pmus.online, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid -e/--event: `{` has no matching `}`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn frequency_checks() {
+        let max = tmpfile("max_rate", "100000\n");
+        assert_eq!(check_frequency(999, &max).unwrap(), 999);
+        assert_eq!(check_frequency(100_000, &max).unwrap(), 100_000);
+        assert!(matches!(
+            check_frequency(0, &max),
+            Err(Error::FrequencyZero(0))
+        ));
+        assert!(matches!(
+            check_frequency(100_001, &max),
+            Err(Error::FrequencyTooHigh {
+                hz: 100_001,
+                max: 100_000
+            })
+        ));
+        // Unknown limit: left to the kernel.
+        assert!(check_frequency(5_000_000, Path::new("/nonexistent")).is_ok());
+    }
+
+    #[test]
+    fn messages_name_the_problem_and_the_fix() {
+        let e = Error::FrequencyTooHigh {
+            hz: 1_000_000,
+            max: 100_000,
+        };
+        let s = e.to_string();
+        assert!(s.contains("1000000 Hz"), "{s}");
+        assert!(s.contains("perf_event_max_sample_rate = 100000"), "{s}");
+        assert!(s.contains("sysctl -w"), "{s}");
+
+        let e = Error::Privileges {
+            missing: vec!["CAP_BPF", "CAP_PERFMON"],
+        };
+        let s = e.to_string();
+        assert!(s.contains("CAP_BPF and CAP_PERFMON"), "{s}");
+        assert!(s.contains("sudo"), "{s}");
+        assert!(!s.contains('\n'));
+
+        let e = Error::CpuNotOnline {
+            cpu: 7,
+            online: CpuList::from_cpus(vec![0, 1]),
+        };
+        assert_eq!(
+            e.to_string(),
+            "CPU 7 is not online (online CPUs: 0-1); pick CPUs from that list"
+        );
+    }
+}
