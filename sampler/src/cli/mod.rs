@@ -19,11 +19,11 @@ use crate::{
     kernel, run,
 };
 
-mod check;
-mod inspect;
-mod serve;
-mod stat;
-mod top;
+pub mod check;
+pub mod inspect;
+pub mod serve;
+pub mod stat;
+pub mod top;
 
 /// The longest accepted `--duration`/`--interval`: one year.
 const MAX_SECONDS: u64 = 365 * 24 * 3600;
