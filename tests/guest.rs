@@ -393,9 +393,17 @@ impl Sysctls {
 }
 
 impl Drop for Sysctls {
+    /// Restores in the reverse order of setting: the kernel refuses a new
+    /// `perf_event_max_sample_rate` while `perf_cpu_time_max_percent` is 0 (EINVAL),
+    /// so the rate must be put back before the percentage is.
     fn drop(&mut self) {
-        for (path, value) in &self.0 {
-            let _ = std::fs::write(path, value.trim());
+        for (path, value) in self.0.iter().rev() {
+            let restored = std::fs::write(path, value.trim());
+            assert!(
+                restored.is_ok() || std::thread::panicking(),
+                "cannot restore {path} to {}: {restored:?}",
+                value.trim()
+            );
         }
     }
 }

@@ -59,9 +59,12 @@ pub fn skip(reason: impl Into<String>) -> Skip {
 /// counted and shown as ignored with its reason.
 pub fn run(tests: &[Test]) -> ExitCode {
     use libtest_mimic::{Arguments, Completion, Trial};
+    // In name order, as the standard harness runs them (one at a time in the guest).
+    let mut tests = tests.to_vec();
+    tests.sort_unstable_by_key(|&(name, _)| name);
     let trials = tests
-        .iter()
-        .map(|&(name, test)| {
+        .into_iter()
+        .map(|(name, test)| {
             Trial::ignorable_test(name, move || match test() {
                 Ok(()) => Ok(Completion::Completed),
                 Err(Skip(reason)) => Ok(Completion::ignored_with(reason)),
