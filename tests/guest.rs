@@ -477,9 +477,16 @@ fn period_mode_samples_every_n_cycles() -> TestResult {
         .find(|t| t["tgid"] == busy.pid())
         .unwrap()
         .clone();
-    assert_eq!(
-        row["period_sum"].as_u64().unwrap(),
-        row["samples"].as_u64().unwrap() * 10_000_000
+    // Each sample stands for the counter's growth since the previous one: one period
+    // between two overflows, give or take how late each interrupt came.
+    let (period_sum, samples) = (
+        row["period_sum"].as_f64().unwrap(),
+        row["samples"].as_f64().unwrap(),
+    );
+    let nominal = samples * 10_000_000.0;
+    assert!(
+        (period_sum - nominal).abs() <= 0.02 * nominal,
+        "{period_sum} cycles in {samples} samples of 10,000,000"
     );
     Ok(())
 }
@@ -487,8 +494,10 @@ fn period_mode_samples_every_n_cycles() -> TestResult {
 fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
     let g = guest_without_icount()?;
     // Page against read(): the same event, two ways, back to back. (The BPF column,
-    // the sum of frequency-mode sample periods, does not yet agree with the reader's
-    // own counter under QEMU's emulated PMU: issue 5 is open on that.)
+    // now the system-wide counter's growth between samples, agrees with read() of
+    // that counter within 0.3 % (see the hotplug test), but not yet with the reader's
+    // own per-thread counter under QEMU's emulated PMU, which itself reads up to
+    // 2.6e9 cycles in one second of a 1 GHz virtual CPU: issue 19 is open on that.)
     let out = sampler(&[
         "check",
         "-e",
@@ -689,9 +698,8 @@ fn cpu_hotplug_closes_and_reopens_events_and_keeps_counts() -> TestResult {
 
     // Counts before the gap are kept: on that CPU, the sampling event's read() total
     // stands to what the BPF program summed over the whole run as it does on the
-    // other CPUs (the emulated PMU's read() runs 5-20 % above the sum of sample
-    // periods everywhere). About half the run was counted before the CPU went down:
-    // losing that would put the CPU's ratio some 40 % below the others'.
+    // other CPUs. About half the run was counted before the CPU went down: losing that
+    // would put the CPU's ratio some 40 % below the others'.
     let doc: Value = serde_json::from_slice(&stat.stdout).unwrap();
     let checks = doc["check"].as_array().unwrap();
     let ratio = |c: &Value| c["read"].as_f64().unwrap() / c["bpf"].as_f64().unwrap();
@@ -713,6 +721,18 @@ fn cpu_hotplug_closes_and_reopens_events_and_keeps_counts() -> TestResult {
         doc["check"]
     );
     assert!(check["bpf"].as_f64().unwrap() > 0.0, "{check}");
+    // And BPF agrees with read() on every CPU, the hotplugged one included: each sample
+    // stands for the counter's growth since the previous one (a reopened counter's
+    // from 0), so only the counts after a CPU's last sample are missing. (Measured:
+    // at most 0.73 % over 16 CPUs in four guest runs, 0.1-0.2 % typically; with the
+    // nominal periods read() ran 6-16 % above.)
+    for c in checks {
+        assert!(
+            (ratio(c) - 1.0).abs() <= 0.02,
+            "BPF against read() on CPU {}: {c}",
+            c["cpu"]
+        );
+    }
     assert!(
         (ratio(check) / baseline - 1.0).abs() <= 0.15,
         "CPU {cpu}'s counts do not add up across the gap: {check} (others' read/bpf {others:?})"

@@ -16,7 +16,7 @@ pub const CPU_STATS_MAP: &str = "CPU_STATS";
 /// member position, indexed by CPU: member `i` of CPU `c` sits at `MEMBER_MAPS[i][c]`.
 /// (One array per member because loaders clamp a perf event array to the CPU count.)
 pub const MEMBER_MAPS: [&str; MAX_MEMBERS] = ["MEMBER0", "MEMBER1", "MEMBER2", "MEMBER3"];
-/// Name of the per-CPU array of the members' last seen counter values ([`MemberLast`]).
+/// Name of the per-CPU array of the last seen counter values ([`LastValues`]).
 pub const LAST_MAP: &str = "LAST";
 /// Name of the global holding how many members the sampling group has (at most
 /// [`MAX_MEMBERS`]); set by the loader.
@@ -65,8 +65,9 @@ pub struct TaskKey {
 pub struct TaskValue {
     /// Number of overflow samples.
     pub samples: u64,
-    /// Sum of the sample periods (events counted between samples: nanoseconds for
-    /// `cpu-clock`, cycles for `cycles`).
+    /// Sum over the samples of the sampling counter's growth since the previous sample
+    /// on this CPU (nanoseconds for `cpu-clock`, cycles for `cycles`): what each sample
+    /// stands for. The nominal sample period where the counter cannot be read.
     pub period_sum: u64,
     /// Per member of the sampling group: the counter's growth since the previous
     /// sample on this CPU, summed over this task's samples.
@@ -83,7 +84,9 @@ pub struct TaskValue {
 pub struct CpuStats {
     /// Samples the program saw on this CPU (including dropped ones).
     pub samples: u64,
-    /// Sum of the sample periods on this CPU.
+    /// Sum of the sampling counter's growth between samples on this CPU (as
+    /// [`TaskValue::period_sum`]): up to the last sample, what `read()` of the
+    /// sampling event counted.
     pub period_sum: u64,
     /// New [`TASKS_MAP`] entries this CPU created (to count LRU evictions).
     pub inserted: u64,
@@ -91,11 +94,13 @@ pub struct CpuStats {
     pub dropped: u64,
 }
 
-/// The members' counter values at the previous sample on one CPU.
+/// The counter values at the previous sample on one CPU: the sampling leader's and
+/// each member's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemberLast {
-    pub values: [u64; MAX_MEMBERS],
+pub struct LastValues {
+    pub leader: u64,
+    pub members: [u64; MAX_MEMBERS],
 }
 
 impl TaskValue {
@@ -112,7 +117,7 @@ impl TaskValue {
 
 const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
-const _: () = assert!(size_of::<MemberLast>() == 8 * MAX_MEMBERS);
+const _: () = assert!(size_of::<LastValues>() == 8 * (1 + MAX_MEMBERS));
 const _: () = assert!(size_of::<CpuStats>() == 32);
 
 #[cfg(feature = "user")]
@@ -125,7 +130,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CpuStats {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::MemberLast {}
+    unsafe impl aya::Pod for super::LastValues {}
 }
 
 #[cfg(test)]

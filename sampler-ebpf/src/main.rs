@@ -1,11 +1,15 @@
 //! The in-kernel half of sampler: a `perf_event` program that runs on every overflow
 //! of the sampling group's leader (a hardware counter, or the software clock), and
-//! aggregates per interrupted task and CPU: one sample, the leader's period, and the
-//! growth of each counting member of the group since the previous sample on this CPU
-//! (so IPC and miss ratios come per task, from the kernel).
+//! aggregates per interrupted task and CPU: one sample, and the growth of the leader
+//! and of each counting member of the group since the previous sample on this CPU (so
+//! IPC and miss ratios come per task, from the kernel). The leader's growth, not the
+//! nominal sample period, is what the sample stands for: an overflow interrupt that
+//! comes late (an emulated PMU, a virtual CPU that was not running) or an hrtimer
+//! tick that was skipped leaves the counter further along than one period, and those
+//! counts belong to the sample too, or the sums fall short of what `read()` says.
 //!
-//! Cost per sample is a product metric: one per-CPU array lookup, a few cheap helpers,
-//! one counter read per member (none without members), two kernel reads for the
+//! Cost per sample is a product metric: two per-CPU array lookups, a few cheap helpers,
+//! one counter read for the leader and one per member, two kernel reads for the
 //! process's start time (which keeps a reused pid apart) and one hash lookup; the
 //! task's name is fetched when its entry is created and every 64th sample after.
 #![no_std]
@@ -20,7 +24,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
-            bpf_perf_event_read_value,
+            bpf_perf_event_read_value, bpf_perf_prog_read_value,
         },
     },
     macros::{map, perf_event},
@@ -28,7 +32,7 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use sampler_common::{
-    COMM_LEN, CpuStats, DEFAULT_TASK_ENTRIES, MAX_MEMBERS, MemberLast, TaskKey, TaskValue,
+    COMM_LEN, CpuStats, DEFAULT_TASK_ENTRIES, LastValues, MAX_MEMBERS, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -52,9 +56,9 @@ static MEMBER2: PerfEventArray<u32> = PerfEventArray::new(0);
 #[map(name = "MEMBER3")]
 static MEMBER3: PerfEventArray<u32> = PerfEventArray::new(0);
 
-/// The members' counter values at the previous sample, per CPU.
+/// The leader's and the members' counter values at the previous sample, per CPU.
 #[map(name = "LAST")]
-static LAST: PerCpuArray<MemberLast> = PerCpuArray::with_max_entries(1, 0);
+static LAST: PerCpuArray<LastValues> = PerCpuArray::with_max_entries(1, 0);
 
 /// How many members the sampling group has (set by the loader, at most MAX_MEMBERS).
 #[unsafe(no_mangle)]
@@ -79,19 +83,17 @@ pub fn on_sample(ctx: PerfEventContext) -> u32 {
 
 #[inline(always)]
 fn try_on_sample(ctx: &PerfEventContext) {
-    // SAFETY: the kernel passes a valid `bpf_perf_event_data` context; the verifier
-    // rewrites this read of `sample_period` into a read of the real sample data.
-    let period = unsafe { (*ctx.ctx).sample_period };
-    let Some(stats) = CPU_STATS.get_ptr_mut(0) else {
+    let (Some(stats), Some(last)) = (CPU_STATS.get_ptr_mut(0), LAST.get_ptr_mut(0)) else {
         return;
     };
-    // SAFETY: a per-CPU array slot; programs do not nest on one CPU, so nothing else
-    // writes it while this runs.
-    let stats = unsafe { &mut *stats };
+    // SAFETY: per-CPU array slots; programs do not nest on one CPU, so nothing else
+    // writes them while this runs.
+    let (stats, last) = unsafe { (&mut *stats, &mut *last) };
+    let period = leader_growth(ctx, &mut last.leader);
     stats.samples += 1;
     stats.period_sum += period;
 
-    let deltas = member_deltas();
+    let deltas = member_deltas(&mut last.members);
 
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = TaskKey {
@@ -160,31 +162,63 @@ fn process_start() -> u64 {
     unsafe { bpf_probe_read_kernel((leader + start_off as usize) as *const u64) }.unwrap_or(0)
 }
 
+/// How much the sampling leader counted since the previous sample on this CPU (from
+/// its value at `last`, which this updates); the nominal sample period when its value
+/// cannot be read.
+#[inline(always)]
+fn leader_growth(ctx: &PerfEventContext, last: &mut u64) -> u64 {
+    let mut value = bpf_perf_event_value {
+        counter: 0,
+        enabled: 0,
+        running: 0,
+    };
+    // SAFETY: the kernel passes a valid `bpf_perf_event_data` context; `value` is a
+    // valid, writable buffer of the size passed.
+    let ret = unsafe {
+        bpf_perf_prog_read_value(
+            ctx.ctx,
+            &mut value,
+            size_of::<bpf_perf_event_value>() as u32,
+        )
+    };
+    if ret != 0 {
+        // SAFETY: as above; the verifier rewrites this read of `sample_period` into a
+        // read of the real sample data.
+        return unsafe { (*ctx.ctx).sample_period };
+    }
+    growth(value.counter, last)
+}
+
 /// How much each member counted since the previous sample on this CPU.
 #[inline(always)]
-fn member_deltas() -> [u64; MAX_MEMBERS] {
+fn member_deltas(last: &mut [u64; MAX_MEMBERS]) -> [u64; MAX_MEMBERS] {
     let mut deltas = [0u64; MAX_MEMBERS];
     let n = NR_MEMBERS.load();
     if n == 0 {
         return deltas;
     }
-    let Some(last) = LAST.get_ptr_mut(0) else {
-        return deltas;
-    };
-    // SAFETY: a per-CPU array slot, written only by this CPU's non-nesting program.
-    let last = unsafe { &mut *last };
     // Written out per member: the verifier needs a constant map at each call.
-    deltas[0] = read_member((&raw const MEMBER0).cast_mut().cast(), &mut last.values[0]);
+    deltas[0] = read_member((&raw const MEMBER0).cast_mut().cast(), &mut last[0]);
     if n > 1 {
-        deltas[1] = read_member((&raw const MEMBER1).cast_mut().cast(), &mut last.values[1]);
+        deltas[1] = read_member((&raw const MEMBER1).cast_mut().cast(), &mut last[1]);
     }
     if n > 2 {
-        deltas[2] = read_member((&raw const MEMBER2).cast_mut().cast(), &mut last.values[2]);
+        deltas[2] = read_member((&raw const MEMBER2).cast_mut().cast(), &mut last[2]);
     }
     if n > 3 {
-        deltas[3] = read_member((&raw const MEMBER3).cast_mut().cast(), &mut last.values[3]);
+        deltas[3] = read_member((&raw const MEMBER3).cast_mut().cast(), &mut last[3]);
     }
     deltas
+}
+
+/// A counter's growth from `last` to `now`, with `last` moved to `now`. A counter
+/// below its last value was opened again (its CPU went offline and came back) and
+/// counts from 0: all of `now` is growth.
+#[inline(always)]
+fn growth(now: u64, last: &mut u64) -> u64 {
+    let d = if now >= *last { now - *last } else { now };
+    *last = now;
+    d
 }
 
 /// The growth of this CPU's event in `map` since `last`, which it then updates; 0 when
@@ -209,9 +243,7 @@ fn read_member(map: *mut c_void, last: &mut u64) -> u64 {
     if ret != 0 {
         return 0;
     }
-    let delta = value.counter.wrapping_sub(*last);
-    *last = value.counter;
-    delta
+    growth(value.counter, last)
 }
 
 #[panic_handler]

@@ -21,7 +21,8 @@ pub struct Row {
     pub samples: u64,
     /// Percent of all samples on the selected CPUs (idle included).
     pub share: f64,
-    /// Sum of sample periods: cycles under `cycles`, nanoseconds under `cpu-clock`.
+    /// The sampling counter's growth over the samples: cycles under `cycles`,
+    /// nanoseconds under `cpu-clock`.
     pub period_sum: u64,
     /// Per member of the sampling group, in group order.
     pub counts: Vec<u64>,

@@ -70,7 +70,7 @@ pub struct Snapshot {
     pub check: Vec<CpuCheck>,
 }
 
-/// The live cross-check of one CPU: BPF's sum of sample periods vs `read()`.
+/// The live cross-check of one CPU: BPF's sum over the samples vs `read()`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CpuCheck {
     pub cpu: u32,
@@ -168,7 +168,8 @@ pub struct TaskRow {
     /// The cgroup v2 id the task was sampled in (the one with most samples).
     pub cgroup_id: u64,
     pub samples: u64,
-    /// Sum of sample periods: nanoseconds under `cpu-clock`, cycles under `cycles`.
+    /// The sampling counter's growth over the samples (see `TaskValue::period_sum`):
+    /// nanoseconds under `cpu-clock`, cycles under `cycles`.
     pub period_sum: u64,
     /// Percent of all samples on the selected CPUs.
     pub share: f64,

@@ -27,7 +27,7 @@ pub const OTHER: &str = "other";
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Acc {
     samples: u64,
-    /// Per event name: the sampling event's sum of periods, each member's count.
+    /// Per event name: the sampling event's count over the samples, each member's.
     events: BTreeMap<String, u64>,
 }
 
@@ -235,8 +235,8 @@ impl Exporter {
         );
         r.register(
             "events",
-            "Events counted while the container's tasks ran: the sampling event's sum of \
-             sample periods (cycles; nanoseconds for cpu-clock) and each counting member of \
+            "Events counted while the container's tasks ran: the sampling event's count \
+             over the samples (cycles; nanoseconds for cpu-clock) and each counting member of \
              its group (instructions, cache-misses, ...), by event, container and core type",
             events,
         );
@@ -280,7 +280,7 @@ impl Exporter {
         );
         r.register(
             "check_relative_difference",
-            "Cross-check of the last interval: |BPF sum of sample periods - read() of the \
+            "Cross-check of the last interval: |BPF sum over the samples - read() of the \
              sampling counter| / read(), per CPU (CPUs with fewer than 100 samples are left \
              out)",
             check,
