@@ -6,8 +6,8 @@
 //!   second.
 //! - `run [-- ARGS]`: setup, release build, then `sampler ARGS` (default: `top`, the
 //!   live view) as root, through sudo when not root.
-//! - `test`: setup, then formatting, clippy (host and BPF target), a smoke boot of the
-//!   arm64 test bed, every host test (as root with the root-only unit tests), the fuzz
+//! - `test`: setup, then formatting, a smoke boot of the arm64 test bed, clippy (host,
+//!   BPF and arm64 targets), every host test (as root with the root-only unit tests), the fuzz
 //!   targets and the soak briefly, the guest tests on the test bed (both kernel series,
 //!   one and two PMUs), and `bench --quick`.
 //! - `bench [--quick] [--no-vm]`: sampler against perf in one run (`bench.rs`); writes

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: what CI runs. Set-up, formatting and lints, a smoke boot of the
-//! arm64 test bed (so that a machine that cannot run it fails in minutes), the host
+//! `cargo xtask test`: what CI runs. Set-up, formatting, a smoke boot of the arm64
+//! test bed (so that a machine that cannot run it fails in minutes), the lints, the host
 //! tests, the fuzz targets and the soak briefly, the guest test matrix, and
 //! `bench --quick`.
 
@@ -22,6 +22,16 @@ pub fn test(no_vm: bool) -> Result<()> {
     let started = Instant::now();
     status(&mut cargo(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    // The test bed first, briefly: a machine that cannot boot the guest (a missing QEMU
+    // piece, no arm64 package lists, no kernel package) fails here, after the arm64
+    // build, not after the lints, the host tests, the fuzz runs and the soak.
+    let guest_bins = if no_vm {
+        None
+    } else {
+        let bins = guest::binaries()?;
+        smoke_boot(&bins)?;
+        Some(bins)
+    };
     status(&mut cargo([
         "clippy",
         "--workspace",
@@ -61,16 +71,6 @@ pub fn test(no_vm: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The test bed next, briefly: a machine that cannot boot the guest (a missing QEMU
-    // piece, no arm64 package lists, no kernel package) fails here, in minutes, not
-    // after the host tests, the fuzz runs and the soak.
-    let guest_bins = if no_vm {
-        None
-    } else {
-        let bins = guest::binaries()?;
-        smoke_boot(&bins)?;
-        Some(bins)
-    };
     // The live view's end-to-end test drives it in a real terminal; the exporter's
     // is scraped by a real Prometheus and checked with promtool.
     ensure_tmux()?;
