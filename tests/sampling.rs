@@ -424,11 +424,21 @@ fn group_members_are_attributed_per_task_in_the_kernel() -> TestResult {
 
 fn check_agrees_three_ways_and_explains_the_read_fallback() -> TestResult {
     let _serial = require_root()?;
-    // At the default tolerance (1 %): BPF attributes the sampling counter's growth
-    // between samples (hrtimer ticks lost to steal time cost nothing), and the three
-    // are compared over the same window (0.04-0.3 % here with both CPUs contended; up
-    // to 1.75 % with nominal periods and the readers' whole lifetime).
-    let out = sampler(&["check", "-d", "2", "-e", "{cpu-clock,task-clock}", "--json"]);
+    // BPF attributes the sampling counter's growth between samples, so hrtimer ticks
+    // lost to steal time cost nothing (typically 0.02-0.2 % here, was up to 1.75 % with
+    // nominal periods). 2 %: the reader's counting window still differs from what BPF
+    // attributes to its thread (before its events open, after its last read) by up to
+    // a few ms on a busy VM; a synchronised inner interval is the open part (issue 19).
+    let out = sampler(&[
+        "check",
+        "-d",
+        "2",
+        "--tolerance",
+        "2",
+        "-e",
+        "{cpu-clock,task-clock}",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["passed"], true, "{doc}");
@@ -445,8 +455,8 @@ fn check_agrees_three_ways_and_explains_the_read_fallback() -> TestResult {
         // The reader spun on its CPU for the interval: BPF attributed its time to it.
         let (bpf, read) = (c["bpf"].as_f64().unwrap(), c["read"].as_f64().unwrap());
         assert!(read > 1e9, "{c}");
-        assert!((bpf - read).abs() <= 0.01 * read, "{c}");
-        assert!(c["rel_diff"].as_f64().unwrap() <= 0.01);
+        assert!((bpf - read).abs() <= 0.02 * read, "{c}");
+        assert!(c["rel_diff"].as_f64().unwrap() <= 0.02);
     }
 
     // With --latency: each row also times a read by each method; software events

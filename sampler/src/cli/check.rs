@@ -1,7 +1,7 @@
 //! `sampler check`: the three-way cross-check (BPF maps, `read()`, user page) per CPU;
 //! fails when a difference exceeds the tolerance.
 
-use std::{collections::HashMap, io};
+use std::io;
 
 use clap::Args;
 use sampler_common::MAX_MEMBERS;
@@ -67,33 +67,20 @@ pub async fn check(args: CheckArgs) -> Result<(), Error> {
     }
     let pmus = sampling.pmus.clone();
     let latency_plan = (latency > 0).then(|| (probes.clone(), pmus.clone()));
-    // The maps at both ends of the readers' window: what BPF attributed to each reader
-    // thread on its CPU in between.
-    let bpf = &sampling.bpf;
-    let attributed = || {
-        bpf.read().map(|maps| {
-            let mut sums: HashMap<(u32, u32), (u64, [u64; MAX_MEMBERS])> = HashMap::new();
-            for (k, v) in &maps.tasks {
-                let e = sums.entry((k.tid, k.cpu)).or_default();
-                e.0 += v.period_sum;
-                for (s, c) in e.1.iter_mut().zip(v.counts) {
-                    *s += c;
-                }
-            }
-            sums
-        })
-    };
-    let (readers, start, end) = check::run_readers(&probes, &pmus, duration, attributed)?;
+    let readers = tokio::task::spawn_blocking(move || check::run_readers(&probes, &pmus, duration))
+        .await
+        .map_err(|e| Error::Runtime(io::Error::other(e.to_string())))??;
     sampling.session.disable()?;
+    let maps = sampling.bpf.read()?;
     let mut rows = check::rows(&readers, |tid, cpu, index| {
-        let of = |sums: &HashMap<(u32, u32), (u64, [u64; MAX_MEMBERS])>| {
-            sums.get(&(tid, cpu))
-                .map_or(0, |(period, counts)| match index {
-                    0 => *period,
-                    i => counts[i - 1],
-                })
-        };
-        of(&end).saturating_sub(of(&start))
+        maps.tasks
+            .iter()
+            .filter(|(k, _)| k.tid == tid && k.cpu == cpu)
+            .map(|(_, v)| match index {
+                0 => v.period_sum,
+                i => v.counts[i - 1],
+            })
+            .sum()
     });
     if let Some((probes, pmus)) = latency_plan {
         rows = tokio::task::spawn_blocking(move || {

@@ -5,24 +5,16 @@
 //! per-thread) copy of every event of the sampling group through the PMU that covers
 //! its CPU, asking for user-space access where the PMU has a `rdpmc` format bit, maps
 //! each event's page, and runs for the interval. Meanwhile the BPF program attributes
-//! the system-wide events to every task, the readers included. Each reader reads its
-//! events through the page and with `read()` back to back (confirming its CPU before
-//! and after, retrying when it was migrated) at the start and at the end of the
-//! interval, and the check compares, per CPU and event, the growth in between: what
-//! BPF attributed to the reader's thread, `read()`, and the page.
-//!
-//! The window is the same for all three. The readers open their events and wait; the
-//! caller reads the maps (the start mark); the readers take their first reads and
-//! run; at the end they take their last reads and wait, blocked (so no sample lands
-//! on them); the caller reads the maps again (the end mark); then they exit. What BPF
-//! attributed before the readers' events were open, or while they exit, is outside.
+//! the system-wide events to every task, the readers included. At the end each reader
+//! reads its events through the page and with `read()` back to back (confirming its
+//! CPU before and after, retrying when it was migrated), and the check compares, per
+//! CPU and event: what BPF attributed to the reader's thread, `read()`, and the page.
 //! Per-CPU events cannot be read from user space on arm64, hence per-thread copies.
 
 use std::{
     os::fd::{AsFd, OwnedFd},
-    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
-        Arc, Barrier,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -86,7 +78,7 @@ pub struct ReaderResult {
     pub probes: Vec<Probe>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Probe {
     pub event: String,
     /// Position in the sampling group (0: leader).
@@ -97,22 +89,6 @@ pub struct Probe {
     pub page_index: u32,
     pub pmc_width: u16,
     pub note: Option<String>,
-}
-
-impl Probe {
-    /// What this (later) reading grew by since `first`, of the same event.
-    fn since(self, first: &Self) -> Self {
-        let grown = |now: Counts, then: Counts| Counts {
-            value: now.value.saturating_sub(then.value),
-            enabled: now.enabled.saturating_sub(then.enabled),
-            running: now.running.saturating_sub(then.running),
-        };
-        Self {
-            read: grown(self.read, first.read),
-            userpage: self.userpage.zip(first.userpage).map(|(n, t)| grown(n, t)),
-            ..self
-        }
-    }
 }
 
 /// The `config1` bits asking the PMU for user-space counter access: arm_pmu's
@@ -245,75 +221,27 @@ pub fn measure_reader_latency(
     Ok(out)
 }
 
-/// The readers' window: one barrier for the readers and the caller, passed four
-/// times (events open; first reads may start; last reads done; the caller has read
-/// the maps), and the flag that ends the interval.
-pub struct Window {
-    barrier: Barrier,
-    stop: AtomicBool,
-}
-
-impl Window {
-    /// A window for `readers` readers and the caller.
-    pub fn new(readers: usize) -> Self {
-        Self {
-            barrier: Barrier::new(readers + 1),
-            stop: AtomicBool::new(false),
-        }
-    }
-}
-
-/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, reads them
-/// at the start of `window` and at its end (spinning in between), and returns the
-/// growth. It passes the window's barrier four times whatever happens, so that
-/// neither the other readers nor the caller wait for it in vain.
+/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, spins until
+/// `stop`, then reads them through the page and with `read()`.
 pub fn run_reader(
     sys: &dyn PerfSys,
     cpu: u32,
     events: &[PlannedEvent],
     user_bits: UserBits,
-    window: &Window,
+    stop: &AtomicBool,
 ) -> Result<ReaderResult, Error> {
+    sys::pin_to_cpu(0, cpu)?;
     let tid = sys::gettid();
-    let opened = sys::pin_to_cpu(0, cpu)
-        .map_err(Error::from)
-        .and_then(|()| open_events(sys, events, user_bits));
-    // 1: every reader's events are open; the caller marks the start.
-    window.barrier.wait();
-    // 2: the first reads may start.
-    window.barrier.wait();
-    let measured = catch_unwind(AssertUnwindSafe(|| {
-        let opened = opened?;
-        let first = read_probes(sys, cpu, &opened)?;
-        // Run on this CPU for the interval, so that BPF attributes samples to this
-        // thread.
-        let mut x = 0u64;
-        while !window.stop.load(Ordering::Relaxed) {
-            for _ in 0..10_000 {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
+    let opened = open_events(sys, events, user_bits)?;
+    // Run on this CPU for the interval, so that BPF attributes samples to this thread.
+    let mut x = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
-        let last = read_probes(sys, cpu, &opened)?;
-        Ok(last
-            .into_iter()
-            .zip(&first)
-            .map(|(l, f)| l.since(f))
-            .collect())
-    }))
-    .unwrap_or_else(|_| Err(Error::Runtime(std::io::Error::other("reader panicked"))));
-    // 3: every reader has its last reads; the caller marks the end while the readers
-    // are blocked here, so that nothing more is attributed to them.
-    window.barrier.wait();
-    // 4: the caller has marked the end.
-    window.barrier.wait();
-    measured.map(|probes| ReaderResult { cpu, tid, probes })
-}
-
-/// Reads each opened event through its page (where allowed) and with `read()`, back
-/// to back on `cpu` (again, up to 10 times, when the thread was migrated in between).
-fn read_probes(sys: &dyn PerfSys, cpu: u32, opened: &[Opened<'_>]) -> Result<Vec<Probe>, Error> {
+    }
     let mut probes = Vec::new();
-    for (p, fd, page, note) in opened {
+    for (p, fd, page, note) in &opened {
         let mut attempt = 0;
         let probe = loop {
             attempt += 1;
@@ -354,7 +282,7 @@ fn read_probes(sys: &dyn PerfSys, cpu: u32, opened: &[Opened<'_>]) -> Result<Vec
         probes.push(probe);
     }
 
-    Ok(probes)
+    Ok(ReaderResult { cpu, tid, probes })
 }
 
 /// Opens the reader's own copy of `p` (this thread, any CPU), walking the plan's
@@ -500,40 +428,30 @@ pub fn add_latencies(
     Ok(())
 }
 
-/// Spawns one reader per CPU of `plan` (its sampling group), runs them for
-/// `duration`, and returns what they measured with what `mark` gave at the start and
-/// at the end of their window (the caller reads the BPF maps there).
-pub fn run_readers<T>(
+/// Spawns one reader per CPU of `plan` (its sampling group), waits `duration`, stops
+/// them and collects their results.
+pub fn run_readers(
     plan: &[PlannedEvent],
     pmus: &PmuSet,
     duration: Duration,
-    mut mark: impl FnMut() -> Result<T, Error>,
-) -> Result<(Vec<ReaderResult>, T, T), Error> {
-    let per_cpu = per_cpu(plan, pmus);
-    let window = Arc::new(Window::new(per_cpu.len()));
-    let handles: Vec<_> = per_cpu
-        .into_iter()
-        .map(|(cpu, events, bits)| {
-            let window = Arc::clone(&window);
-            std::thread::spawn(move || run_reader(&sys::RealSys, cpu, &events, bits, &window))
-        })
-        .collect();
-    window.barrier.wait();
-    let start = mark();
-    window.barrier.wait();
+) -> Result<Vec<ReaderResult>, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for (cpu, events, bits) in per_cpu(plan, pmus) {
+        let stop = Arc::clone(&stop);
+        handles.push(std::thread::spawn(move || {
+            run_reader(&sys::RealSys, cpu, &events, bits, &stop)
+        }));
+    }
     std::thread::sleep(duration);
-    window.stop.store(true, Ordering::Relaxed);
-    window.barrier.wait();
-    let end = mark();
-    window.barrier.wait();
-    let readers = handles
+    stop.store(true, Ordering::Relaxed);
+    handles
         .into_iter()
         .map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Runtime(std::io::Error::other("reader panicked"))))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((readers, start?, end?))
+        .collect()
 }
 
 #[cfg(test)]
