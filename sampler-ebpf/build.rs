@@ -1,7 +1,12 @@
-//! The BPF object is linked by `bpf-linker`; rebuild when that binary changes.
+//! The BPF object is linked by `bpf-linker`; rebuild when that binary changes. The
+//! `bpf_target_arch` cfg (which kernel's register layout the samples carry) comes from
+//! the loader's target through aya-build, or from the host when built on its own.
 fn main() {
     match which::which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
         Err(err) => println!("cargo:warning=bpf-linker not found ({err}); run `cargo xtask setup`"),
+    }
+    if let Err(err) = aya_build::emit_bpf_target_arch_cfg() {
+        println!("cargo:warning=bpf_target_arch: {err}");
     }
 }

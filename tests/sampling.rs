@@ -166,6 +166,7 @@ fn loads_without_kernel_btf_and_says_so() -> TestResult {
         Path::new("/nonexistent/btf/vmlinux"),
         sampler::kernel::bpf::default_task_entries(2),
         1,
+        sampler::kernel::bpf::Locations::Off,
     )
     .expect("the program needs no BTF");
     let notice = bpf.btf_notice.as_deref().expect("a notice");
@@ -175,6 +176,7 @@ fn loads_without_kernel_btf_and_says_so() -> TestResult {
         Path::new(sampler::kernel::bpf::KERNEL_BTF),
         sampler::kernel::bpf::default_task_entries(2),
         0,
+        sampler::kernel::bpf::Locations::Stacks,
     );
     if Path::new(sampler::kernel::bpf::KERNEL_BTF).exists() {
         assert!(with.unwrap().btf_notice.is_none());

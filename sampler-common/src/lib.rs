@@ -27,6 +27,30 @@ pub const NR_MEMBERS_GLOBAL: &str = "NR_MEMBERS";
 pub const LEADER_OFFSET_GLOBAL: &str = "LEADER_OFFSET";
 pub const START_OFFSET_GLOBAL: &str = "START_OFFSET";
 
+/// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
+/// where in the code each sample landed, filled only when locations are asked for.
+pub const LOCATIONS_MAP: &str = "LOCATIONS";
+/// Name of the `STACK_TRACE` map of the call stacks (with `-g`).
+pub const STACKS_MAP: &str = "STACKS";
+/// Name of the per-CPU array of one [`LocStats`].
+pub const LOC_STATS_MAP: &str = "LOC_STATS";
+/// Name of the one-slot `ARRAY` that says what the program records of a sample's
+/// location (one of the `LOCATIONS_*` values); user space may change it while the
+/// program runs.
+pub const LOC_MODE_MAP: &str = "LOC_MODE";
+/// Locations off: the program costs what the task view costs.
+pub const LOCATIONS_OFF: u32 = 0;
+/// The sampled instruction only.
+pub const LOCATIONS_IP: u32 = 1;
+/// The sampled instruction and the kernel and user call stacks.
+pub const LOCATIONS_STACKS: u32 = 2;
+/// [`LocKey`]'s stack id when there is no stack (not asked for, or none recorded).
+pub const NO_STACK: i32 = -1;
+/// Default capacity of [`LOCATIONS_MAP`] (the loader sizes it per CPU).
+pub const DEFAULT_LOC_ENTRIES: u32 = 16_384;
+/// Frames kept per stack in [`STACKS_MAP`] (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
 /// Counting members of the sampling group whose deltas are attributed per task.
 pub const MAX_MEMBERS: usize = 4;
 
@@ -78,6 +102,54 @@ pub struct TaskValue {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Where one sample landed, and for which process: the key of [`LOCATIONS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocKey {
+    /// Process id (kernel `tgid`); 0 is the idle task.
+    pub tgid: u32,
+    /// CPU the sample was taken on (so that each CPU updates its own entries).
+    pub cpu: u32,
+    /// The process's start time, as [`TaskKey::start`].
+    pub start: u64,
+    /// The sampled instruction's address: a kernel address when the sample
+    /// interrupted the kernel, else an address in the process.
+    pub ip: u64,
+    /// Id of the kernel call stack in [`STACKS_MAP`], or [`NO_STACK`], or a negative
+    /// errno from `bpf_get_stackid` (counted in [`LocStats`]).
+    pub kernel_stack: i32,
+    /// Id of the user call stack, as `kernel_stack`.
+    pub user_stack: i32,
+}
+
+/// What the kernel aggregated for one [`LocKey`]: as [`TaskValue`] without the name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocValue {
+    pub samples: u64,
+    pub period_sum: u64,
+    pub counts: [u64; MAX_MEMBERS],
+}
+
+/// Per-CPU counters of the location half of the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocStats {
+    /// New [`LOCATIONS_MAP`] entries this CPU created (to count LRU evictions).
+    pub inserted: u64,
+    /// Samples whose location could not be recorded (map update failed).
+    pub dropped: u64,
+    /// Stacks not recorded because another stack had the same hash (`EEXIST`).
+    pub stack_collisions: u64,
+    /// Stacks not recorded because the stack map was full (`ENOMEM`).
+    pub stack_full: u64,
+    /// User stacks with no frames (`EFAULT`: kernel threads, or the unwinder found
+    /// nothing to walk).
+    pub no_user_stack: u64,
+    /// Other `bpf_get_stackid` failures.
+    pub stack_errors: u64,
+}
+
 /// Per-CPU counters of the BPF program itself (one entry of a `PERCPU_ARRAY`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +191,9 @@ const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
 const _: () = assert!(size_of::<LastValues>() == 8 * (1 + MAX_MEMBERS));
 const _: () = assert!(size_of::<CpuStats>() == 32);
+const _: () = assert!(size_of::<LocKey>() == 32);
+const _: () = assert!(size_of::<LocValue>() == 48);
+const _: () = assert!(size_of::<LocStats>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -131,6 +206,12 @@ mod pod {
     unsafe impl aya::Pod for super::CpuStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LastValues {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocStats {}
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@
 //! one counter read for the leader and one per member, two kernel reads for the
 //! process's start time (which keeps a reused pid apart) and one hash lookup; the
 //! task's name is fetched when its entry is created and every 64th sample after.
+//!
+//! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
+//! call stacks) goes to a map of its own, and only when the loader asks for it
+//! (`LOC_MODE`): with locations off, that half costs one load and one branch.
 #![no_std]
 #![no_main]
 
@@ -19,7 +23,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_F_CURRENT_CPU, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, bpf_perf_event_value},
+    bindings::{
+        BPF_F_CURRENT_CPU, BPF_F_FAST_STACK_CMP, BPF_F_NO_COMMON_LRU, BPF_F_USER_STACK,
+        BPF_NOEXIST, bpf_perf_event_value,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -28,11 +35,12 @@ use aya_ebpf::{
         },
     },
     macros::{map, perf_event},
-    maps::{LruHashMap, PerCpuArray, PerfEventArray},
-    programs::PerfEventContext,
+    maps::{Array, LruHashMap, PerCpuArray, PerfEventArray, StackTrace},
+    programs::{PerfEventContext, tracing::StackIdContext as _},
 };
 use sampler_common::{
-    COMM_LEN, CpuStats, DEFAULT_TASK_ENTRIES, LastValues, MAX_MEMBERS, TaskKey, TaskValue,
+    COMM_LEN, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_OFF, LOCATIONS_STACKS,
+    LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -41,6 +49,26 @@ use sampler_common::{
 #[map(name = "TASKS")]
 static TASKS: LruHashMap<TaskKey, TaskValue> =
     LruHashMap::with_max_entries(DEFAULT_TASK_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Per (process, CPU, sampled instruction, kernel stack, user stack) aggregates, when
+/// locations are on. Per-CPU LRU lists, as TASKS; sized by the loader.
+#[map(name = "LOCATIONS")]
+static LOCATIONS: LruHashMap<LocKey, LocValue> =
+    LruHashMap::with_max_entries(DEFAULT_LOC_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// The call stacks (with `-g`); the loader sizes it, and to one entry without `-g`.
+#[map(name = "STACKS")]
+static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+
+/// The location half's counters, one slot per CPU.
+#[map(name = "LOC_STATS")]
+static LOC_STATS: PerCpuArray<LocStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// What to record of a sample's location (`LOCATIONS_OFF`, `_IP`, `_STACKS`), in
+/// slot 0: a map, not a global, so that user space can turn locations on and off
+/// while sampling runs (the live view's function key).
+#[map(name = "LOC_MODE")]
+static LOC_MODE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The program's own counters, one slot per CPU.
 #[map(name = "CPU_STATS")]
@@ -96,7 +124,7 @@ fn try_on_sample(ctx: &PerfEventContext) {
     let deltas = member_deltas(&mut last.members);
 
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = TaskKey {
+    let mut key = TaskKey {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         // SAFETY: helpers without arguments.
@@ -136,6 +164,109 @@ fn try_on_sample(ctx: &PerfEventContext) {
             } else {
                 stats.dropped += 1;
             }
+        }
+    }
+
+    let mode = LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF);
+    if mode != LOCATIONS_OFF {
+        key.tid = 0;
+        record_location(ctx, mode, &key, period, &deltas);
+    }
+}
+
+/// Adds the sample to its location's entry: the sampled instruction and, with
+/// `LOCATIONS_STACKS`, the kernel and user call stacks.
+#[inline(always)]
+fn record_location(
+    ctx: &PerfEventContext,
+    mode: u32,
+    task: &TaskKey,
+    period: u64,
+    deltas: &[u64; MAX_MEMBERS],
+) {
+    let Some(stats) = LOC_STATS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot; programs do not nest on one CPU.
+    let stats = unsafe { &mut *stats };
+    let mut key = LocKey {
+        tgid: task.tgid,
+        cpu: task.cpu,
+        start: task.start,
+        ip: sampled_ip(ctx),
+        kernel_stack: NO_STACK,
+        user_stack: NO_STACK,
+    };
+    if mode == LOCATIONS_STACKS {
+        // A sample taken in user mode has no kernel stack: only ask when the
+        // interrupted instruction is a kernel one (the upper half).
+        if key.ip >> 63 == 1 {
+            key.kernel_stack = stack_id(ctx, u64::from(BPF_F_FAST_STACK_CMP), stats, false);
+        }
+        key.user_stack = stack_id(
+            ctx,
+            u64::from(BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP),
+            stats,
+            true,
+        );
+    }
+    match LOCATIONS.get_ptr_mut(key) {
+        Some(value) => {
+            // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
+            let value = unsafe { &mut *value };
+            value.samples += 1;
+            value.period_sum += period;
+            for (count, delta) in value.counts.iter_mut().zip(deltas) {
+                *count += delta;
+            }
+        }
+        None => {
+            let value = LocValue {
+                samples: 1,
+                period_sum: period,
+                counts: *deltas,
+            };
+            if LOCATIONS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
+                stats.inserted += 1;
+            } else {
+                stats.dropped += 1;
+            }
+        }
+    }
+}
+
+/// The interrupted instruction's address, from the sample's registers.
+#[inline(always)]
+fn sampled_ip(ctx: &PerfEventContext) -> u64 {
+    // SAFETY: the kernel passes a valid `bpf_perf_event_data`, whose registers the
+    // verifier lets a perf_event program read.
+    let regs = unsafe { &(*ctx.ctx).regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    let ip = regs.rip;
+    #[cfg(bpf_target_arch = "aarch64")]
+    let ip = regs.pc;
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    let ip = {
+        let _ = regs;
+        0u64
+    };
+    ip
+}
+
+/// The id of the current kernel (or, with `user`, user) stack in STACKS; a negative
+/// errno when it could not be recorded, counted in `stats`.
+#[inline(always)]
+fn stack_id(ctx: &PerfEventContext, flags: u64, stats: &mut LocStats, user: bool) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            match err {
+                -17 => stats.stack_collisions += 1,      // EEXIST
+                -12 => stats.stack_full += 1,            // ENOMEM
+                -14 if user => stats.no_user_stack += 1, // EFAULT
+                _ => stats.stack_errors += 1,
+            }
+            err
         }
     }
 }

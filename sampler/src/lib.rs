@@ -4,11 +4,12 @@
 //! and never a step after it:
 //!
 //! ```text
-//! discover ──► events ──────► kernel ─────────────────────► model ─────────► present ──► run ──► cli
-//! sysfs PMUs,  -e syntax,     open per CPU, attach BPF,      snapshots,       tables,     the     arguments,
-//! CPU lists,   the plan       aggregate in BPF maps, read    roll-ups,        JSON, TUI,  shared  one file per
-//! BTF, cgroups (event × CPU)  maps, groups and user pages    containers,      OpenMetrics sampling command
-//!                                                            cross-check      and HTTP    loop
+//! discover ──► events ──────► kernel ─────────────────────► symbolize ──► model ─────────► present ──► run ──► cli
+//! sysfs PMUs,  -e syntax,     open per CPU, attach BPF,      addresses to  snapshots,       tables,     the     arguments,
+//! CPU lists,   the plan       aggregate in BPF maps, read    functions     roll-ups,        JSON, TUI,  shared  one file per
+//! BTF, cgroups (event × CPU)  maps, groups and user pages    (blazesym)    functions,       OpenMetrics sampling command
+//!                                                                          containers,      and HTTP    loop
+//!                                                                          cross-check
 //!
 //! sys: every system call and bounded file read, under all of them (tests replace it)
 //! ```
@@ -25,6 +26,8 @@ pub mod discover;
 pub mod events;
 
 pub mod kernel;
+
+pub mod symbolize;
 
 pub mod model;
 

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::{
     display, output,
-    setup::{apt_install, ensure_tmux, has_command, is_root},
+    setup::{ensure_perf, ensure_tmux, is_root},
     vm,
 };
 
@@ -415,14 +415,6 @@ pub(crate) fn status_kib(status: &str, field: &str) -> Option<u64> {
 
 fn nproc() -> usize {
     thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// Debian's perf, installed when missing.
-fn ensure_perf() -> Result<()> {
-    if has_command("perf", "--version") {
-        return Ok(());
-    }
-    apt_install(&["linux-perf"], "the peer of the benchmarks")
 }
 
 /// What this machine samples by default, as sampler decides it.

@@ -160,6 +160,18 @@ pub fn ensure_target(target: &str) -> Result<()> {
     Ok(())
 }
 
+/// Installs Debian's perf when missing: the peer of the benchmarks and of the function
+/// view's test (`perf record` + `perf report` on the same workload).
+pub fn ensure_perf() -> Result<()> {
+    if has_command("perf", "--version") {
+        return Ok(());
+    }
+    apt_install(
+        &["linux-perf"],
+        "the peer of the benchmarks and of the function view's test",
+    )
+}
+
 /// Installs tmux when missing: the live view's terminal test and its benchmark run
 /// `sampler top` in a real terminal.
 pub fn ensure_tmux() -> Result<()> {

@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     discover,
     events::{plan::PlanError, syntax::ParseError},
-    kernel, run,
+    kernel::{self, bpf::Locations},
+    run,
 };
 
 pub mod check;
@@ -113,6 +114,40 @@ impl SamplingArgs {
             bpf_stats: self.bpf_stats,
             map_entries: self.map_entries,
             sysfs_root: self.sysfs.sysfs_root.clone(),
+            locations: Locations::Off,
+            max_locations: Locations::Off,
+            inlined: false,
+        }
+    }
+}
+
+/// Where the samples landed: the options `stat` and `top` add.
+#[derive(Debug, Args)]
+pub struct LocationArgs {
+    /// Record the call stacks too (kernel and user, frame-pointer unwinding): a
+    /// `stacks` table, each function's total samples, and its callers.
+    #[arg(short = 'g', long = "call-graph")]
+    pub call_graph: bool,
+    /// Record where each sample landed (the sampled function), for a `functions`
+    /// table with each function's counters.
+    #[arg(long)]
+    pub functions: bool,
+    /// Name the inlined function at each address (from DWARF debug information),
+    /// not the function it was inlined into.
+    #[arg(long)]
+    pub inlined: bool,
+}
+
+impl LocationArgs {
+    /// What to record from the start: stacks with `-g`, the sampled instruction with
+    /// `--functions`, else nothing.
+    pub fn locations(&self) -> Locations {
+        if self.call_graph {
+            Locations::Stacks
+        } else if self.functions || self.inlined {
+            Locations::Ip
+        } else {
+            Locations::Off
         }
     }
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::{
-    cli::{Error, SamplingArgs, emit, parse_seconds},
+    cli::{Error, LocationArgs, SamplingArgs, emit, parse_seconds},
+    kernel::bpf::Locations,
     model::snapshot::Snapshot,
     present::report,
     run::{Sampling, Stop, wait},
@@ -15,6 +16,8 @@ use crate::{
 pub struct StatArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub locations: LocationArgs,
     /// How long to sample, in seconds (fractions allowed); Ctrl-C stops early.
     #[arg(short, long, value_name = "SECS", default_value = "5")]
     pub duration: String,
@@ -26,26 +29,43 @@ pub struct StatArgs {
     pub top: Option<usize>,
 }
 
+/// How often a run with locations symbolizes the addresses seen since the last time.
+pub const SYMBOLIZE_EVERY: Duration = Duration::from_millis(250);
+
 pub async fn stat(args: StatArgs) -> Result<(), Error> {
     let duration = parse_seconds("duration", &args.duration)?;
-    let mut sampling = Sampling::start(&args.sampling.options())?;
+    let mut options = args.sampling.options();
+    options.locations = args.locations.locations();
+    options.max_locations = options.locations;
+    options.inlined = args.locations.inlined;
+    let mut sampling = Sampling::start(&options)?;
     let started = Instant::now();
-    // In steps of at most a second, following CPU hotplug in between.
+    // In steps of at most a second, following CPU hotplug in between; with
+    // locations, a quarter second, symbolizing new addresses while their processes
+    // still run.
+    let step = if options.locations == Locations::Off {
+        Duration::from_secs(1)
+    } else {
+        SYMBOLIZE_EVERY
+    };
     let mut warnings = Vec::new();
     while let Some(left) = duration
         .checked_sub(started.elapsed())
         .filter(|d| !d.is_zero())
     {
-        if wait(Some(left.min(Duration::from_secs(1)))).await? == Stop::Signal {
+        if wait(Some(left.min(step))).await? == Stop::Signal {
             break;
         }
         warnings.extend(sampling.follow_hotplug());
+        sampling.poll_symbols()?;
     }
     sampling.session.disable()?;
     let elapsed = started.elapsed().as_secs_f64();
     let maps = sampling.bpf.read()?;
+    sampling.resolve(&maps)?;
     let counts = sampling.session.read_counts()?;
     let mut snapshot = Snapshot::build(&maps, &counts, &sampling.info, elapsed);
+    sampling.locate(&mut snapshot, &maps);
     snapshot.warnings.extend(sampling.throttled());
     snapshot.warnings.extend(warnings);
     let text = if args.json {

@@ -13,8 +13,9 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Error, SamplingArgs, emit, parse_seconds},
+    cli::{Error, LocationArgs, SamplingArgs, emit, parse_seconds, stat::SYMBOLIZE_EVERY},
     discover::cgroup::CgroupNames,
+    kernel::bpf::Locations,
     model::snapshot::Snapshot,
     present::{report, tui},
     run::{Refresh, Sampling, Stop, wait},
@@ -25,6 +26,8 @@ use crate::{
 pub struct TopArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub locations: LocationArgs,
     /// Refresh interval in seconds.
     #[arg(short, long, value_name = "SECS", default_value = "1")]
     pub interval: String,
@@ -52,16 +55,30 @@ pub async fn top(args: TopArgs) -> Result<(), Error> {
     if !args.json && !args.batch && io::stdout().is_terminal() && io::stdin().is_terminal() {
         return top_screen(args, interval).await;
     }
-    let options = args.sampling.options();
+    let options = options(&args);
     let mut sampling = Sampling::start(&options)?;
     let events = options.events();
     let mut app = tui::App::new(events, interval, args.top);
     let mut names = CgroupNames::new();
     let mut refresh = Refresh::new(&sampling)?;
     let mut done = 0u64;
-    while args.iterations.is_none_or(|n| done < n) {
-        if wait(Some(interval)).await? == Stop::Signal {
-            break;
+    'refreshes: while args.iterations.is_none_or(|n| done < n) {
+        // With locations, symbolize what is new every quarter second in between.
+        let due = Instant::now() + interval;
+        loop {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let step = if options.locations == Locations::Off {
+                left
+            } else {
+                left.min(SYMBOLIZE_EVERY)
+            };
+            if wait(Some(step)).await? == Stop::Signal {
+                break 'refreshes;
+            }
+            sampling.poll_symbols()?;
         }
         let started = Instant::now();
         let snapshot = refresh.next(&mut sampling)?;
@@ -81,6 +98,19 @@ pub async fn top(args: TopArgs) -> Result<(), Error> {
         done += 1;
     }
     Ok(())
+}
+
+/// The run's options: locations as asked, and room to turn them on later with `f`.
+fn options(args: &TopArgs) -> crate::run::Options {
+    let mut options = args.sampling.options();
+    options.locations = args.locations.locations();
+    options.max_locations = if args.locations.call_graph {
+        Locations::Stacks
+    } else {
+        Locations::Ip
+    };
+    options.inlined = args.locations.inlined;
+    options
 }
 
 /// Names of the cgroups in `s`, resolved once per refresh.
@@ -113,7 +143,7 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
         atomic::{AtomicBool, Ordering},
     };
 
-    let mut sampling_args = args.sampling.options();
+    let mut sampling_args = options(&args);
     let mut sampling = Sampling::start(&sampling_args)?;
     let events = sampling_args.events();
     let mut app = tui::App::new(events, interval, args.top);
@@ -164,6 +194,8 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
     // When the refresh being drawn started (map read, roll-up, then this draw).
     let mut refresh_started: Option<Instant> = None;
     let mut costs = tui::RefreshCosts::default();
+    let mut symbolize = tokio::time::interval(SYMBOLIZE_EVERY);
+    symbolize.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<(), Error> = loop {
         let name_of = |id: u64| cache.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
         if let Err(e) = terminal.draw(|f| tui::render(f, &app, &name_of)) {
@@ -217,8 +249,22 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
                     app.snapshot = None;
                     next = tokio::time::Instant::now() + app.interval;
                 }
+                tui::Action::Functions => {
+                    if sampling.bpf.locations() == Locations::Off {
+                        if let Err(e) = sampling.set_locations(Locations::Ip) {
+                            break Err(e.into());
+                        }
+                        // Kept when the events change.
+                        sampling_args.locations = Locations::Ip;
+                    }
+                }
                 tui::Action::None => {}
             },
+            _ = symbolize.tick() => {
+                if let Err(e) = sampling.poll_symbols() {
+                    break Err(e.into());
+                }
+            }
             _ = int.recv() => break Ok(()),
             _ = term.recv() => break Ok(()),
             _ = hup.recv() => break Ok(()),

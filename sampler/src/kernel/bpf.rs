@@ -7,12 +7,14 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, StackTraceMap},
     programs::{PerfEvent, ProgramError},
 };
 use sampler_common::{
-    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_OFFSET_GLOBAL, MAX_MEMBERS, MEMBER_MAPS,
-    NR_MEMBERS_GLOBAL, PROGRAM_NAME, START_OFFSET_GLOBAL, TASKS_MAP, TaskKey, TaskValue,
+    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
+    LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LocKey, LocStats,
+    LocValue, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PROGRAM_NAME, STACKS_MAP,
+    START_OFFSET_GLOBAL, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::kernel::Error;
@@ -52,13 +54,46 @@ pub fn task_entries(asked: Option<u32>, possible_cpus: u32) -> Result<u32, Error
     }
 }
 
+/// Stack-map entries with `-g`: distinct (kernel or user) stacks the run can keep;
+/// about 1 KiB of kernel memory each. A full map is counted (`stack_full`).
+pub const STACK_ENTRIES: u32 = 16_384;
+
+/// What the program records of where each sample landed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Locations {
+    /// Nothing: the task view costs what it always did.
+    #[default]
+    Off,
+    /// The sampled instruction (a function view).
+    Ip,
+    /// The sampled instruction and the kernel and user call stacks (`-g`).
+    Stacks,
+}
+
+impl Locations {
+    fn mode(self) -> u32 {
+        match self {
+            Self::Off => LOCATIONS_OFF,
+            Self::Ip => LOCATIONS_IP,
+            Self::Stacks => LOCATIONS_STACKS,
+        }
+    }
+}
+
 /// The loaded BPF programs and maps.
 pub struct Bpf {
     ebpf: Ebpf,
     /// Set when the kernel has no usable BTF: loading continued without it (and
     /// without telling reused pids apart).
     pub btf_notice: Option<String>,
+    /// What the program records now, and the most it can (the stack map is sized at
+    /// load time).
+    locations: Locations,
+    max_locations: Locations,
 }
+
+/// The location map's entries and its per-CPU counters.
+pub type LocationContents = (Vec<(LocKey, LocValue)>, Vec<LocStats>);
 
 /// What the maps held at one moment.
 #[derive(Debug, Clone, Default)]
@@ -66,12 +101,32 @@ pub struct MapContents {
     pub tasks: Vec<(TaskKey, TaskValue)>,
     /// Per possible CPU, indexed by CPU number.
     pub cpu_stats: Vec<CpuStats>,
+    /// Where the samples landed (empty while locations were never on).
+    pub locations: Vec<(LocKey, LocValue)>,
+    /// The location half's counters per possible CPU (empty as `locations`).
+    pub loc_stats: Vec<LocStats>,
     /// The program's run statistics at the time of the read.
     pub bpf: Option<RunStats>,
     /// Task entries the LRU map evicted: set by the model's `delta` for an
     /// interval; `None` for a reading, whose evictions are its inserts minus its
     /// live entries.
     pub evicted: Option<u64>,
+    /// Location entries evicted, as `evicted`.
+    pub loc_evicted: Option<u64>,
+}
+
+impl MapContents {
+    /// Location entries the LRU map evicted: over the interval of a delta, or up to
+    /// a reading (its inserts minus its live entries).
+    pub fn location_evictions(&self) -> u64 {
+        self.loc_evicted.unwrap_or_else(|| {
+            self.loc_stats
+                .iter()
+                .map(|s| s.inserted)
+                .sum::<u64>()
+                .saturating_sub(self.locations.len() as u64)
+        })
+    }
 }
 
 impl Bpf {
@@ -79,8 +134,16 @@ impl Bpf {
     /// for a sampling group with `members` counting members (at most
     /// [`MAX_MEMBERS`] are attributed per task). `btf_path` is the kernel's BTF
     /// ([`KERNEL_BTF`]); the program needs no CO-RE relocation, so a kernel without BTF
-    /// is reported, not fatal. The task map holds `task_entries` (see [`task_entries`]).
-    pub fn load(btf_path: &Path, task_entries: u32, members: u32) -> Result<Self, Error> {
+    /// is reported, not fatal. The task map holds `task_entries` (see [`task_entries`]),
+    /// and so does the location map; `max_locations` is the most that
+    /// [`Bpf::set_locations`] may turn on later ([`Locations::Stacks`] sizes the stack
+    /// map to [`STACK_ENTRIES`]). Locations start off.
+    pub fn load(
+        btf_path: &Path,
+        task_entries: u32,
+        members: u32,
+        max_locations: Locations,
+    ) -> Result<Self, Error> {
         let notice = |why: String| {
             format!(
                 "sampler: kernel BTF not usable at {} ({why}); loading the BPF programs \
@@ -116,9 +179,22 @@ impl Bpf {
             None
         };
         let members = members.min(MAX_MEMBERS as u32);
+        // Without locations, the location map gets the least the per-CPU LRU takes.
+        let loc_entries = if max_locations == Locations::Off {
+            aya::util::nr_cpus().map_or(1, |n| n as u32).max(1)
+        } else {
+            task_entries
+        };
+        let stack_entries = if max_locations == Locations::Stacks {
+            STACK_ENTRIES
+        } else {
+            1
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .map_max_entries(TASKS_MAP, task_entries)
+            .map_max_entries(LOCATIONS_MAP, loc_entries)
+            .map_max_entries(STACKS_MAP, stack_entries)
             .override_global(NR_MEMBERS_GLOBAL, &members, true)
             .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
             .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
@@ -130,7 +206,61 @@ impl Bpf {
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
         program.load().map_err(program_load_error)?;
-        Ok(Self { ebpf, btf_notice })
+        Ok(Self {
+            ebpf,
+            btf_notice,
+            locations: Locations::Off,
+            max_locations,
+        })
+    }
+
+    /// What the program records of the samples' locations from now on; at most what
+    /// it was loaded for.
+    pub fn set_locations(&mut self, want: Locations) -> Result<(), Error> {
+        let want = want.min(self.max_locations);
+        let map = self
+            .ebpf
+            .map_mut(LOC_MODE_MAP)
+            .ok_or_else(|| Error::BpfLoad(format!("map {LOC_MODE_MAP} missing")))?;
+        let mut mode: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|source| Error::MapRead {
+                map: LOC_MODE_MAP,
+                source,
+            })?;
+        mode.set(0, want.mode(), 0)
+            .map_err(|source| Error::MapRead {
+                map: LOC_MODE_MAP,
+                source,
+            })?;
+        self.locations = want;
+        Ok(())
+    }
+
+    /// What the program records of the samples' locations now.
+    pub fn locations(&self) -> Locations {
+        self.locations
+    }
+
+    /// The addresses of stack `id` of the stack map, innermost frame first; `None`
+    /// when the map has no such stack.
+    pub fn stack(&self, id: u32) -> Result<Option<Vec<u64>>, Error> {
+        let map = self
+            .ebpf
+            .map(STACKS_MAP)
+            .ok_or_else(|| Error::BpfLoad(format!("map {STACKS_MAP} missing")))?;
+        let stacks: StackTraceMap<&MapData> =
+            StackTraceMap::try_from(map).map_err(|source| Error::MapRead {
+                map: STACKS_MAP,
+                source,
+            })?;
+        match stacks.get(&id, 0) {
+            Ok(trace) => Ok(Some(trace.frames().iter().map(|f| f.ip).collect())),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::MapRead {
+                map: STACKS_MAP,
+                source,
+            }),
+        }
     }
 
     /// Calls `f` with the program's fd (to attach it to perf events) and the fds of the
@@ -213,23 +343,73 @@ impl Bpf {
         )
         .map_err(map_err(CPU_STATS_MAP))?;
         let per_cpu = stats.get(&0, 0).map_err(map_err(CPU_STATS_MAP))?;
+        let (locations, loc_stats) = if self.locations == Locations::Off {
+            (Vec::new(), Vec::new())
+        } else {
+            self.read_locations()?
+        };
         Ok(MapContents {
             tasks: entries,
             cpu_stats: per_cpu.iter().copied().collect(),
+            locations,
+            loc_stats,
             bpf: self.run_stats(),
             evicted: None,
+            loc_evicted: None,
         })
+    }
+
+    /// Reads the location map and its counters.
+    pub fn read_locations(&self) -> Result<LocationContents, Error> {
+        let map_err = |map| move |source| Error::MapRead { map, source };
+        let map = self
+            .ebpf
+            .map(LOCATIONS_MAP)
+            .ok_or_else(|| Error::BpfLoad(format!("map {LOCATIONS_MAP} missing")))?;
+        let Map::LruHashMap(data) = map else {
+            return Err(Error::BpfLoad(format!(
+                "map {LOCATIONS_MAP} is not an LRU hash"
+            )));
+        };
+        let mut entries = match read_batched(data.fd().as_fd()) {
+            Ok(entries) => entries,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let locs: HashMap<&MapData, LocKey, LocValue> =
+                    HashMap::try_from(map).map_err(map_err(LOCATIONS_MAP))?;
+                iterate(&locs).map_err(map_err(LOCATIONS_MAP))?
+            }
+            Err(source) => {
+                return Err(Error::MapRead {
+                    map: LOCATIONS_MAP,
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_lookup_batch",
+                        io_error: source,
+                    }),
+                });
+            }
+        };
+        entries.shrink_to_fit();
+        let stats: PerCpuArray<&MapData, LocStats> = PerCpuArray::try_from(
+            self.ebpf
+                .map(LOC_STATS_MAP)
+                .ok_or_else(|| Error::BpfLoad(format!("map {LOC_STATS_MAP} missing")))?,
+        )
+        .map_err(map_err(LOC_STATS_MAP))?;
+        let per_cpu = stats.get(&0, 0).map_err(map_err(LOC_STATS_MAP))?;
+        Ok((entries, per_cpu.iter().copied().collect()))
     }
 }
 
 /// Entries read per batch.
 const BATCH: usize = 4096;
 
-/// Reads the whole task map with `BPF_MAP_LOOKUP_BATCH`: a few system calls for
+/// Reads a whole hash map with `BPF_MAP_LOOKUP_BATCH`: a few system calls for
 /// thousands of entries instead of two per entry.
-fn read_batched(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(TaskKey, TaskValue)>> {
-    let mut keys = vec![TaskKey::default(); BATCH];
-    let mut values = vec![TaskValue::default(); BATCH];
+fn read_batched<K: aya::Pod + Default, V: aya::Pod + Default>(
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<Vec<(K, V)>> {
+    let mut keys = vec![K::default(); BATCH];
+    let mut values = vec![V::default(); BATCH];
     let mut token = [0u64; 4];
     let mut out = Vec::new();
     let mut first = true;
@@ -244,10 +424,10 @@ fn read_batched(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(TaskKey, TaskValue)>
     }
 }
 
-/// Reads the task map one entry at a time (kernels without batch lookups).
-fn iterate(
-    tasks: &HashMap<&MapData, TaskKey, TaskValue>,
-) -> Result<Vec<(TaskKey, TaskValue)>, aya::maps::MapError> {
+/// Reads a hash map one entry at a time (kernels without batch lookups).
+fn iterate<K: aya::Pod, V: aya::Pod>(
+    tasks: &HashMap<&MapData, K, V>,
+) -> Result<Vec<(K, V)>, aya::maps::MapError> {
     let mut entries = Vec::new();
     for item in tasks.iter() {
         match item {
@@ -330,7 +510,13 @@ mod tests {
     #[test]
     #[ignore = "needs root (loads BPF); `sudo -E cargo xtask test` runs it"]
     fn batched_map_read_matches_entry_by_entry() {
-        let mut bpf = Bpf::load(Path::new(KERNEL_BTF), default_task_entries(4), 0).expect("load");
+        let mut bpf = Bpf::load(
+            Path::new(KERNEL_BTF),
+            default_task_entries(4),
+            0,
+            Locations::Off,
+        )
+        .expect("load");
         {
             let mut tasks: HashMap<&mut MapData, TaskKey, TaskValue> =
                 HashMap::try_from(bpf.ebpf.map_mut(TASKS_MAP).unwrap()).unwrap();

@@ -371,6 +371,10 @@ pub(crate) mod tests {
             warnings: vec![],
             bpf: None,
             check: vec![],
+            sites: Vec::new(),
+            functions: None,
+            stacks: None,
+            locations: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sampler_common::{CpuStats, MAX_MEMBERS, TaskKey, TaskValue};
+use sampler_common::{CpuStats, LocStats, LocValue, MAX_MEMBERS, TaskValue};
 use serde::Serialize;
 
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
     kernel::bpf::{MapContents, RunStats},
     kernel::counter,
     kernel::session::{EventCount, Source},
+    model::locations::{FunctionRow, LocationStats, Site, StackRow},
 };
 
 /// What one CPU of a run samples: the event it ended up with, through which PMU.
@@ -68,6 +69,19 @@ pub struct Snapshot {
     /// Per CPU: the sampling event's count as the BPF program summed it (sample
     /// periods) against `read()` of the same event, over the same interval.
     pub check: Vec<CpuCheck>,
+    /// Where the interval's samples landed, symbolized (for the function views;
+    /// empty unless locations were recorded).
+    #[serde(skip)]
+    pub sites: Vec<Site>,
+    /// Per function, busiest first: when locations were recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Vec<FunctionRow>>,
+    /// Per process and call chain, busiest first: with `-g`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<Vec<StackRow>>,
+    /// What recording locations lost: when they were recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locations: Option<LocationStats>,
 }
 
 /// The live cross-check of one CPU: BPF's sum over the samples vs `read()`.
@@ -322,6 +336,10 @@ impl Snapshot {
                     coverage: counter::coverage(c.enabled, c.running),
                 })
                 .collect(),
+            sites: Vec::new(),
+            functions: None,
+            stacks: None,
+            locations: None,
         }
     }
 }
@@ -391,25 +409,74 @@ pub fn delta_counts(prev: &[EventCount], cur: &[EventCount]) -> Vec<EventCount> 
         .collect()
 }
 
-/// What happened between two readings of the maps (for refreshing views). An entry
-/// whose count went down was evicted and re-created in between: all of it is new.
-pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
-    let before: HashMap<&TaskKey, &TaskValue> = prev.tasks.iter().map(|(k, v)| (k, v)).collect();
-    let tasks = cur
-        .tasks
-        .iter()
+/// A map value that sums samples: what [`delta`] subtracts.
+trait Sums: Copy {
+    fn samples(&self) -> u64;
+    /// `self - earlier`, field by field (an earlier reading of the same entry).
+    fn minus(&mut self, earlier: &Self);
+}
+
+impl Sums for TaskValue {
+    fn samples(&self) -> u64 {
+        self.samples
+    }
+    fn minus(&mut self, p: &Self) {
+        self.samples -= p.samples;
+        self.period_sum = self.period_sum.saturating_sub(p.period_sum);
+        for (c, before) in self.counts.iter_mut().zip(p.counts) {
+            *c = c.saturating_sub(before);
+        }
+    }
+}
+
+impl Sums for LocValue {
+    fn samples(&self) -> u64 {
+        self.samples
+    }
+    fn minus(&mut self, p: &Self) {
+        self.samples -= p.samples;
+        self.period_sum = self.period_sum.saturating_sub(p.period_sum);
+        for (c, before) in self.counts.iter_mut().zip(p.counts) {
+            *c = c.saturating_sub(before);
+        }
+    }
+}
+
+/// The entries of `cur` that grew since `prev`, with their growth. An entry whose
+/// count went down was evicted and re-created in between: all of it is new.
+fn grown<K: Copy + Eq + std::hash::Hash, V: Sums>(prev: &[(K, V)], cur: &[(K, V)]) -> Vec<(K, V)> {
+    let before: HashMap<&K, &V> = prev.iter().map(|(k, v)| (k, v)).collect();
+    cur.iter()
         .filter_map(|(k, v)| {
             let mut d = *v;
             if let Some(p) = before.get(k)
-                && p.samples <= v.samples
+                && p.samples() <= v.samples()
             {
-                d.samples -= p.samples;
-                d.period_sum = v.period_sum.saturating_sub(p.period_sum);
-                for (c, before) in d.counts.iter_mut().zip(p.counts) {
-                    *c = c.saturating_sub(before);
-                }
+                d.minus(p);
             }
-            (d.samples > 0).then_some((*k, d))
+            (d.samples() > 0).then_some((*k, d))
+        })
+        .collect()
+}
+
+/// What happened between two readings of the maps (for refreshing views).
+pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
+    let tasks = grown(&prev.tasks, &cur.tasks);
+    let locations = grown(&prev.locations, &cur.locations);
+    let loc_stats = cur
+        .loc_stats
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let p = prev.loc_stats.get(i).copied().unwrap_or_default();
+            LocStats {
+                inserted: c.inserted.saturating_sub(p.inserted),
+                dropped: c.dropped.saturating_sub(p.dropped),
+                stack_collisions: c.stack_collisions.saturating_sub(p.stack_collisions),
+                stack_full: c.stack_full.saturating_sub(p.stack_full),
+                no_user_stack: c.no_user_stack.saturating_sub(p.no_user_stack),
+                stack_errors: c.stack_errors.saturating_sub(p.stack_errors),
+            }
         })
         .collect();
     let cpu_stats = cur
@@ -439,8 +506,14 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
     MapContents {
         tasks,
         cpu_stats,
+        locations,
+        loc_stats,
         bpf: cur.bpf.map(|c| prev.bpf.map_or(c, |p| c.since(p))),
         evicted: Some(evicted_so_far(cur).saturating_sub(evicted_so_far(prev))),
+        loc_evicted: Some(
+            cur.location_evictions()
+                .saturating_sub(prev.location_evictions()),
+        ),
     }
 }
 
@@ -463,12 +536,12 @@ pub fn printable_comm(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use sampler_common::COMM_LEN;
+    use sampler_common::{COMM_LEN, LocKey};
 
     use super::*;
 
-    pub fn key(tgid: u32, tid: u32, cpu: u32, cgroup_id: u64) -> TaskKey {
-        TaskKey {
+    pub fn key(tgid: u32, tid: u32, cpu: u32, cgroup_id: u64) -> sampler_common::TaskKey {
+        sampler_common::TaskKey {
             tgid,
             tid,
             cgroup_id,
@@ -500,6 +573,24 @@ pub(crate) mod tests {
         }
     }
 
+    pub fn loc(tgid: u32, ip: u64) -> LocKey {
+        LocKey {
+            tgid,
+            ip,
+            kernel_stack: -1,
+            user_stack: -1,
+            ..LocKey::default()
+        }
+    }
+
+    pub fn loc_value(samples: u64) -> LocValue {
+        LocValue {
+            samples,
+            period_sum: samples * 1_000,
+            counts: [samples; MAX_MEMBERS],
+        }
+    }
+
     pub fn stats(samples: u64, inserted: u64, dropped: u64) -> CpuStats {
         CpuStats {
             samples,
@@ -523,6 +614,7 @@ pub(crate) mod tests {
             cpu_stats: vec![stats(92, 4, 2), stats(100, 5, 0), stats(9, 1, 0)],
             bpf: None,
             evicted: None,
+            ..MapContents::default()
         };
         let run = RunInfo {
             cpus: vec![cpu_clock(0), cpu_clock(1)],
@@ -716,6 +808,13 @@ pub(crate) mod tests {
                 run_count: 10,
             }),
             evicted: None,
+            locations: vec![(loc(1, 0x10), loc_value(8)), (loc(1, 0x20), loc_value(30))],
+            loc_stats: vec![LocStats {
+                inserted: 2,
+                stack_full: 1,
+                ..LocStats::default()
+            }],
+            loc_evicted: None,
         };
         let cur = MapContents {
             tasks: vec![
@@ -731,8 +830,28 @@ pub(crate) mod tests {
                 run_count: 35,
             }),
             evicted: None,
+            // 0x20 evicted and re-created (3 < 30), 0x30 new, 0x40 evicted since.
+            locations: vec![
+                (loc(1, 0x10), loc_value(12)),
+                (loc(1, 0x20), loc_value(3)),
+                (loc(1, 0x30), loc_value(6)),
+            ],
+            loc_stats: vec![LocStats {
+                inserted: 5,
+                stack_full: 4,
+                ..LocStats::default()
+            }],
+            loc_evicted: None,
         };
         let d = delta(&prev, &cur);
+        let mut locs: Vec<(u64, u64)> =
+            d.locations.iter().map(|(k, v)| (k.ip, v.samples)).collect();
+        locs.sort_unstable();
+        assert_eq!(locs, [(0x10, 4), (0x20, 3), (0x30, 6)]);
+        assert_eq!(d.loc_stats[0].stack_full, 3);
+        // Inserted 5 - 3 live = 2 evicted so far, 0 before: 2 in the interval.
+        assert_eq!(d.location_evictions(), 2);
+        assert_eq!(cur.location_evictions(), 2);
         let got: Vec<_> = d.tasks.iter().map(|(k, v)| (k.tgid, v.samples)).collect();
         assert_eq!(got, [(1, 5), (2, 4), (4, 7)]);
         assert_eq!(d.tasks[0].1.period_sum, 5 * 1_001_001);
@@ -761,6 +880,7 @@ pub(crate) mod tests {
             cpu_stats: vec![stats(12, inserted, 0)],
             bpf: None,
             evicted: None,
+            ..MapContents::default()
         };
         let prev = full([1, 2, 3, 4], 6);
         let cur = full([3, 4, 5, 6], 8);

@@ -130,6 +130,50 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
         None,
     );
 
+    if let Some(functions) = &s.functions {
+        function_table(&mut out, s, functions, shown);
+    }
+    if let Some(stacks) = &s.stacks {
+        let _ = writeln!(
+            out,
+            "\n{:>9} {:>7} {:>8} {:<16} STACK (innermost first)",
+            "SAMPLES", "SHARE", "PID", "COMM"
+        );
+        for st in stacks.iter().take(shown.min(10)) {
+            let frames: Vec<&str> = st.frames.iter().map(|f| f.function.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "{:>9} {:>6.1}% {:>8} {:<16} {}",
+                st.samples,
+                st.share,
+                st.tgid,
+                st.comm,
+                frames.join(" < ")
+            );
+        }
+    }
+    if let Some(l) = &s.locations {
+        let lost = [
+            ("dropped", l.dropped),
+            ("evicted", l.evicted),
+            ("stack collisions", l.stack_collisions),
+            ("stack map full", l.stack_full),
+            ("other stack errors", l.stack_errors),
+            ("addresses of exited processes", l.unnamed.exited),
+            ("addresses in stripped binaries", l.unnamed.stripped),
+            ("anonymous addresses", l.unnamed.anonymous),
+            ("unnamed kernel addresses", l.unnamed.kernel_unknown),
+        ];
+        let said: Vec<String> = lost
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(what, n)| format!("{what} {n}"))
+            .collect();
+        if !said.is_empty() {
+            let _ = writeln!(out, "locations: {}", said.join(", "));
+        }
+    }
+
     if s.events.iter().any(|e| e.group > 0 || e.index > 0) {
         let _ = writeln!(
             out,
@@ -153,6 +197,70 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// The function table of a run that recorded locations: the `limit` busiest functions
+/// with their module, samples, share (and total share with stacks), members and IPC.
+fn function_table(
+    out: &mut String,
+    s: &Snapshot,
+    functions: &[crate::model::locations::FunctionRow],
+    limit: usize,
+) {
+    let stacks = s.stacks.is_some();
+    let _ = write!(
+        out,
+        "\n{:>9} {:>7}{} {:<40} {:<20}",
+        "SAMPLES",
+        "SHARE",
+        if stacks { "   TOTAL" } else { "" },
+        "FUNCTION",
+        "MODULE"
+    );
+    for m in &s.members {
+        let name: String = m.chars().take(COUNT_WIDTH).collect();
+        let _ = write!(out, " {name:>COUNT_WIDTH$}");
+    }
+    let ipc = ipc_member(s).is_some();
+    if ipc {
+        let _ = write!(out, " {:>5}", "IPC");
+    }
+    out.push('\n');
+    for f in functions.iter().filter(|f| f.samples > 0).take(limit) {
+        let total = if stacks {
+            let pct = if s.samples == 0 {
+                0.0
+            } else {
+                f.total_samples as f64 * 100.0 / s.samples as f64
+            };
+            format!(" {pct:>6.1}%")
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            out,
+            "{:>9} {:>6.1}%{total} {:<40} {:<20}",
+            f.samples, f.share, f.function, f.module
+        );
+        for m in &s.members {
+            let _ = write!(
+                out,
+                " {:>COUNT_WIDTH$}",
+                f.counts.get(m).copied().unwrap_or(0)
+            );
+        }
+        if ipc {
+            match f.ipc {
+                Some(v) => {
+                    let _ = write!(out, " {v:>5.2}");
+                }
+                None => {
+                    let _ = write!(out, " {:>5}", "-");
+                }
+            }
+        }
+        out.push('\n');
+    }
 }
 
 /// The member whose count over the sampled cycles is the IPC: `instructions` (with

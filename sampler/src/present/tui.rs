@@ -14,6 +14,8 @@ use ratatui::{
 };
 
 use crate::{
+    model::functions::{self, ProcessFilter},
+    model::locations::FunctionRow,
     model::rollup::{self, Ratios, Row},
     model::snapshot::Snapshot,
 };
@@ -26,15 +28,20 @@ pub enum View {
     Cgroups,
     Cpus,
     Events,
+    /// Where the samples landed, per function (of one process after Enter on it).
+    Functions,
+    /// The call chains that reach one function (Enter on it, with `-g`).
+    Callers,
 }
 
 impl View {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Processes,
         Self::Threads,
         Self::Cgroups,
         Self::Cpus,
         Self::Events,
+        Self::Functions,
     ];
 
     fn title(self) -> &'static str {
@@ -44,8 +51,19 @@ impl View {
             Self::Cgroups => "c[g]roups",
             Self::Cpus => "[c]pus",
             Self::Events => "e[v]ents",
+            Self::Functions => "[f]unctions",
+            Self::Callers => "callers",
         }
     }
+}
+
+/// What the function views are narrowed to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Focus {
+    /// One process's functions: (pid, start time, name).
+    pub process: Option<(u32, u64, String)>,
+    /// The callers of one function: (function, module).
+    pub function: Option<(String, String)>,
 }
 
 /// Sort orders of the task views, cycled with `s`.
@@ -88,6 +106,8 @@ pub enum Action {
     Interval,
     /// Restart sampling with these events.
     Events(String),
+    /// The function view is up: locations must be recorded.
+    Functions,
 }
 
 /// Refreshes of history kept for the sparkline.
@@ -115,6 +135,10 @@ pub struct App {
     pub limit: usize,
     /// What the last refresh cost: map read, roll-up and drawing the screen.
     pub refresh_ms: Option<f64>,
+    /// The highlighted row of the table (Up/Down), for Enter.
+    pub selected: usize,
+    /// What the function views are narrowed to.
+    pub focus: Focus,
 }
 
 /// What the live view's refreshes cost (map read, roll-up, drawing), for the log.
@@ -169,6 +193,8 @@ impl App {
             status: None,
             limit,
             refresh_ms: None,
+            selected: 0,
+            focus: Focus::default(),
         }
     }
 
@@ -231,8 +257,36 @@ impl App {
                 return Action::None;
             }
         }
+        let before = self.view;
+        let action = self.on_view_key(key);
+        if before != self.view {
+            self.selected = 0;
+        }
+        if action == Action::None && matches!(self.view, View::Functions | View::Callers) {
+            return Action::Functions;
+        }
+        action
+    }
+
+    fn on_view_key(&mut self, key: KeyEvent) -> Action {
         match key.code {
+            // Esc backs out of a narrowed view first.
+            KeyCode::Esc if self.view == View::Callers => {
+                self.focus.function = None;
+                self.view = View::Functions;
+            }
+            KeyCode::Esc if self.view == View::Functions && self.focus.process.is_some() => {
+                self.focus.process = None;
+                self.view = View::Processes;
+            }
             KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
+            KeyCode::Up => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Down => self.selected = self.selected.saturating_add(1),
+            KeyCode::Enter => self.enter(),
+            KeyCode::Char('f') => {
+                self.focus = Focus::default();
+                self.view = View::Functions;
+            }
             KeyCode::Char('h' | '?') => self.help = true,
             KeyCode::Char('p') => self.view = View::Processes,
             KeyCode::Char('t') => self.view = View::Threads,
@@ -242,6 +296,7 @@ impl App {
             KeyCode::Tab => {
                 let i = View::ALL.iter().position(|v| *v == self.view).unwrap_or(0);
                 self.view = View::ALL[(i + 1) % View::ALL.len()];
+                self.focus = Focus::default();
             }
             KeyCode::Char('s') => {
                 let i = Sort::ALL.iter().position(|s| *s == self.sort).unwrap_or(0);
@@ -262,6 +317,63 @@ impl App {
             _ => {}
         }
         Action::None
+    }
+
+    /// Enter: a process's functions, or a function's callers (with stacks).
+    fn enter(&mut self) {
+        let Some(s) = self.snapshot.as_ref() else {
+            return;
+        };
+        match self.view {
+            View::Processes => {
+                let rows = self.rows(s, &|id| format!("#{id}"));
+                if let Some(r) = rows.get(self.selected) {
+                    self.focus = Focus {
+                        process: Some((r.tgid, r.start_ns, r.name.clone())),
+                        function: None,
+                    };
+                    self.view = View::Functions;
+                }
+            }
+            View::Functions if s.stacks.is_some() => {
+                let rows = self.function_rows(s);
+                if let Some(r) = rows.get(self.selected) {
+                    self.focus.function = Some((r.function.clone(), r.module.clone()));
+                    self.view = View::Callers;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn process_filter(&self) -> ProcessFilter {
+        self.focus
+            .process
+            .as_ref()
+            .map(|(tgid, start, _)| (*tgid, *start))
+    }
+
+    /// The rows of the function view, filtered and sorted.
+    pub fn function_rows(&self, s: &Snapshot) -> Vec<FunctionRow> {
+        let mut rows = functions::functions(s, self.process_filter());
+        let needle = self.filter.to_lowercase();
+        if !needle.is_empty() {
+            rows.retain(|r| {
+                r.function.to_lowercase().contains(&needle)
+                    || r.module.to_lowercase().contains(&needle)
+            });
+        }
+        let ipc = |r: &FunctionRow| r.ipc.unwrap_or(-1.0);
+        rows.sort_by(|a, b| match self.sort {
+            Sort::Samples | Sort::Id => b.samples.cmp(&a.samples),
+            Sort::Period => b.period_sum.cmp(&a.period_sum),
+            Sort::Ipc => ipc(b).total_cmp(&ipc(a)),
+            Sort::Name => a.function.cmp(&b.function),
+        });
+        if self.reverse {
+            rows.reverse();
+        }
+        rows
     }
 
     /// The rows of a task view, filtered and sorted.
@@ -402,13 +514,7 @@ fn task_table(
 ) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
     let ratios = Ratios::of(s);
     let hetero = rollup::heterogeneous(s);
-    let period_name = if ratios.cycles {
-        "CYCLES"
-    } else if ratios.clock {
-        "TIME ms"
-    } else {
-        "PERIOD"
-    };
+    let period_name = period_name(&ratios);
     let mut head: Vec<String> = match app.view {
         View::Threads => vec!["TID".into(), "PID".into(), "COMM".into(), "CGROUP".into()],
         View::Cgroups => vec!["CGROUP".into()],
@@ -465,11 +571,7 @@ fn task_table(
                 View::Cgroups => vec![r.name.clone()],
                 _ => vec![r.id.to_string(), r.name.clone(), name_of(r.cgroup_id)],
             };
-            let period = if ratios.clock {
-                format!("{:.1}", r.period_sum as f64 / 1e6)
-            } else {
-                human(r.period_sum)
-            };
+            let period = period_text(&ratios, r.period_sum);
             cells.extend([r.samples.to_string(), pct(r.share), period]);
             cells.extend(r.counts.iter().map(|&c| human(c)));
             if ratios.instructions.is_some() {
@@ -501,6 +603,137 @@ fn task_table(
         })
         .collect();
     (head, rows, widths)
+}
+
+/// Table of the function view: where the samples landed, with each function's
+/// counters.
+fn function_table(app: &App, s: &Snapshot) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
+    let ratios = Ratios::of(s);
+    let hetero = rollup::heterogeneous(s);
+    let stacks = s.stacks.is_some();
+    let mut head: Vec<String> = vec!["FUNCTION".into(), "MODULE".into()];
+    let mut widths = vec![Constraint::Min(24), Constraint::Length(14)];
+    head.extend(["SAMPLES".into(), "SHARE%".into()]);
+    widths.extend([Constraint::Length(8), Constraint::Length(7)]);
+    if stacks {
+        head.push("TOTAL%".into());
+        widths.push(Constraint::Length(7));
+    }
+    head.push(period_name(&ratios).into());
+    widths.push(Constraint::Length(9));
+    for m in &s.members {
+        head.push(m.to_uppercase().chars().take(12).collect());
+        widths.push(Constraint::Length(12));
+    }
+    if ratios.instructions.is_some() {
+        head.push("IPC".into());
+        widths.push(Constraint::Length(5));
+        if hetero {
+            head.push("IPC BY CORE TYPE".into());
+            widths.push(Constraint::Length(28));
+        }
+    }
+    let misses = ratios.cache_misses.is_some() && ratios.cache_references.is_some();
+    if misses {
+        head.push("MISS%".into());
+        widths.push(Constraint::Length(6));
+    }
+    let rows = app
+        .function_rows(s)
+        .into_iter()
+        .take(app.limit)
+        .map(|r| {
+            let mut cells = vec![
+                r.function.clone(),
+                r.module.clone(),
+                r.samples.to_string(),
+                pct(r.share),
+            ];
+            if stacks {
+                cells.push(pct(percent(r.total_samples, s.samples)));
+            }
+            cells.push(period_text(&ratios, r.period_sum));
+            cells.extend(
+                s.members
+                    .iter()
+                    .map(|m| human(r.counts.get(m).copied().unwrap_or(0))),
+            );
+            if ratios.instructions.is_some() {
+                cells.push(r.ipc.map_or("-".into(), |v| format!("{v:.2}")));
+                if hetero {
+                    cells.push(
+                        r.ipc_by_pmu
+                            .iter()
+                            .filter_map(|(pmu, v)| v.map(|v| format!("{pmu} {v:.2}")))
+                            .collect::<Vec<_>>()
+                            .join(" / "),
+                    );
+                }
+            }
+            if misses {
+                cells.push(r.miss_pct.map_or("-".into(), |v| format!("{v:.1}")));
+            }
+            cells
+        })
+        .collect();
+    (head, rows, widths)
+}
+
+/// Table of the callers view: the call chains that reach the focused function.
+fn callers_table(app: &App, s: &Snapshot) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
+    let head = ["CALL CHAIN (outermost first)", "SAMPLES", "SHARE%"]
+        .map(String::from)
+        .to_vec();
+    let widths = vec![
+        Constraint::Min(30),
+        Constraint::Length(8),
+        Constraint::Length(7),
+    ];
+    let Some((function, module)) = &app.focus.function else {
+        return (head, Vec::new(), widths);
+    };
+    let rows = functions::callers(s, function, module)
+        .into_iter()
+        .take(app.limit)
+        .map(|(chain, n)| {
+            vec![
+                chain
+                    .iter()
+                    .map(|f| f.function.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" > "),
+                n.to_string(),
+                pct(percent(n, s.samples)),
+            ]
+        })
+        .collect();
+    (head, rows, widths)
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn period_name(ratios: &Ratios) -> &'static str {
+    if ratios.cycles {
+        "CYCLES"
+    } else if ratios.clock {
+        "TIME ms"
+    } else {
+        "PERIOD"
+    }
+}
+
+fn period_text(ratios: &Ratios, period: u64) -> String {
+    if ratios.clock {
+        format!("{:.1}", period as f64 / 1e6)
+    } else {
+        human(period)
+    }
 }
 
 fn cpu_table(s: &Snapshot) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
@@ -579,8 +812,52 @@ fn event_table(s: &Snapshot) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>)
     (head, rows, widths)
 }
 
+/// The current view's table: header cells, rows, widths.
+fn table(
+    app: &App,
+    s: &Snapshot,
+    name_of: &dyn Fn(u64) -> String,
+) -> (Vec<String>, Vec<Vec<String>>, Vec<Constraint>) {
+    match app.view {
+        View::Cpus => cpu_table(s),
+        View::Events => event_table(s),
+        View::Functions => function_table(app, s),
+        View::Callers => callers_table(app, s),
+        _ => task_table(app, s, name_of),
+    }
+}
+
+/// What a narrowed function view shows, and what the function view lacks.
+fn focus_title(app: &App) -> Option<String> {
+    let s = app.snapshot.as_ref()?;
+    match app.view {
+        View::Callers => app
+            .focus
+            .function
+            .as_ref()
+            .map(|(f, m)| format!("callers of {f} ({m})  Esc: back")),
+        View::Functions if s.functions.is_none() => Some(
+            "functions: recording where samples land from now on; rows come with the next refresh"
+                .to_owned(),
+        ),
+        View::Functions => app.focus.process.as_ref().map_or_else(
+            || {
+                Some(if s.stacks.is_some() {
+                    "functions of all processes  Enter: callers".to_owned()
+                } else {
+                    "functions of all processes  (sampler top -g: callers)".to_owned()
+                })
+            },
+            |(pid, _, name)| Some(format!("functions of {name} ({pid})  Esc: back")),
+        ),
+        _ => None,
+    }
+}
+
 const HELP: &str = "\
-p t g c v   processes, threads, cgroups, CPUs, events (Tab: next view)
+p t g c v f processes, threads, cgroups, CPUs, events, functions (Tab: next view)
+Up Down     move the selection; Enter: that process's functions, that
+            function's callers (with -g); Esc: back
 s           next sort order (cycles/time, samples, IPC, id, name)
 r           reverse the order
 /           filter by name, pid or cgroup (Enter keeps it, Esc clears)
@@ -640,14 +917,14 @@ pub fn render(f: &mut Frame<'_>, app: &App, name_of: &dyn Fn(u64) -> String) {
     if !app.filter.is_empty() {
         tabs.push(Span::raw(format!("  filter: {}", app.filter)));
     }
+    if let Some(title) = focus_title(app) {
+        tabs.push(Span::raw(format!("  {title}")));
+    }
     f.render_widget(Paragraph::new(Line::from(tabs)), tabs_area);
 
     if let Some(s) = s {
-        let (head, rows, mut widths) = match app.view {
-            View::Cpus => cpu_table(s),
-            View::Events => event_table(s),
-            _ => task_table(app, s, name_of),
-        };
+        let (head, rows, mut widths) = table(app, s, name_of);
+        let shown = rows.len();
         // Fixed columns grow to fit what they hold; the Min column takes the rest.
         for (i, w) in widths.iter_mut().enumerate() {
             if let Constraint::Length(n) = *w {
@@ -669,8 +946,11 @@ pub fn render(f: &mut Frame<'_>, app: &App, name_of: &dyn Fn(u64) -> String) {
             TableRow::new(head.into_iter().map(Cell::from))
                 .style(Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED)),
         )
-        .column_spacing(1);
-        f.render_widget(table, table_area);
+        .column_spacing(1)
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+        let mut state = ratatui::widgets::TableState::default();
+        state.select(Some(app.selected.min(shown.saturating_sub(1))));
+        f.render_stateful_widget(table, table_area, &mut state);
     }
 
     let foot = match &app.input {
@@ -686,7 +966,7 @@ pub fn render(f: &mut Frame<'_>, app: &App, name_of: &dyn Fn(u64) -> String) {
 
     if app.help {
         let w = area.width.min(78);
-        let h = area.height.min(12);
+        let h = area.height.min(14);
         let popup = Rect {
             x: area.x + (area.width - w) / 2,
             y: area.y + (area.height - h) / 2,
@@ -712,11 +992,10 @@ pub fn batch_text(app: &App, name_of: &dyn Fn(u64) -> String) -> String {
     for l in header_lines(app, Some(s)) {
         let _ = writeln!(out, "{l}");
     }
-    let (head, rows, _) = match app.view {
-        View::Cpus => cpu_table(s),
-        View::Events => event_table(s),
-        _ => task_table(app, s, name_of),
-    };
+    if let Some(title) = focus_title(app) {
+        let _ = writeln!(out, "{title}");
+    }
+    let (head, rows, _) = table(app, s, name_of);
     let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -841,6 +1120,104 @@ mod tests {
         a.help = true;
         assert!(screen(&a, 100, 30).contains("this help"));
         screen(&a, 10, 4);
+    }
+
+    /// The rollup example with two processes' sites: db (pid 10) in `scan` and
+    /// `parse`, web in `serve`, all through `main`.
+    fn with_sites(stacks: bool) -> App {
+        use std::sync::Arc;
+        let mut a = app();
+        let s = a.snapshot.as_mut().unwrap();
+        let frame = |f: &str| {
+            Arc::new(crate::symbolize::Frame {
+                function: f.to_owned(),
+                module: "bin".to_owned(),
+                kernel: false,
+            })
+        };
+        let site = |tgid: u32, leaf: &str, samples: u64| crate::model::locations::Site {
+            tgid,
+            start_ns: s.tasks.iter().find(|t| t.tgid == tgid).unwrap().start_ns,
+            cpu: 0,
+            frames: vec![frame(leaf), frame("main")],
+            samples,
+            period_sum: samples * 1_000,
+            counts: [samples * 1_500, 0, 0, 0],
+        };
+        let tgids: Vec<u32> = s.tasks.iter().map(|t| t.tgid).collect();
+        let (db, web) = (tgids[0], *tgids.iter().find(|&&t| t != tgids[0]).unwrap());
+        s.sites = vec![
+            site(db, "scan", 30),
+            site(db, "parse", 10),
+            site(web, "serve", 20),
+        ];
+        s.functions = Some(functions::functions(s, None));
+        s.stacks = stacks.then(|| functions::stacks(s, None));
+        a
+    }
+
+    #[test]
+    fn function_view_process_focus_and_callers() {
+        let mut a = with_sites(true);
+        assert_eq!(a.on_key(key('f')), Action::Functions);
+        let s = screen(&a, 140, 30);
+        assert!(s.contains("FUNCTION") && s.contains("scan"), "{s}");
+        assert!(s.contains("TOTAL%"), "{s}");
+        let names = |a: &App| -> Vec<String> {
+            a.function_rows(a.snapshot.as_ref().unwrap())
+                .into_iter()
+                .map(|r| r.function)
+                .collect()
+        };
+        assert_eq!(names(&a), ["scan", "serve", "parse", "main"]);
+        // Enter on a function: its callers.
+        a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert_eq!(a.view, View::Callers);
+        assert!(screen(&a, 140, 30).contains("main > scan"));
+        a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+        assert_eq!(a.view, View::Functions);
+        // Enter on a process (the second row): its functions only; Esc goes back.
+        a.on_key(key('p'));
+        let second = a.rows(a.snapshot.as_ref().unwrap(), &name_of)[1].clone();
+        a.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+        assert_eq!(
+            a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
+            Action::Functions
+        );
+        assert_eq!(a.view, View::Functions);
+        let only = names(&a);
+        assert!(!only.is_empty());
+        let all_sites = &a.snapshot.as_ref().unwrap().sites;
+        for f in &only {
+            assert!(
+                all_sites
+                    .iter()
+                    .any(|s| s.tgid == second.tgid && s.frames.iter().any(|x| &x.function == f)),
+                "{f} is not {}'s",
+                second.name
+            );
+        }
+        assert!(screen(&a, 140, 30).contains(&format!("functions of {}", second.name)));
+        assert_eq!(
+            a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)),
+            Action::None
+        );
+        assert_eq!(a.view, View::Processes);
+        // Filter by function name; without stacks, Enter stays.
+        let mut a = with_sites(false);
+        a.on_key(key('f'));
+        a.filter = "par".into();
+        assert_eq!(names(&a), ["parse"]);
+        a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert_eq!(a.view, View::Functions);
+        assert!(batch_text(&a, &name_of).contains("parse"));
+    }
+
+    #[test]
+    fn function_view_before_locations_says_rows_come_next() {
+        let mut a = app();
+        assert_eq!(a.on_key(key('f')), Action::Functions);
+        assert!(screen(&a, 140, 30).contains("recording where samples land"));
     }
 
     #[test]

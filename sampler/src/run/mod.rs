@@ -24,10 +24,14 @@ use crate::{
     },
     kernel::{
         self,
-        bpf::{self, Bpf, KERNEL_BTF},
+        bpf::{self, Bpf, KERNEL_BTF, Locations},
         session::{self, Session},
     },
-    model::snapshot::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
+    model::{
+        functions,
+        snapshot::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
+    },
+    symbolize::Symbols,
     sys::{self, RealSys},
 };
 
@@ -56,6 +60,12 @@ pub struct Options {
     pub map_entries: Option<u32>,
     /// Where sysfs is.
     pub sysfs_root: PathBuf,
+    /// What to record of the samples' locations from the start ...
+    pub locations: Locations,
+    /// ... and the most that may be turned on later (the live view's function key).
+    pub max_locations: Locations,
+    /// Name inlined functions (from DWARF) instead of the functions they are in.
+    pub inlined: bool,
 }
 
 impl Options {
@@ -140,6 +150,8 @@ pub struct Sampling {
     pub pmus: PmuSet,
     /// Keeps the kernel's BPF run-time statistics on (`--bpf-stats`).
     _stats: Option<std::os::fd::OwnedFd>,
+    /// Names of the addresses the samples landed on, cached over the run.
+    pub symbols: Symbols,
 }
 
 static REAL_SYS: RealSys = RealSys;
@@ -172,7 +184,12 @@ impl Sampling {
                 sp.members.len()
             );
         }
-        let bpf = Bpf::load(Path::new(KERNEL_BTF), entries, sp.members.len() as u32)?;
+        let bpf = Bpf::load(
+            Path::new(KERNEL_BTF),
+            entries,
+            sp.members.len() as u32,
+            args.max_locations.max(args.locations),
+        )?;
         let stats = if args.bpf_stats {
             Some(bpf::enable_run_stats()?)
         } else {
@@ -185,6 +202,8 @@ impl Sampling {
         for notice in session.notices() {
             eprintln!("{notice}");
         }
+        let mut bpf = bpf;
+        bpf.set_locations(args.locations)?;
         bpf.with_fds(|prog, members| session.attach(prog, members))?;
         session.enable()?;
         let info = RunInfo {
@@ -210,7 +229,58 @@ impl Sampling {
             plan: sp.plan.plan,
             pmus,
             _stats: stats,
+            symbols: Symbols::new(args.inlined),
         })
+    }
+
+    /// What the program records of the samples' locations from now on.
+    pub fn set_locations(&mut self, want: Locations) -> Result<(), Error> {
+        Ok(self.bpf.set_locations(want)?)
+    }
+
+    /// Symbolizes the addresses of `maps` not seen before (while their processes
+    /// still run).
+    pub fn resolve(&mut self, maps: &bpf::MapContents) -> Result<(), Error> {
+        if !maps.locations.is_empty() {
+            self.symbols.resolve(&maps.locations, &self.bpf)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the location map alone and symbolizes what is new: called between
+    /// refreshes, so that a process that exits before the next one is still named.
+    pub fn poll_symbols(&mut self) -> Result<(), Error> {
+        if self.bpf.locations() == Locations::Off {
+            return Ok(());
+        }
+        let (locations, _) = self.bpf.read_locations()?;
+        self.symbols.resolve(&locations, &self.bpf)?;
+        Ok(())
+    }
+
+    /// Adds where the samples of `maps` (an interval's, or a whole run's) landed to
+    /// `snapshot`: the symbolized sites, the function and stack rows and what was lost.
+    pub fn locate(&self, snapshot: &mut Snapshot, maps: &bpf::MapContents) {
+        if self.bpf.locations() == Locations::Off && maps.locations.is_empty() {
+            return;
+        }
+        let stacks = self.bpf.locations() == Locations::Stacks;
+        snapshot.sites = functions::sites(&maps.locations, &self.info, |k| self.symbols.frames(k));
+        let mut stats = functions::location_stats(
+            &maps.loc_stats,
+            &self.info,
+            stacks,
+            maps.location_evictions(),
+        );
+        stats.short_user_stacks = functions::short_user_stacks(&snapshot.sites);
+        stats.unnamed = self.symbols.stats;
+        snapshot.warnings.extend(self.symbols.notes());
+        snapshot
+            .warnings
+            .extend(functions::short_stack_warning(&stats, &snapshot.sites));
+        snapshot.functions = Some(functions::functions(snapshot, None));
+        snapshot.stacks = stacks.then(|| functions::stacks(snapshot, None));
+        snapshot.locations = Some(stats);
     }
 
     /// Follows CPU hotplug (see [`Session::follow_online`]); each change is also
@@ -258,14 +328,18 @@ impl Refresh {
     pub fn next(&mut self, sampling: &mut Sampling) -> Result<Snapshot, Error> {
         let hotplug = sampling.follow_hotplug();
         let cur = sampling.bpf.read()?;
+        sampling.resolve(&cur)?;
         let cur_counts = sampling.session.read_counts()?;
         let now = Instant::now();
+        let interval = delta(&self.prev, &cur);
         let mut snapshot = Snapshot::build(
-            &delta(&self.prev, &cur),
+            &interval,
             &delta_counts(&self.prev_counts, &cur_counts),
             &sampling.info,
             (now - self.last).as_secs_f64(),
         );
+        sampling.locate(&mut snapshot, &interval);
+        sampling.symbols.retain_processes(&cur.locations);
         snapshot.warnings.extend(sampling.throttled());
         snapshot.warnings.extend(hotplug);
         (self.prev, self.prev_counts, self.last) = (cur, cur_counts, now);

@@ -1,0 +1,336 @@
+//! Where the samples land: the function view and call stacks, for real, on a test
+//! workload these tests build with frame pointers (`tests/workload/main.rs`): its two
+//! hot functions split 2:1 through different callers, a system-call loop, a process
+//! that exits before the run ends, a stripped copy, and `perf record` + `perf report`
+//! on the same workload as the peer.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+mod common;
+use common::{TestResult, require_root, sampler_bin, skip};
+
+const ALPHA: &str = "workload::work::alpha_hot";
+const BETA: &str = "workload::work::beta_hot";
+
+/// Builds the workload (once per name) with rustc: optimized, frame pointers, debug
+/// information; `strip` drops its symbols.
+fn workload(name: &str, strip: bool) -> Result<PathBuf, common::Skip> {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workload/main.rs");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let mut cmd = Command::new(&rustc);
+    cmd.args([
+        "--edition",
+        "2021",
+        "--crate-name",
+        "workload",
+        "-C",
+        "opt-level=2",
+        "-C",
+        "force-frame-pointers=yes",
+    ]);
+    if strip {
+        cmd.args(["-C", "strip=symbols"]);
+    } else {
+        cmd.arg("-g");
+    }
+    let status = cmd.arg("-o").arg(&out).arg(&src).status();
+    match status {
+        Ok(s) if s.success() => Ok(out),
+        Ok(s) => panic!("building the workload with {rustc} failed: {s}"),
+        Err(e) => Err(skip(format!(
+            "cannot run {rustc} to build the test workload ({e}); run under cargo"
+        ))),
+    }
+}
+
+struct Running(Child);
+
+impl Running {
+    fn start(bin: &Path, mode: &str, secs: f64) -> Self {
+        Self(
+            Command::new(bin)
+                .args([mode, &secs.to_string()])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start the workload"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sampler stat --json` with `args`, parsed.
+fn stat_json(args: &[&str]) -> Value {
+    let out = Command::new(sampler_bin())
+        .arg("stat")
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sampler");
+    assert!(
+        out.status.success(),
+        "sampler stat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stat --json is JSON")
+}
+
+fn functions(doc: &Value) -> &Vec<Value> {
+    doc["functions"].as_array().expect("functions in the JSON")
+}
+
+fn samples_of(doc: &Value, function: &str) -> u64 {
+    functions(doc)
+        .iter()
+        .filter(|f| f["function"] == function)
+        .map(|f| f["samples"].as_u64().unwrap())
+        .sum()
+}
+
+/// Per leaf function, the samples of process `pid`'s stacks.
+fn leaf_shares(doc: &Value, pid: u32) -> Vec<(String, f64)> {
+    let mut by_leaf: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut total = 0u64;
+    for s in doc["stacks"].as_array().expect("stacks in the JSON") {
+        if s["tgid"] != pid {
+            continue;
+        }
+        let n = s["samples"].as_u64().unwrap();
+        total += n;
+        let leaf = s["frames"][0]["function"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        *by_leaf.entry(leaf).or_default() += n;
+    }
+    let mut v: Vec<(String, f64)> = by_leaf
+        .into_iter()
+        .map(|(f, n)| (f, n as f64 * 100.0 / total.max(1) as f64))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
+fn hot_functions_split_two_to_one_with_their_call_chains() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload", false)?;
+    let w = Running::start(&bin, "cpu", 4.0);
+    let doc = stat_json(&["-d", "3", "-g"]);
+    let (a, b) = (samples_of(&doc, ALPHA), samples_of(&doc, BETA));
+    assert!(a + b > 1000, "few samples in the hot functions: {a} + {b}");
+    let alpha_pct = a as f64 * 100.0 / (a + b) as f64;
+    assert!(
+        (alpha_pct - 200.0 / 3.0).abs() < 5.0,
+        "alpha_hot has {alpha_pct:.1}% of the hot samples, not 66.7 ± 5"
+    );
+    let row = functions(&doc)
+        .iter()
+        .find(|f| f["function"] == ALPHA)
+        .unwrap();
+    assert_eq!(row["module"], "workload");
+    assert_eq!(row["kernel"], false);
+    // The call chains: each hot function through its own caller, up to main.
+    let stacks = doc["stacks"].as_array().unwrap();
+    for (leaf, caller) in [(ALPHA, "workload::via_alpha"), (BETA, "workload::via_beta")] {
+        let chain = stacks
+            .iter()
+            .filter(|s| s["tgid"] == w.pid() && s["frames"][0]["function"] == leaf)
+            .max_by_key(|s| s["samples"].as_u64())
+            .unwrap_or_else(|| panic!("no stack of {leaf}"));
+        let names: Vec<&str> = chain["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["function"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.get(1), Some(&caller), "{names:?}");
+        assert_eq!(names.get(2), Some(&"workload::main"), "{names:?}");
+    }
+    // With stacks, main's total holds both chains.
+    let main = functions(&doc)
+        .iter()
+        .find(|f| f["function"] == "workload::main")
+        .map_or(0, |f| f["total_samples"].as_u64().unwrap());
+    assert!(main >= (a + b) * 95 / 100, "main total {main} < {a} + {b}");
+    assert_eq!(doc["locations"]["stacks"], true);
+    Ok(())
+}
+
+fn a_process_that_exits_before_the_run_ends_is_still_named() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload", false)?;
+    // Starts with the run and is gone a second and a half before it ends.
+    let mut w = Running::start(&bin, "cpu", 1.5);
+    let doc = stat_json(&["-d", "3", "--functions"]);
+    assert!(w.0.try_wait().unwrap().is_some(), "the workload still runs");
+    let a = samples_of(&doc, ALPHA);
+    assert!(
+        a > 300,
+        "alpha_hot has {a} samples: the exited process was not named"
+    );
+    assert!(doc.get("stacks").is_none(), "no stacks without -g");
+    Ok(())
+}
+
+fn a_stripped_binary_shows_module_plus_offset() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload-stripped", true)?;
+    let _w = Running::start(&bin, "cpu", 3.0);
+    let doc = stat_json(&["-d", "2", "--functions"]);
+    let rows: Vec<&Value> = functions(&doc)
+        .iter()
+        .filter(|f| f["module"] == "workload-stripped")
+        .collect();
+    let samples: u64 = rows.iter().map(|f| f["samples"].as_u64().unwrap()).sum();
+    assert!(samples > 500, "stripped module rows: {rows:?}");
+    for r in &rows {
+        let name = r["function"].as_str().unwrap();
+        assert!(
+            name.starts_with("workload-stripped+0x"),
+            "a stripped address is named {name}"
+        );
+    }
+    assert!(doc["locations"]["unnamed"]["stripped"].as_u64().unwrap() > 0);
+    Ok(())
+}
+
+fn a_system_call_loop_lands_in_kernel_functions() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload", false)?;
+    let w = Running::start(&bin, "sys", 4.0);
+    let doc = stat_json(&["-d", "3", "-g"]);
+    let stacks = doc["stacks"].as_array().unwrap();
+    let mine: Vec<&Value> = stacks.iter().filter(|s| s["tgid"] == w.pid()).collect();
+    let total: u64 = mine.iter().map(|s| s["samples"].as_u64().unwrap()).sum();
+    let in_kernel: u64 = mine
+        .iter()
+        .filter(|s| s["frames"][0]["kernel"] == true)
+        .map(|s| s["samples"].as_u64().unwrap())
+        .sum();
+    assert!(total > 500, "the loop has {total} samples");
+    assert!(
+        in_kernel * 100 > total * 30,
+        "{in_kernel} of {total} samples in the kernel"
+    );
+    // A kernel chain climbs to the user caller of the system call.
+    assert!(
+        mine.iter().any(|s| s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["function"] == "workload::syscalls")),
+        "no kernel stack reaches workload::syscalls"
+    );
+    let kernel_fn = functions(&doc)
+        .iter()
+        .find(|f| f["kernel"] == true && f["samples"].as_u64() > Some(0))
+        .expect("a kernel function row");
+    assert!(!kernel_fn["function"].as_str().unwrap().starts_with('['));
+    Ok(())
+}
+
+/// `perf report --sort sym` of process `pid`: (function, percent), busiest first.
+fn perf_shares(data: &Path) -> Vec<(String, f64)> {
+    let out = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "sym",
+            "-q",
+            "-g",
+            "none",
+            "-i",
+        ])
+        .arg(data)
+        .env("DEBUGINFOD_URLS", "")
+        .output()
+        .expect("perf report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "    66.52%  [.] workload::work::alpha_hot"
+            let l = l.trim();
+            let (pct, rest) = l.split_once('%')?;
+            let name = rest.trim().split_once(']')?.1.trim();
+            Some((name.to_owned(), pct.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn perf_report_agrees_on_the_top_functions_and_shares() -> TestResult {
+    let _root = require_root()?;
+    if Command::new("perf").arg("--version").output().is_err() {
+        return Err(skip(
+            "perf is not installed (Debian's linux-perf); `cargo xtask test` installs it",
+        ));
+    }
+    let bin = workload("workload", false)?;
+    let w = Running::start(&bin, "cpu", 6.0);
+    let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("functions-perf.data");
+    let mut perf = Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-N",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "-g",
+            "-o",
+        ])
+        .arg(&data)
+        .args(["-p", &w.pid().to_string(), "--", "sleep", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("perf record");
+    std::thread::sleep(Duration::from_millis(300));
+    let doc = stat_json(&["-d", "3", "-g"]);
+    assert!(perf.wait().unwrap().success(), "perf record failed");
+    let ours = leaf_shares(&doc, w.pid());
+    let theirs = perf_shares(&data);
+    let top =
+        |v: &[(String, f64)]| -> Vec<String> { v.iter().take(2).map(|(f, _)| f.clone()).collect() };
+    assert_eq!(top(&ours), top(&theirs), "ours {ours:?}\nperf {theirs:?}");
+    for (f, pct) in theirs.iter().take(2) {
+        let mine = ours.iter().find(|(g, _)| g == f).map_or(0.0, |(_, p)| *p);
+        assert!(
+            (mine - pct).abs() < 5.0,
+            "{f}: sampler {mine:.1}% vs perf {pct:.1}%"
+        );
+    }
+    Ok(())
+}
+
+crate::test_main!(
+    hot_functions_split_two_to_one_with_their_call_chains,
+    a_process_that_exits_before_the_run_ends_is_still_named,
+    a_stripped_binary_shows_module_plus_offset,
+    a_system_call_loop_lands_in_kernel_functions,
+    perf_report_agrees_on_the_top_functions_and_shares,
+);
