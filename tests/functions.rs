@@ -1,8 +1,9 @@
 //! Where the samples land: the function view and call stacks, for real, on a test
 //! workload these tests build with frame pointers (`tests/workload/main.rs`): its two
 //! hot functions split 2:1 through different callers, a system-call loop, a process
-//! that exits before the run ends, a stripped copy, and `perf record` + `perf report`
-//! on the same workload as the peer.
+//! that exits before the run ends, a stripped copy, a deleted one, JIT code with and
+//! without a perf map, a C++ program, and `perf record` + `perf report` on the same
+//! workload as the peer.
 
 use std::{
     path::{Path, PathBuf},
@@ -57,6 +58,16 @@ impl Running {
         Self(
             Command::new(bin)
                 .args([mode, &secs.to_string()])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start the workload"),
+        )
+    }
+
+    fn start_args(bin: &Path, args: &[&str]) -> Self {
+        Self(
+            Command::new(bin)
+                .args(args)
                 .stdin(Stdio::null())
                 .spawn()
                 .expect("start the workload"),
@@ -246,6 +257,80 @@ fn a_system_call_loop_lands_in_kernel_functions() -> TestResult {
     Ok(())
 }
 
+fn jit_code_is_named_from_its_perf_map_or_marked_without_one() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload", false)?;
+    let _named = Running::start_args(&bin, &["jit", "4"]);
+    let _unnamed = Running::start_args(&bin, &["jit", "4", "nomap"]);
+    let doc = stat_json(&["-d", "2", "--functions"]);
+    let jit = functions(&doc)
+        .iter()
+        .find(|f| f["function"] == "jitted_spin_loop")
+        .expect("the JIT map's name");
+    assert_eq!(jit["module"], "[jit]");
+    assert!(jit["samples"].as_u64().unwrap() > 500, "{jit}");
+    let anon: u64 = functions(&doc)
+        .iter()
+        .filter(|f| f["module"] == "[anon]")
+        .map(|f| f["samples"].as_u64().unwrap())
+        .sum();
+    assert!(
+        anon > 500,
+        "code without a JIT map: {anon} samples in [anon]"
+    );
+    assert!(doc["locations"]["unnamed"]["anonymous"].as_u64().unwrap() > 0);
+    Ok(())
+}
+
+fn cpp_names_are_demangled() -> TestResult {
+    let _root = require_root()?;
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workload-cpp");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workload/cpp.cpp");
+    match Command::new("g++")
+        .args(["-O2", "-fno-omit-frame-pointer", "-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("g++ failed: {s}"),
+        Err(e) => {
+            return Err(skip(format!(
+                "g++ is not installed ({e}): apt-get install g++"
+            )));
+        }
+    }
+    let _w = Running::start_args(&out, &["3"]);
+    let doc = stat_json(&["-d", "2", "--functions"]);
+    let row = functions(&doc)
+        .iter()
+        .find(|f| f["module"] == "workload-cpp" && f["samples"].as_u64() > Some(500))
+        .unwrap_or_else(|| panic!("no busy row in workload-cpp: {:?}", functions(&doc)));
+    assert_eq!(
+        row["function"],
+        "workload_cpp::Spinner::spin(unsigned long)"
+    );
+    Ok(())
+}
+
+fn a_deleted_binary_is_still_named_and_marked() -> TestResult {
+    let _root = require_root()?;
+    let built = workload("workload", false)?;
+    let copy = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workload-deleted");
+    std::fs::copy(&built, &copy).unwrap();
+    let _w = Running::start(&copy, "cpu", 4.0);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::remove_file(&copy).unwrap();
+    let doc = stat_json(&["-d", "2", "--functions"]);
+    let row = functions(&doc)
+        .iter()
+        .find(|f| f["function"] == ALPHA)
+        .expect("alpha_hot named from the deleted binary");
+    let module = row["module"].as_str().unwrap();
+    assert!(module.contains("(deleted)"), "module {module}");
+    Ok(())
+}
+
 /// `perf report --sort sym` of process `pid`: (function, percent), busiest first.
 fn perf_shares(data: &Path) -> Vec<(String, f64)> {
     let out = Command::new("perf")
@@ -333,4 +418,7 @@ crate::test_main!(
     a_stripped_binary_shows_module_plus_offset,
     a_system_call_loop_lands_in_kernel_functions,
     perf_report_agrees_on_the_top_functions_and_shares,
+    jit_code_is_named_from_its_perf_map_or_marked_without_one,
+    cpp_names_are_demangled,
+    a_deleted_binary_is_still_named_and_marked,
 );

@@ -8,7 +8,9 @@
 //! and address, and blazesym caches each binary's symbols. An address that cannot be
 //! named is still shown, and why: `module+offset` for a stripped binary, `[exited]`
 //! for a process gone before it was symbolized, `[anon]` for anonymous code without a
-//! JIT map, `[kernel]` when kernel symbols are hidden.
+//! JIT map (`[jit]` with one), `[kernel]` when kernel symbols are hidden; a binary
+//! deleted since it was started is read through `/proc/PID/map_files` and its module
+//! says `(deleted)`.
 //!
 //! Uses `kernel` (the stack map); `model` builds function rows from its frames.
 
@@ -60,6 +62,8 @@ pub fn is_kernel(addr: u64) -> bool {
 pub struct SymbolStats {
     /// Addresses of processes that exited before they were symbolized.
     pub exited: u64,
+    /// Addresses of live processes that could not be read (see the warnings).
+    pub unreadable: u64,
     /// Addresses in binaries without symbols (shown as `module+offset`).
     pub stripped: u64,
     /// Addresses in anonymous memory with no JIT map.
@@ -85,6 +89,8 @@ pub struct Symbols {
     /// Why kernel frames show as `[kernel]`, once known.
     kernel_hidden: Option<String>,
     kernel_checked: bool,
+    /// Why live processes could not be symbolized (the first few).
+    errors: Vec<String>,
     pub stats: SymbolStats,
 }
 
@@ -111,13 +117,18 @@ impl Symbols {
             stacks: HashMap::new(),
             kernel_hidden: None,
             kernel_checked: false,
+            errors: Vec::new(),
             stats: SymbolStats::default(),
         }
     }
 
     /// One-line notes on what the frames cannot say (kernel symbols hidden).
     pub fn notes(&self) -> Vec<String> {
-        self.kernel_hidden.iter().cloned().collect()
+        self.kernel_hidden
+            .iter()
+            .chain(&self.errors)
+            .cloned()
+            .collect()
     }
 
     /// Symbolizes every address of `locations` not seen before: the sampled
@@ -159,15 +170,17 @@ impl Symbols {
                 }
             }
         }
-        if !kernel_new.is_empty() {
-            kernel_new.sort_unstable();
-            kernel_new.dedup();
-            self.resolve_kernel(&kernel_new);
-        }
+        // Processes first: they may exit; the kernel stays (and loading its symbols
+        // the first time takes a while).
         for (proc_key, mut addrs) in user_new {
             addrs.sort_unstable();
             addrs.dedup();
             self.resolve_user(proc_key, &addrs);
+        }
+        if !kernel_new.is_empty() {
+            kernel_new.sort_unstable();
+            kernel_new.dedup();
+            self.resolve_kernel(&kernel_new);
         }
         Ok(())
     }
@@ -215,31 +228,55 @@ impl Symbols {
         let named = self
             .symbolizer
             .symbolize(&Source::Process(Process::new(pid)), Input::AbsAddr(addrs));
-        let cache = self.user.entry(proc_key).or_default();
-        let (Ok(normalized), Ok(named)) = (normalized, named) else {
-            // The process is gone (or unreadable): its addresses stay unnamed.
-            for &a in addrs {
-                self.stats.exited += 1;
-                cache.insert(a, Arc::new(Frame::marked("[unknown]", "[exited]", false)));
+        let (normalized, named) = match (normalized, named) {
+            (Ok(n), Ok(s)) => (n, s),
+            (Err(e), _) | (_, Err(e)) => {
+                // Gone, or unreadable: its addresses stay unnamed, and an unreadable
+                // live process is said once.
+                let alive = self.proc_root.join(proc_key.0.to_string()).exists();
+                let (module, count) = if alive {
+                    (format!("[unreadable: {e}]"), &mut self.stats.unreadable)
+                } else {
+                    ("[exited]".to_owned(), &mut self.stats.exited)
+                };
+                *count += addrs.len() as u64;
+                if alive && self.errors.len() < 3 {
+                    self.errors
+                        .push(format!("cannot symbolize process {}: {e}", proc_key.0));
+                }
+                let cache = self.user.entry(proc_key).or_default();
+                for &a in addrs {
+                    cache.insert(
+                        a,
+                        Arc::new(Frame::marked("[unknown]", module.clone(), false)),
+                    );
+                }
+                return;
             }
-            return;
         };
+        let cache = self.user.entry(proc_key).or_default();
         for (i, &a) in addrs.iter().enumerate() {
             let (file_offset, meta) = normalized
                 .outputs
                 .get(i)
                 .map_or((0, None), |&(off, m)| (off, normalized.meta.get(m)));
             let module = match meta {
+                // A binary deleted since it was mapped is read through map_files
+                // and marked.
+                Some(UserMeta::Elf(elf)) if !elf.path.exists() => {
+                    Some(format!("{} (deleted)", file_name(&elf.path)))
+                }
                 Some(UserMeta::Elf(elf)) => Some(file_name(&elf.path)),
                 _ => None,
             };
             let frame = match named.get(i) {
                 Some(Symbolized::Sym(sym)) => Frame::marked(
                     innermost(sym),
+                    // Named outside any file: from a JIT map (/tmp/perf-PID.map).
                     module.unwrap_or_else(|| {
                         sym.module
                             .as_ref()
-                            .map_or("[unknown]".to_owned(), |m| file_name(Path::new(&**m)))
+                            .map_or("[jit]".to_owned(), |m| file_name(Path::new(&**m)))
                     }),
                     false,
                 ),
