@@ -257,6 +257,157 @@ fn icount_instructions_per_task_give_ipc_one() -> TestResult {
     Ok(())
 }
 
+/// The function view's workload (`tests/workload/main.rs`), which `cargo xtask
+/// vm-test` builds for arm64 and puts at `SAMPLER_WORKLOAD`.
+struct Workload(std::process::Child);
+
+impl Workload {
+    fn pinned_to(cpu: u32, mode: &str, secs: f64) -> Result<Self, Skip> {
+        let bin = std::env::var("SAMPLER_WORKLOAD").map_err(|_| {
+            skip("needs the test workload at SAMPLER_WORKLOAD: `cargo xtask vm-test` puts it there")
+        })?;
+        let child = std::process::Command::new(bin)
+            .args([mode, &secs.to_string()])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start the workload");
+        let w = Self(child);
+        sampler::sys::pin_to_cpu(w.pid() as i32, cpu).expect("pin the workload");
+        Ok(w)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const ALPHA: &str = "workload::work::alpha_hot";
+const BETA: &str = "workload::work::beta_hot";
+
+/// Samples of process `pid`'s stacks whose innermost frame is `leaf`, and the
+/// second frame of its busiest such stack.
+fn leaf_of(doc: &Value, pid: u32, leaf: &str) -> (u64, String) {
+    let mine: Vec<&Value> = doc["stacks"]
+        .as_array()
+        .expect("stacks with -g")
+        .iter()
+        .filter(|s| s["tgid"] == pid && s["frames"][0]["function"] == leaf)
+        .collect();
+    let n = mine.iter().map(|s| s["samples"].as_u64().unwrap()).sum();
+    let caller = mine
+        .iter()
+        .max_by_key(|s| s["samples"].as_u64())
+        .and_then(|s| s["frames"][1]["function"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    (n, caller)
+}
+
+fn functions_and_stacks_on_hardware_cycles_on_every_cpu() -> TestResult {
+    let g = guest_without_icount()?;
+    let owners = pmu_of_cpu();
+    let workloads = owners
+        .iter()
+        .map(|&(cpu, _)| Workload::pinned_to(cpu as u32, "cpu", 60.0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let doc = json(&[
+        "stat",
+        "-e",
+        "{cycles,instructions}",
+        "-F",
+        "200",
+        "-d",
+        "3",
+        "-g",
+        "--json",
+    ]);
+    assert_eq!(doc["source"], "hardware", "{doc}");
+    for (w, (cpu, pmu)) in workloads.iter().zip(&owners) {
+        let (a, via_a) = leaf_of(&doc, w.pid(), ALPHA);
+        let (b, via_b) = leaf_of(&doc, w.pid(), BETA);
+        let mine: Vec<&Value> = doc["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["tgid"] == w.pid())
+            .take(3)
+            .collect();
+        assert!(
+            a > 0 && b > 0,
+            "CPU {cpu} ({pmu}): alpha {a}, beta {b} samples; its busiest stacks {mine:?}; \
+             functions {:?}; locations {}; warnings {}",
+            doc["functions"].as_array().map(|f| &f[..f.len().min(5)]),
+            doc["locations"],
+            doc["warnings"]
+        );
+        assert_eq!(via_a, "workload::via_alpha", "CPU {cpu}");
+        assert_eq!(via_b, "workload::via_beta", "CPU {cpu}");
+    }
+    let alpha = doc["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["function"] == ALPHA)
+        .expect("alpha_hot row")
+        .clone();
+    assert_eq!(alpha["module"], "workload");
+    assert!(alpha["period_sum"].as_u64().unwrap() > 0, "{alpha}");
+    assert!(alpha["ipc"].as_f64().is_some(), "{alpha}");
+    // Two core types: the function's IPC on each.
+    if g.pmus == 2 {
+        let by_pmu = alpha["ipc_by_pmu"].as_object().expect("ipc_by_pmu");
+        let mut pmus: Vec<&str> = owners.iter().map(|(_, p)| p.as_str()).collect();
+        pmus.sort_unstable();
+        pmus.dedup();
+        assert_eq!(by_pmu.len(), pmus.len(), "{alpha}");
+        // (QEMU counts instructions only under -icount, whose run checks the value.)
+        assert!(by_pmu.values().all(|v| v.as_f64().is_some()), "{alpha}");
+    }
+    Ok(())
+}
+
+fn icount_functions_give_ipc_one() -> TestResult {
+    let g = guest()?;
+    if !g.icount {
+        return Err(skip(
+            "QEMU counts instructions only with -icount: `cargo xtask vm-test --icount`",
+        ));
+    }
+    let _w = Workload::pinned_to(1, "cpu", 60.0)?;
+    let doc = json(&[
+        "stat",
+        "-e",
+        "{cycles,instructions}",
+        "-F",
+        "100",
+        "-d",
+        "2",
+        "--functions",
+        "--json",
+    ]);
+    for name in [ALPHA, BETA] {
+        let row = doc["functions"]
+            .as_array()
+            .expect("functions with --functions")
+            .iter()
+            .find(|f| f["function"] == name)
+            .unwrap_or_else(|| panic!("no row for {name}: {doc}"))
+            .clone();
+        // Under -icount shift=0 one instruction is one cycle, per function too.
+        let ipc = row["ipc"].as_f64().expect("IPC per function");
+        assert!((0.9..=1.1).contains(&ipc), "{name}: IPC {ipc} ({row})");
+        assert!(row["samples"].as_u64().unwrap() >= 20, "{row}");
+    }
+    Ok(())
+}
+
 fn a_member_the_pmu_lacks_is_reported_not_fatal() -> TestResult {
     let _g = guest_without_icount()?;
     let out = sampler(&[
@@ -802,6 +953,8 @@ fn perf_user_access_off_falls_back_to_read_and_says_why() -> TestResult {
 }
 
 crate::test_main!(
+    functions_and_stacks_on_hardware_cycles_on_every_cpu,
+    icount_functions_give_ipc_one,
     core_pmus_are_found_whatever_their_names,
     plan_puts_each_cpu_on_its_own_pmu,
     cycles_samples_arrive_on_every_cpu_through_its_pmu,

@@ -273,6 +273,34 @@ pub(crate) fn work(iterations: u64) -> u64 {
     std::hint::black_box(table.iter().fold(x, |a, b| a ^ b))
 }
 
+/// Instances of the test workload (`tests/workload/main.rs`), killed on drop.
+struct Workloads(Vec<Child>);
+
+impl Workloads {
+    fn start(bin: &Path, mode: &str, n: usize, secs: f64) -> Result<Self> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(
+                Command::new(bin)
+                    .args([mode, &secs.to_string()])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("cannot start {}", bin.display()))?,
+            );
+        }
+        Ok(Self(v))
+    }
+}
+
+impl Drop for Workloads {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Background load: one spinning thread per CPU until dropped.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -635,7 +663,9 @@ impl Bench {
     }
 
     /// The BPF program's cost per sample from the kernel's BPF statistics, without
-    /// and with counting members whose deltas are attributed per task.
+    /// and with counting members whose deltas are attributed per task, and with the
+    /// sampled function and the call stacks recorded (against task attribution alone,
+    /// measured in the same repetition).
     fn bpf_cost(&mut self, hz: u64) -> Result<()> {
         let members = if self.machine.hardware() {
             "{cycles,instructions,cache-misses}"
@@ -643,40 +673,169 @@ impl Bench {
             "{cpu-clock,cpu-clock,context-switches}"
         };
         let s = format!("{}", self.plan.secs.min(3.0));
-        for (what, events) in [
-            ("task + cgroup + CPU attribution", None),
-            ("the same + 2 member deltas", Some(members)),
-        ] {
-            let mut f = Figure::new(
-                "BPF program cost per sample (kernel BPF statistics)",
-                format!("{what}, {hz} Hz, all CPUs busy"),
-                "ns",
-            )
-            .note(format!(
-                "{} events; target ≤ 150 ns on this machine's software events",
-                self.machine.source
-            ));
-            for _ in 0..self.plan.reps {
-                let _load = Load::start(self.machine.cpus);
-                let mut cmd = self.sampler_cmd();
-                cmd.args([
-                    "stat",
-                    "-d",
-                    &s,
-                    "-F",
-                    &hz.to_string(),
-                    "--bpf-stats",
-                    "--json",
-                ]);
-                if let Some(e) = events {
-                    cmd.args(["-e", e]);
-                }
-                let doc = json(&run_measured(&mut cmd)?.stdout)?;
-                f.ours
-                    .push(doc["bpf"]["ns_per_sample"].as_f64().unwrap_or(f64::NAN));
-            }
-            self.figures.push(f);
+        let cost = |b: &Self, extra: &[&str]| -> Result<f64> {
+            let _load = Load::start(b.machine.cpus);
+            let mut cmd = b.sampler_cmd();
+            cmd.args([
+                "stat",
+                "-d",
+                &s,
+                "-F",
+                &hz.to_string(),
+                "--bpf-stats",
+                "--json",
+            ])
+            .args(extra);
+            let doc = json(&run_measured(&mut cmd)?.stdout)?;
+            Ok(doc["bpf"]["ns_per_sample"].as_f64().unwrap_or(f64::NAN))
+        };
+        let group = "BPF program cost per sample (kernel BPF statistics)";
+        let note = format!(
+            "{} events; target ≤ 150 ns on this machine's software events",
+            self.machine.source
+        );
+        let mut task = Figure::new(
+            group,
+            format!("task + cgroup + CPU attribution, {hz} Hz, all CPUs busy"),
+            "ns",
+        )
+        .note(note.clone());
+        let mut member = Figure::new(
+            group,
+            format!("the same + 2 member deltas, {hz} Hz, all CPUs busy"),
+            "ns",
+        )
+        .note(note);
+        let located = |what: &str| {
+            let mut f = Figure::new(group, format!("{what}, {hz} Hz, all CPUs busy"), "ns")
+                .peer("task attribution alone (same repetition)", "with / without");
+            f.inverted = true;
+            f
+        };
+        let mut function = located("the same + the sampled function (--functions)");
+        let mut stacks = located("the same + kernel and user stacks (-g)");
+        for _ in 0..self.plan.reps {
+            let alone = cost(self, &[])?;
+            task.ours.push(alone);
+            member.ours.push(cost(self, &["-e", members])?);
+            function.ours.push(cost(self, &["--functions"])?);
+            function.peer.push(alone);
+            stacks.ours.push(cost(self, &["-g"])?);
+            stacks.peer.push(alone);
         }
+        self.figures.extend([task, member, function, stacks]);
+        Ok(())
+    }
+
+    /// The function view and call stacks against perf on the same workload and rate
+    /// (the test workload on every CPU); then symbolization with about 10,000 distinct
+    /// stacks (the workload's `stacks` mode), with the tool's resident memory.
+    fn functions(&mut self, hz: u64, workload: &Path) -> Result<()> {
+        let secs = self.plan.secs;
+        let s = format!("{secs}");
+        let hz_s = hz.to_string();
+        let group = "Functions and call stacks: tool CPU time (user + sys)";
+        let job = format!("{hz} Hz per CPU, {secs} s, the test workload on every CPU");
+        let mut view = Figure::new(group, format!("function view, {job}"), "ms")
+            .peer("perf top --stdio --sort sym", "perf / sampler");
+        let mut graph = Figure::new(group, format!("call stacks (-g), {job}"), "ms").peer(
+            "perf record -a -g + perf report --sort sym",
+            "perf / sampler",
+        );
+        let data = self.perf_data();
+        for _ in 0..self.plan.reps {
+            let _w = Workloads::start(workload, "cpu", self.machine.cpus, secs * 6.0 + 10.0)?;
+            let n = format!("{}", secs.round().max(1.0));
+            let ours = run_measured(self.sampler_cmd().args([
+                "top",
+                "--functions",
+                "-i",
+                "1",
+                "-n",
+                &n,
+                "-F",
+                &hz_s,
+                "--json",
+            ]))?;
+            view.ours.push(ours.cpu_s * 1e3);
+            let mut cmd = Command::new("perf");
+            cmd.args(["top", "--stdio", "-a", "--sort", "sym", "-F", &hz_s, "-e"])
+                .arg(&self.machine.event)
+                .args(["-d", "1"]);
+            let running = Running::spawn(&mut cmd)?;
+            thread::sleep(Duration::from_secs_f64(secs));
+            running.signal(libc::SIGINT);
+            view.peer.push(running.finish()?.cpu_s * 1e3);
+
+            let ours = run_measured(
+                self.sampler_cmd()
+                    .args(["stat", "-g", "-d", &s, "-F", &hz_s, "--json"]),
+            )?;
+            graph.ours.push(ours.cpu_s * 1e3);
+            let rec = run_measured(self.perf_record(hz).arg("-g").args(["--", "sleep", &s]))?;
+            let rep = run_measured(
+                Command::new("perf")
+                    .args(["report", "--stdio", "--sort", "sym", "-i"])
+                    .arg(&data),
+            )?;
+            graph.peer.push((rec.cpu_s + rep.cpu_s) * 1e3);
+        }
+        self.figures.extend([view, graph]);
+
+        // Symbolization: the refresh that meets the most new stacks.
+        let fast = 4_999u64;
+        let fast_s = fast.to_string();
+        let window = 4.0f64;
+        let mut refresh = Figure::new("Functions and call stacks: symbolization", "", "ms").peer(
+            "perf report -g --sort sym of the same job",
+            "perf / sampler",
+        );
+        let mut rss = Figure::new("Functions and call stacks: resident memory", "", "MiB")
+            .peer("perf report (peak)", "perf / sampler");
+        let mut distinct = Vec::new();
+        for _ in 0..self.plan.reps.min(3) {
+            let _w = Workloads::start(workload, "stacks", self.machine.cpus, 2.0 * window + 10.0)?;
+            let interval = format!("{}", window / 2.0);
+            let ours = run_measured(self.sampler_cmd().args([
+                "top", "-g", "-F", &fast_s, "-i", &interval, "-n", "2", "--json",
+            ]))?;
+            let (mut slowest, mut most) = (0.0f64, 0usize);
+            for line in ours.stdout.lines() {
+                let doc = json(line)?;
+                let stacks = doc["stacks"].as_array().map_or(0, Vec::len);
+                slowest = slowest.max(doc["refresh_ms"].as_f64().unwrap_or(0.0));
+                most = most.max(stacks);
+            }
+            distinct.push(most as f64);
+            refresh.ours.push(slowest);
+            rss.ours.push(ours.peak_kib as f64 / 1024.0);
+            let rec = run_measured(
+                Command::new("perf")
+                    .args(["record", "-a", "-q", "-g", "-F", &fast_s, "-e"])
+                    .arg(&self.machine.event)
+                    .arg("-o")
+                    .arg(&data)
+                    .args(["--", "sleep", &format!("{window}")]),
+            )?;
+            drop(rec);
+            let rep = run_measured(
+                Command::new("perf")
+                    .args(["report", "--stdio", "--sort", "sym", "-g", "caller", "-i"])
+                    .arg(&data),
+            )?;
+            refresh.peer.push(rep.cpu_s * 1e3);
+            rss.peer.push(rep.peak_kib as f64 / 1024.0);
+        }
+        let stacks = summary(&distinct, 0);
+        refresh.what = format!(
+            "slowest refresh of `sampler top -g` (map read, symbolization, roll-up), \
+             {stacks} distinct stacks per refresh, {fast} Hz, {window} s"
+        );
+        refresh.note = "sampler: wall time of its refresh; perf: CPU time of perf report on \
+                        a recording of the same job"
+            .to_owned();
+        rss.what = format!("sampler top -g peak (VmHWM), {stacks} distinct stacks");
+        self.figures.extend([refresh, rss]);
         Ok(())
     }
 
@@ -1069,6 +1228,9 @@ pub fn run(
         eprintln!("xtask: bench: BPF cost per sample at {hz} Hz");
         b.bpf_cost(hz)?;
     }
+    eprintln!("xtask: bench: functions and call stacks");
+    let workload = crate::guest::build_workload(None)?;
+    b.functions(rates[0], &workload)?;
     eprintln!("xtask: bench: start-up");
     b.startup()?;
     for n in b.plan.tasks.clone() {

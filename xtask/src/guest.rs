@@ -1,7 +1,11 @@
 //! The guest test runs: the arm64 binaries they boot with (the static `sampler` and
 //! the `tests/guest.rs` binary), and one run of those tests in a guest (`vm`).
 
-use std::{path::PathBuf, process::Stdio, time::Instant};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -34,25 +38,58 @@ fn build_tests(arch: Arch) -> Result<PathBuf> {
         .context("cargo reported no guest test executable")
 }
 
-/// What a guest run boots with: the static sampler and the guest test binary.
+/// Builds the function view's test workload (`tests/workload/main.rs`) for `arch`
+/// (`None`: this machine) with rustc, as the host tests do: optimized, frame
+/// pointers, debug information.
+pub fn build_workload(arch: Option<Arch>) -> Result<PathBuf> {
+    let root = crate::workspace_root();
+    let dir = root.join("target").join(arch.map_or("host", Arch::target));
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("workload");
+    let mut cmd = Command::new("rustc");
+    cmd.args(["--edition", "2021", "--crate-name", "workload"])
+        .args(["-C", "opt-level=2", "-C", "force-frame-pointers=yes", "-g"]);
+    if let Some(arch) = arch {
+        // Linked as .cargo/config.toml links the other arm64 binaries.
+        cmd.args(["--target", arch.target(), "-C", "linker=rust-lld"]);
+    }
+    cmd.arg("-o")
+        .arg(&out)
+        .arg(root.join("tests/workload/main.rs"));
+    eprintln!("xtask: {}", display(&cmd));
+    if !cmd.status()?.success() {
+        bail!("building the test workload ({}) failed", display(&cmd));
+    }
+    Ok(out)
+}
+
+/// What a guest run boots with: the static sampler, the guest test binary and the
+/// function view's workload.
 pub struct GuestBinaries {
     pub sampler: PathBuf,
     pub tests: PathBuf,
+    pub workload: PathBuf,
 }
 
 /// Builds the guest binaries and checks the host tools, once for any number of runs.
 pub fn binaries() -> Result<GuestBinaries> {
     let sampler = build(Arch::Aarch64)?;
     let tests = build_tests(Arch::Aarch64)?;
+    let workload = build_workload(Some(Arch::Aarch64))?;
     vm::ensure_host_tools()?;
-    Ok(GuestBinaries { sampler, tests })
+    Ok(GuestBinaries {
+        sampler,
+        tests,
+        workload,
+    })
 }
 
 /// Runs the guest tests (those matching `filters`) in `guest`; returns what they
 /// printed.
 pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Result<String> {
     let mut command = format!(
-        "SAMPLER_BIN=/sampler SAMPLER_GUEST=1 SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} \
+        "SAMPLER_BIN=/sampler SAMPLER_WORKLOAD=/workload SAMPLER_GUEST=1 \
+         SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} \
          SAMPLER_GUEST_KERNEL={} /guest-tests --test-threads=1 --color=never",
         if guest.hetero { 2 } else { 1 },
         u8::from(guest.icount),
@@ -69,6 +106,7 @@ pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) ->
         files: vec![
             (bins.sampler.clone(), "sampler"),
             (bins.tests.clone(), "guest-tests"),
+            (bins.workload.clone(), "workload"),
         ],
         command,
     };
