@@ -63,17 +63,18 @@ fn via_beta(n: u64) -> u64 {
 
 /// One level of the distinct-stacks walk: `path`'s digit at `level` (base 4) picks
 /// which of four functions calls the next level, so each path is its own stack.
+/// (Each with its own constant: identical bodies would be folded into one.)
 macro_rules! level {
-    ($($name:ident),+) => {
+    ($($name:ident = $k:literal),+) => {
         $(
             #[inline(never)]
             fn $name(path: u32, level: u32) -> u64 {
-                black_box(descend(path, level + 1))
+                black_box(descend(path, level + 1)) ^ $k
             }
         )+
     };
 }
-level!(s0, s1, s2, s3);
+level!(s0 = 0x11, s1 = 0x22, s2 = 0x33, s3 = 0x44);
 
 const LEVELS: u32 = 7;
 

@@ -33,6 +33,7 @@ pub fn sites(
             start_ns: k.start,
             cpu: k.cpu,
             frames: frames(k),
+            user_stack: k.user_stack >= 0,
             samples: v.samples,
             period_sum: v.period_sum,
             counts: v.counts,
@@ -243,12 +244,12 @@ fn process_names(s: &Snapshot) -> HashMap<(u32, u64), String> {
     best.into_iter().map(|(k, (_, n))| (k, n)).collect()
 }
 
-/// Samples whose user stack has at most one frame (see
+/// Samples whose recorded user stack has at most one frame (see
 /// [`LocationStats::short_user_stacks`]).
 pub fn short_user_stacks(sites: &[Site]) -> u64 {
     sites
         .iter()
-        .filter(|s| s.frames.iter().filter(|f| !f.kernel).count() == 1)
+        .filter(|s| s.user_stack && s.frames.iter().filter(|f| !f.kernel).count() == 1)
         .map(|s| s.samples)
         .sum()
 }
@@ -257,7 +258,7 @@ pub fn short_user_stacks(sites: &[Site]) -> u64 {
 pub fn short_stack_warning(stats: &LocationStats, sites: &[Site]) -> Option<String> {
     let with_user: u64 = sites
         .iter()
-        .filter(|s| s.frames.iter().any(|f| !f.kernel))
+        .filter(|s| s.user_stack && s.frames.iter().any(|f| !f.kernel))
         .map(|s| s.samples)
         .sum();
     (stats.stacks && with_user > 0 && stats.short_user_stacks * 2 > with_user).then(|| {
@@ -289,6 +290,7 @@ mod tests {
             start_ns: 0,
             cpu,
             frames: frames.iter().map(|(f, m)| frame(f, m)).collect(),
+            user_stack: true,
             samples,
             period_sum: samples * 1000,
             counts: [instr, 0, 0, 0],
@@ -403,6 +405,11 @@ mod tests {
         };
         stats.short_user_stacks = short_user_stacks(&sites);
         assert_eq!(stats.short_user_stacks, 80);
+        // A user stack lost to a collision leaves the sampled instruction alone: not
+        // a short stack.
+        let mut lost = sites.clone();
+        lost[0].user_stack = false;
+        assert_eq!(short_user_stacks(&lost), 0);
         let w = short_stack_warning(&stats, &sites).expect("warning");
         assert!(w.contains("frame pointers"), "{w}");
         stats.short_user_stacks = 10;

@@ -17,6 +17,9 @@ pub struct Site {
     pub start_ns: u64,
     pub cpu: u32,
     pub frames: Vec<Arc<Frame>>,
+    /// Whether the user stack was recorded (with `-g`; not lost to a collision or
+    /// a full stack map).
+    pub user_stack: bool,
     pub samples: u64,
     pub period_sum: u64,
     pub counts: [u64; MAX_MEMBERS],

@@ -1140,6 +1140,7 @@ mod tests {
             start_ns: s.tasks.iter().find(|t| t.tgid == tgid).unwrap().start_ns,
             cpu: 0,
             frames: vec![frame(leaf), frame("main")],
+            user_stack: true,
             samples,
             period_sum: samples * 1_000,
             counts: [samples * 1_500, 0, 0, 0],

@@ -278,6 +278,17 @@ impl Sampling {
         snapshot
             .warnings
             .extend(functions::short_stack_warning(&stats, &snapshot.sites));
+        let lost = stats.stack_collisions + stats.stack_full;
+        if stacks && lost * 10 > snapshot.samples {
+            snapshot.warnings.push(format!(
+                "{lost} of {} samples lost their stack (stack map of {} stacks: {} hash \
+                 collisions, {} full); their functions are counted, their callers are not",
+                snapshot.samples,
+                bpf::STACK_ENTRIES,
+                stats.stack_collisions,
+                stats.stack_full
+            ));
+        }
         snapshot.functions = Some(functions::functions(snapshot, None));
         snapshot.stacks = stacks.then(|| functions::stacks(snapshot, None));
         snapshot.locations = Some(stats);
