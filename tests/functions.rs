@@ -282,6 +282,37 @@ fn jit_code_is_named_from_its_perf_map_or_marked_without_one() -> TestResult {
     Ok(())
 }
 
+/// Functions the hot loops inline (the workload's `beta_step` and std's arithmetic).
+const INLINED: [&str; 5] = [
+    "workload::work::beta_step",
+    "core::hint::black_box",
+    "<u64>::wrapping_mul",
+    "<u64>::wrapping_add",
+    "<u64>::unchecked_add",
+];
+
+fn inlined_functions_are_named_with_inlined() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload", false)?;
+    let _w = Running::start(&bin, "cpu", 4.0);
+    let inlined = |doc: &Value| -> u64 { INLINED.iter().map(|f| samples_of(doc, f)).sum() };
+    let doc = stat_json(&["-d", "2", "--inlined"]);
+    let (inner, outer) = (
+        inlined(&doc),
+        samples_of(&doc, ALPHA) + samples_of(&doc, BETA),
+    );
+    assert!(
+        inner > 500 && inner > outer,
+        "--inlined: {inner} samples in inlined functions, {outer} in alpha_hot/beta_hot: {:?}",
+        &functions(&doc)[..functions(&doc).len().min(6)]
+    );
+    // Without it, the functions the code was inlined into.
+    let doc = stat_json(&["-d", "1", "--functions"]);
+    assert_eq!(inlined(&doc), 0);
+    assert!(samples_of(&doc, ALPHA) + samples_of(&doc, BETA) > 500);
+    Ok(())
+}
+
 fn cpp_names_are_demangled() -> TestResult {
     let _root = require_root()?;
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workload-cpp");
@@ -420,5 +451,6 @@ crate::test_main!(
     perf_report_agrees_on_the_top_functions_and_shares,
     jit_code_is_named_from_its_perf_map_or_marked_without_one,
     cpp_names_are_demangled,
+    inlined_functions_are_named_with_inlined,
     a_deleted_binary_is_still_named_and_marked,
 );

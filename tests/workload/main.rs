@@ -31,13 +31,19 @@ mod work {
 
     /// The same cost as `alpha_hot`, with other constants: identical bodies would be
     /// folded into one function by the compiler.
+    /// Its loop body is `beta_step`, inlined: with `--inlined` the samples name it.
     #[inline(never)]
     pub fn beta_hot(n: u64) -> u64 {
         let mut x = black_box(3u64);
         for i in 0..n {
-            x = black_box(x.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(i));
+            x = beta_step(x, i);
         }
         x
+    }
+
+    #[inline(always)]
+    fn beta_step(x: u64, i: u64) -> u64 {
+        black_box(x.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(i))
     }
 
     /// The leaf of the distinct-stacks walk (other constants again).
