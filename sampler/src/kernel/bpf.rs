@@ -305,52 +305,17 @@ impl Bpf {
         })
     }
 
-    /// Reads both maps.
+    /// Reads the task map, the per-CPU statistics and, when locations were ever on,
+    /// the location map and its counters.
     pub fn read(&self) -> Result<MapContents, Error> {
-        let map_err = |map| move |source| Error::MapRead { map, source };
-        let tasks_map = self
-            .ebpf
-            .map(TASKS_MAP)
-            .ok_or_else(|| Error::BpfLoad(format!("map {TASKS_MAP} missing")))?;
-        let Map::LruHashMap(tasks_data) = tasks_map else {
-            return Err(Error::BpfLoad(format!(
-                "map {TASKS_MAP} is not an LRU hash"
-            )));
-        };
-        let mut entries = match read_batched(tasks_data.fd().as_fd()) {
-            Ok(entries) => entries,
-            // Kernels before 5.6 have no batch lookups: one entry at a time.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let tasks: HashMap<&MapData, TaskKey, TaskValue> =
-                    HashMap::try_from(tasks_map).map_err(map_err(TASKS_MAP))?;
-                iterate(&tasks).map_err(map_err(TASKS_MAP))?
-            }
-            Err(source) => {
-                return Err(Error::MapRead {
-                    map: TASKS_MAP,
-                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "bpf_map_lookup_batch",
-                        io_error: source,
-                    }),
-                });
-            }
-        };
-        entries.shrink_to_fit();
-        let stats: PerCpuArray<&MapData, CpuStats> = PerCpuArray::try_from(
-            self.ebpf
-                .map(CPU_STATS_MAP)
-                .ok_or_else(|| Error::BpfLoad(format!("map {CPU_STATS_MAP} missing")))?,
-        )
-        .map_err(map_err(CPU_STATS_MAP))?;
-        let per_cpu = stats.get(&0, 0).map_err(map_err(CPU_STATS_MAP))?;
         let (locations, loc_stats) = if self.locations == Locations::Off {
             (Vec::new(), Vec::new())
         } else {
             self.read_locations()?
         };
         Ok(MapContents {
-            tasks: entries,
-            cpu_stats: per_cpu.iter().copied().collect(),
+            tasks: self.read_hash(TASKS_MAP)?,
+            cpu_stats: self.read_per_cpu(CPU_STATS_MAP)?,
             locations,
             loc_stats,
             bpf: self.run_stats(),
@@ -361,42 +326,54 @@ impl Bpf {
 
     /// Reads the location map and its counters.
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
-        let map_err = |map| move |source| Error::MapRead { map, source };
+        Ok((
+            self.read_hash(LOCATIONS_MAP)?,
+            self.read_per_cpu(LOC_STATS_MAP)?,
+        ))
+    }
+
+    /// Every entry of the LRU hash map `name`: batched where the kernel can, else one
+    /// entry at a time (kernels before 5.6 have no batch lookups).
+    fn read_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, Error> {
+        let map_err = |source| Error::MapRead { map: name, source };
         let map = self
             .ebpf
-            .map(LOCATIONS_MAP)
-            .ok_or_else(|| Error::BpfLoad(format!("map {LOCATIONS_MAP} missing")))?;
+            .map(name)
+            .ok_or_else(|| Error::BpfLoad(format!("map {name} missing")))?;
         let Map::LruHashMap(data) = map else {
-            return Err(Error::BpfLoad(format!(
-                "map {LOCATIONS_MAP} is not an LRU hash"
-            )));
+            return Err(Error::BpfLoad(format!("map {name} is not an LRU hash")));
         };
         let mut entries = match read_batched(data.fd().as_fd()) {
             Ok(entries) => entries,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let locs: HashMap<&MapData, LocKey, LocValue> =
-                    HashMap::try_from(map).map_err(map_err(LOCATIONS_MAP))?;
-                iterate(&locs).map_err(map_err(LOCATIONS_MAP))?
+                let hash: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err)?;
+                iterate(&hash).map_err(map_err)?
             }
             Err(source) => {
-                return Err(Error::MapRead {
-                    map: LOCATIONS_MAP,
-                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                return Err(map_err(aya::maps::MapError::SyscallError(
+                    aya::sys::SyscallError {
                         call: "bpf_map_lookup_batch",
                         io_error: source,
-                    }),
-                });
+                    },
+                )));
             }
         };
         entries.shrink_to_fit();
-        let stats: PerCpuArray<&MapData, LocStats> = PerCpuArray::try_from(
-            self.ebpf
-                .map(LOC_STATS_MAP)
-                .ok_or_else(|| Error::BpfLoad(format!("map {LOC_STATS_MAP} missing")))?,
-        )
-        .map_err(map_err(LOC_STATS_MAP))?;
-        let per_cpu = stats.get(&0, 0).map_err(map_err(LOC_STATS_MAP))?;
-        Ok((entries, per_cpu.iter().copied().collect()))
+        Ok(entries)
+    }
+
+    /// Slot 0 of the per-CPU array `name`, one value per possible CPU.
+    fn read_per_cpu<V: aya::Pod>(&self, name: &'static str) -> Result<Vec<V>, Error> {
+        let map_err = |source| Error::MapRead { map: name, source };
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| Error::BpfLoad(format!("map {name} missing")))?;
+        let array: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(map_err)?;
+        Ok(array.get(&0, 0).map_err(map_err)?.iter().copied().collect())
     }
 }
 

@@ -416,31 +416,26 @@ trait Sums: Copy {
     fn minus(&mut self, earlier: &Self);
 }
 
-impl Sums for TaskValue {
-    fn samples(&self) -> u64 {
-        self.samples
-    }
-    fn minus(&mut self, p: &Self) {
-        self.samples -= p.samples;
-        self.period_sum = self.period_sum.saturating_sub(p.period_sum);
-        for (c, before) in self.counts.iter_mut().zip(p.counts) {
-            *c = c.saturating_sub(before);
-        }
-    }
+/// Both map values sum samples, the sampling counter's growth and member deltas.
+macro_rules! impl_sums {
+    ($($value:ty),+) => {
+        $(
+            impl Sums for $value {
+                fn samples(&self) -> u64 {
+                    self.samples
+                }
+                fn minus(&mut self, p: &Self) {
+                    self.samples -= p.samples;
+                    self.period_sum = self.period_sum.saturating_sub(p.period_sum);
+                    for (c, before) in self.counts.iter_mut().zip(p.counts) {
+                        *c = c.saturating_sub(before);
+                    }
+                }
+            }
+        )+
+    };
 }
-
-impl Sums for LocValue {
-    fn samples(&self) -> u64 {
-        self.samples
-    }
-    fn minus(&mut self, p: &Self) {
-        self.samples -= p.samples;
-        self.period_sum = self.period_sum.saturating_sub(p.period_sum);
-        for (c, before) in self.counts.iter_mut().zip(p.counts) {
-            *c = c.saturating_sub(before);
-        }
-    }
-}
+impl_sums!(TaskValue, LocValue);
 
 /// The entries of `cur` that grew since `prev`, with their growth. An entry whose
 /// count went down was evicted and re-created in between: all of it is new.
