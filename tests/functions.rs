@@ -6,85 +6,21 @@
 //! workload as the peer.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 
 mod common;
-use common::{TestResult, require_root, sampler_bin, skip};
+use common::{
+    TestResult, require_root, sampler_bin, skip,
+    workload::{Running, workload},
+};
 
 const ALPHA: &str = "workload::work::alpha_hot";
 const BETA: &str = "workload::work::beta_hot";
-
-/// Builds the workload (once per name) with rustc: optimized, frame pointers, debug
-/// information; `strip` drops its symbols.
-fn workload(name: &str, strip: bool) -> Result<PathBuf, common::Skip> {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workload/main.rs");
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let mut cmd = Command::new(&rustc);
-    cmd.args([
-        "--edition",
-        "2021",
-        "--crate-name",
-        "workload",
-        "-C",
-        "opt-level=2",
-        "-C",
-        "force-frame-pointers=yes",
-    ]);
-    if strip {
-        cmd.args(["-C", "strip=symbols"]);
-    } else {
-        cmd.arg("-g");
-    }
-    let status = cmd.arg("-o").arg(&out).arg(&src).status();
-    match status {
-        Ok(s) if s.success() => Ok(out),
-        Ok(s) => panic!("building the workload with {rustc} failed: {s}"),
-        Err(e) => Err(skip(format!(
-            "cannot run {rustc} to build the test workload ({e}); run under cargo"
-        ))),
-    }
-}
-
-struct Running(Child);
-
-impl Running {
-    fn start(bin: &Path, mode: &str, secs: f64) -> Self {
-        Self(
-            Command::new(bin)
-                .args([mode, &secs.to_string()])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start the workload"),
-        )
-    }
-
-    fn start_args(bin: &Path, args: &[&str]) -> Self {
-        Self(
-            Command::new(bin)
-                .args(args)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start the workload"),
-        )
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `sampler stat --json` with `args`, parsed.
 fn stat_json(args: &[&str]) -> Value {

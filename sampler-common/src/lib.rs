@@ -120,6 +120,12 @@ pub struct LocKey {
     pub kernel_stack: i32,
     /// Id of the user call stack, as `kernel_stack`.
     pub user_stack: i32,
+    /// Thread id (kernel `pid`): profiles label each sample with its thread.
+    pub tid: u32,
+    /// Explicit padding, always 0 (the key is hashed byte by byte).
+    pub _pad: u32,
+    /// cgroup v2 id of the task at the time of the sample (its container).
+    pub cgroup_id: u64,
 }
 
 /// What the kernel aggregated for one [`LocKey`]: as [`TaskValue`] without the name.
@@ -191,7 +197,7 @@ const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
 const _: () = assert!(size_of::<LastValues>() == 8 * (1 + MAX_MEMBERS));
 const _: () = assert!(size_of::<CpuStats>() == 32);
-const _: () = assert!(size_of::<LocKey>() == 32);
+const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
 const _: () = assert!(size_of::<LocStats>() == 48);
 

@@ -124,7 +124,7 @@ fn try_on_sample(ctx: &PerfEventContext) {
     let deltas = member_deltas(&mut last.members);
 
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut key = TaskKey {
+    let key = TaskKey {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         // SAFETY: helpers without arguments.
@@ -169,7 +169,6 @@ fn try_on_sample(ctx: &PerfEventContext) {
 
     let mode = LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF);
     if mode != LOCATIONS_OFF {
-        key.tid = 0;
         record_location(ctx, mode, &key, period, &deltas);
     }
 }
@@ -196,6 +195,9 @@ fn record_location(
         ip: sampled_ip(ctx),
         kernel_stack: NO_STACK,
         user_stack: NO_STACK,
+        tid: task.tid,
+        _pad: 0,
+        cgroup_id: task.cgroup_id,
     };
     if mode == LOCATIONS_STACKS {
         // A sample taken in user mode has no kernel stack: only ask when the

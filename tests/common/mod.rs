@@ -6,6 +6,8 @@
     reason = "each test target uses a different subset of these helpers"
 )]
 
+pub mod workload;
+
 use std::{
     process::{Child, Command, ExitCode, Output, Stdio},
     sync::{Mutex, MutexGuard, PoisonError},

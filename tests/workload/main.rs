@@ -6,7 +6,9 @@
 //! walks 16,384 distinct call stacks (seven levels of four functions each) in turn,
 //! for the symbolization benchmark; `workload jit SECS [nomap]` spins in code it
 //! copied into anonymous executable memory, like a JIT, and names it in
-//! `/tmp/perf-PID.map` (perf's JIT map convention) unless `nomap`.
+//! `/tmp/perf-PID.map` (perf's JIT map convention) unless `nomap`; `workload
+//! regressed SECS` is `cpu` with three times beta's work (alpha 2 : beta 3), the
+//! "new build" of the profile diff test.
 use std::{
     hint::black_box,
     io::Write as _,
@@ -167,6 +169,15 @@ fn main() {
         "sys" => syscalls(until),
         "stacks" => stacks(until),
         "jit" => jit(until, args.get(3).map(String::as_str) != Some("nomap")),
+        // A "regressed build": beta_hot does three times the work (alpha 2 : beta 3).
+        "regressed" => {
+            let mut sum = 0u64;
+            while Instant::now() < until {
+                sum = sum.wrapping_add(via_alpha(2 * UNIT));
+                sum = sum.wrapping_add(via_beta(3 * UNIT));
+            }
+            black_box(sum);
+        }
         _ => {
             let mut sum = 0u64;
             while Instant::now() < until {

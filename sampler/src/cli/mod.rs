@@ -17,11 +17,14 @@ use crate::{
     discover,
     events::{plan::PlanError, syntax::ParseError},
     kernel::{self, bpf::Locations},
+    present::profile,
     run,
 };
 
 pub mod check;
 pub mod inspect;
+pub mod record;
+pub mod report;
 pub mod serve;
 pub mod stat;
 pub mod top;
@@ -57,8 +60,14 @@ pub enum Command {
     List(inspect::ListArgs),
     /// Cross-check the counts three ways: BPF maps, read() and the mmapped user page.
     Check(check::CheckArgs),
-    /// Export per-container counters for Prometheus (OpenMetrics) over HTTP.
+    /// Export per-container counters for Prometheus (OpenMetrics) over HTTP, and
+    /// pprof profiles at /debug/pprof/profile.
     Serve(serve::ServeArgs),
+    /// Sample for a while and write a profile: pprof (.pb.gz), folded stacks
+    /// (.folded), a flame graph (.svg) or the snapshot (.json).
+    Record(record::RecordArgs),
+    /// Print the function table of a saved pprof profile, or compare two (--diff).
+    Report(report::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +205,9 @@ pub enum Error {
     #[error(transparent)]
     Run(#[from] run::Error),
 
+    #[error(transparent)]
+    Profile(#[from] profile::Error),
+
     #[error("{0}")]
     Runtime(#[from] io::Error),
 }
@@ -223,6 +235,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::List(args) => inspect::list(&args),
         Command::Check(args) => check::check(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Record(args) => record::record(args).await,
+        Command::Report(args) => report::run(&args),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
         rollup::{Ratios, heterogeneous},
         snapshot::{RunInfo, Snapshot},
     },
-    symbolize::Frame,
+    symbolize::{Frame, Place},
 };
 
 /// The sites of `locations` on the CPUs of `run`, idle (pid 0) left out, framed by
@@ -23,16 +23,23 @@ use crate::{
 pub fn sites(
     locations: &[(LocKey, LocValue)],
     run: &RunInfo,
-    frames: impl Fn(&LocKey) -> Vec<Arc<Frame>>,
+    located: impl Fn(&LocKey) -> (Vec<Arc<Frame>>, Vec<Place>),
 ) -> Vec<Site> {
     locations
         .iter()
         .filter(|(k, _)| k.tgid != 0 && run.cpus.iter().any(|c| c.cpu == k.cpu))
-        .map(|(k, v)| Site {
+        .map(|(k, v)| {
+            let (frames, places) = located(k);
+            (k, v, frames, places)
+        })
+        .map(|(k, v, frames, places)| Site {
             tgid: k.tgid,
+            tid: k.tid,
             start_ns: k.start,
             cpu: k.cpu,
-            frames: frames(k),
+            cgroup_id: k.cgroup_id,
+            frames,
+            places,
             user_stack: k.user_stack >= 0,
             samples: v.samples,
             period_sum: v.period_sum,
@@ -287,9 +294,12 @@ mod tests {
     fn site(tgid: u32, cpu: u32, frames: &[(&str, &str)], samples: u64, instr: u64) -> Site {
         Site {
             tgid,
+            tid: tgid,
             start_ns: 0,
             cpu,
+            cgroup_id: 0,
             frames: frames.iter().map(|(f, m)| frame(f, m)).collect(),
+            places: Vec::new(),
             user_stack: true,
             samples,
             period_sum: samples * 1000,
@@ -430,7 +440,7 @@ mod tests {
             ..LocValue::default()
         };
         let locs = vec![(key(0, 0), v), (key(7, 0), v), (key(7, 99), v)];
-        let got = sites(&locs, &run, |_| vec![frame("f", "m")]);
+        let got = sites(&locs, &run, |_| (vec![frame("f", "m")], Vec::new()));
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].tgid, got[0].samples), (7, 3));
     }

@@ -7,16 +7,22 @@ use std::{collections::BTreeMap, sync::Arc};
 use sampler_common::MAX_MEMBERS;
 use serde::Serialize;
 
-use crate::symbolize::{Frame, SymbolStats};
+use crate::symbolize::{Frame, Place, SymbolStats};
 
 /// One location entry of an interval, symbolized: a process, a CPU and its frames
 /// (innermost first), with what its samples counted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
     pub tgid: u32,
+    pub tid: u32,
     pub start_ns: u64,
     pub cpu: u32,
+    /// The cgroup v2 id the samples were taken in.
+    pub cgroup_id: u64,
     pub frames: Vec<Arc<Frame>>,
+    /// Where each frame's address is (binary, file offset, line), in the order of
+    /// `frames`; empty where not known (tests).
+    pub places: Vec<Place>,
     /// Whether the user stack was recorded (with `-g`; not lost to a collision or
     /// a full stack map).
     pub user_stack: bool,

@@ -1,5 +1,8 @@
 //! `sampler serve`'s HTTP side: `/metrics` (OpenMetrics or the Prometheus text format,
-//! by the request's `Accept`), `/healthz` and a short index, on hyper's HTTP/1 server.
+//! by the request's `Accept`), `/healthz`, `/debug/pprof/profile?seconds=N` (a pprof
+//! profile of the next N seconds, Go's convention, taken by the sampling loop: one
+//! at a time, others get 429 with `Retry-After`) and a short index, on hyper's HTTP/1
+//! server.
 //!
 //! The exposition is encoded once per refresh and shared: a scrape copies a reference
 //! to bytes, never reads the maps, so many or slow scrapers cannot slow sampling.
@@ -19,7 +22,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc, oneshot},
+};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -55,9 +61,168 @@ impl Exposition {
 /// The latest exposition, replaced by the refresh loop.
 pub type Shared = Arc<RwLock<Arc<Exposition>>>;
 
+/// The longest profile `/debug/pprof/profile` takes, in seconds.
+pub const MAX_PROFILE_SECONDS: u64 = 60;
+/// Go's default for `seconds`.
+pub const DEFAULT_PROFILE_SECONDS: u64 = 30;
+/// How long after its end a profile may take to encode before the request fails.
+const PROFILE_SLACK: Duration = Duration::from_secs(30);
+
+/// One profile asked for: the sampling loop takes it and answers on `reply` with the
+/// gzipped pprof, or why not.
+#[derive(Debug)]
+pub struct ProfileRequest {
+    pub seconds: Duration,
+    pub reply: oneshot::Sender<Result<Bytes, String>>,
+}
+
+/// The pprof endpoint's side: where requests go, and when the profile being taken
+/// ends (`None`: none is). The sampling loop clears it when it has answered.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    pub requests: mpsc::Sender<ProfileRequest>,
+    pub busy: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Profiles {
+    /// The endpoint, and the sampling loop's end of it.
+    pub fn new() -> (Self, mpsc::Receiver<ProfileRequest>) {
+        let (requests, rx) = mpsc::channel(1);
+        (
+            Self {
+                requests,
+                busy: Arc::new(std::sync::Mutex::new(None)),
+            },
+            rx,
+        )
+    }
+
+    /// Marks the profile answered: the next request may start one.
+    pub fn done(busy: &std::sync::Mutex<Option<Instant>>) {
+        match busy.lock() {
+            Ok(mut b) => *b = None,
+            Err(p) => *p.into_inner() = None,
+        }
+    }
+}
+
+/// `seconds` of a profile request: Go's default when absent, else 1 to
+/// [`MAX_PROFILE_SECONDS`].
+pub fn profile_seconds(query: Option<&str>) -> Result<u64, String> {
+    let Some(v) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("seconds="))
+    else {
+        return Ok(DEFAULT_PROFILE_SECONDS);
+    };
+    match v.parse::<u64>() {
+        Ok(n) if (1..=MAX_PROFILE_SECONDS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "seconds must be a whole number from 1 to {MAX_PROFILE_SECONDS} (got `{v}`)\n"
+        )),
+    }
+}
+
+/// Answers `/debug/pprof/profile`: takes the profile through the sampling loop, or
+/// says why not (off, busy, a bad `seconds`).
+async fn profile<B>(
+    req: &Request<B>,
+    profiles: Option<&Profiles>,
+    extend: &std::sync::Mutex<Option<Instant>>,
+) -> Response<Full<Bytes>> {
+    let Some(profiles) = profiles else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "profiles are off; `sampler serve --profiles stacks` (or functions) serves them\n",
+        );
+    };
+    if req.method() != Method::GET {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "profiles are taken with GET\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
+    }
+    let seconds = match profile_seconds(req.uri().query()) {
+        Ok(n) => Duration::from_secs(n),
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
+    };
+    let ends = Instant::now() + seconds;
+    {
+        let mut busy = match profiles.busy.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(end) = *busy {
+            let wait = end.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("a profile is being taken; one at a time (retry in {wait} s)\n"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+            return r;
+        }
+        *busy = Some(ends);
+    }
+    if let Ok(mut e) = extend.lock() {
+        *e = Some(ends + PROFILE_SLACK);
+    }
+    let (reply, answer) = oneshot::channel();
+    if profiles
+        .requests
+        .try_send(ProfileRequest { seconds, reply })
+        .is_err()
+    {
+        Profiles::done(&profiles.busy);
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sampling loop is not taking profiles\n",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+        return r;
+    }
+    match tokio::time::timeout(seconds + PROFILE_SLACK, answer).await {
+        Ok(Ok(Ok(bytes))) => {
+            let mut r = Response::new(Full::new(bytes));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                header::CONTENT_DISPOSITION,
+                header::HeaderValue::from_static("attachment; filename=\"profile\""),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                header::HeaderValue::from_static("nosniff"),
+            );
+            r
+        }
+        Ok(Ok(Err(why))) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the profile failed: {why}\n"),
+        ),
+        _ => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the profile was not answered in time\n",
+        ),
+    }
+}
+
 /// Serves `listener` until the task is dropped. `stale_after`: how old the last
 /// refresh may be before `/healthz` reports a failure.
-pub async fn run(listener: TcpListener, shared: Shared, stale_after: Duration) {
+pub async fn run(
+    listener: TcpListener,
+    shared: Shared,
+    stale_after: Duration,
+    profiles: Option<Profiles>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
@@ -73,20 +238,46 @@ pub async fn run(listener: TcpListener, shared: Shared, stale_after: Duration) {
             }
         };
         let shared = Arc::clone(&shared);
+        let profiles = profiles.clone();
         tokio::spawn(async move {
+            // A connection waiting for a profile lives until it has been answered.
+            let extend = Arc::new(std::sync::Mutex::new(None::<Instant>));
+            let extend_conn = Arc::clone(&extend);
             let service = service_fn(move |req| {
                 let current = shared
                     .read()
                     .map_or_else(|p| Arc::clone(&p.into_inner()), |e| Arc::clone(&e));
-                async move { Ok::<_, Infallible>(respond(&req, &current, stale_after)) }
+                let profiles = profiles.clone();
+                let extend = Arc::clone(&extend_conn);
+                async move {
+                    let r = if req.uri().path() == "/debug/pprof/profile" {
+                        profile(&req, profiles.as_ref(), &extend).await
+                    } else {
+                        respond(&req, &current, stale_after)
+                    };
+                    Ok::<_, Infallible>(r)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
             // A client too slow to take its response is cut off with the rest.
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            let mut deadline = Instant::now() + CONNECTION_TIMEOUT;
+            loop {
+                match tokio::time::timeout_at(deadline.into(), conn.as_mut()).await {
+                    Ok(_) => break,
+                    Err(_) => {
+                        let until = extend.lock().ok().and_then(|mut e| e.take());
+                        match until {
+                            Some(t) if t > Instant::now() => deadline = t,
+                            _ => break,
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -150,11 +341,12 @@ pub fn respond<B>(
         },
         "/" => text(
             StatusCode::OK,
-            "sampler exporter: /metrics (OpenMetrics or Prometheus text), /healthz\n",
+            "sampler exporter: /metrics (OpenMetrics or Prometheus text), /healthz, \
+             /debug/pprof/profile?seconds=N (pprof)\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: sampler serves /metrics and /healthz\n",
+            "not found: sampler serves /metrics, /healthz and /debug/pprof/profile\n",
         ),
     };
     if head {
@@ -168,6 +360,23 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     use super::*;
+
+    #[test]
+    fn profile_seconds_are_bounded() {
+        assert_eq!(profile_seconds(None), Ok(30));
+        assert_eq!(profile_seconds(Some("seconds=5")), Ok(5));
+        assert_eq!(profile_seconds(Some("debug=1&seconds=60")), Ok(60));
+        for bad in [
+            "seconds=0",
+            "seconds=61",
+            "seconds=-1",
+            "seconds=1.5",
+            "seconds=",
+        ] {
+            let e = profile_seconds(Some(bad)).unwrap_err();
+            assert!(e.contains("1 to 60"), "{bad}: {e}");
+        }
+    }
 
     fn req(method: Method, path: &str, accept: Option<&str>) -> Request<()> {
         let mut b = Request::builder().method(method).uri(path);

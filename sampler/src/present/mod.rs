@@ -8,5 +8,6 @@
 
 pub mod export;
 pub mod http;
+pub mod profile;
 pub mod report;
 pub mod tui;

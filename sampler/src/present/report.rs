@@ -201,7 +201,7 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
 
 /// The function table of a run that recorded locations: the `limit` busiest functions
 /// with their module, samples, share (and total share with stacks), members and IPC.
-fn function_table(
+pub(crate) fn function_table(
     out: &mut String,
     s: &Snapshot,
     functions: &[crate::model::locations::FunctionRow],

@@ -1137,9 +1137,12 @@ mod tests {
         };
         let site = |tgid: u32, leaf: &str, samples: u64| crate::model::locations::Site {
             tgid,
+            tid: tgid,
             start_ns: s.tasks.iter().find(|t| t.tgid == tgid).unwrap().start_ns,
             cpu: 0,
+            cgroup_id: 0,
             frames: vec![frame(leaf), frame("main")],
+            places: Vec::new(),
             user_stack: true,
             samples,
             period_sum: samples * 1_000,

@@ -265,7 +265,7 @@ impl Sampling {
             return;
         }
         let stacks = self.bpf.locations() == Locations::Stacks;
-        snapshot.sites = functions::sites(&maps.locations, &self.info, |k| self.symbols.frames(k));
+        snapshot.sites = functions::sites(&maps.locations, &self.info, |k| self.symbols.located(k));
         let mut stats = functions::location_stats(
             &maps.loc_stats,
             &self.info,

@@ -51,6 +51,44 @@ impl Frame {
     }
 }
 
+/// A binary a profile's addresses are in: its path and build id (hex, empty when it
+/// has none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Binary {
+    pub path: String,
+    pub build_id: String,
+}
+
+/// Where an address is, for profiles (pprof's mappings and lines): the binary and the
+/// offset in its file, or the address itself for kernel and anonymous code; the
+/// source line where known (with `--inlined`, which reads DWARF).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Place {
+    pub binary: Option<Arc<Binary>>,
+    pub offset: u64,
+    pub file: Option<Arc<str>>,
+    pub line: u32,
+}
+
+/// One address as the cache keeps it.
+#[derive(Debug, Clone)]
+struct Resolved {
+    frame: Arc<Frame>,
+    place: Place,
+}
+
+impl Resolved {
+    fn at(frame: Frame, addr: u64) -> Self {
+        Self {
+            frame: Arc::new(frame),
+            place: Place {
+                offset: addr,
+                ..Place::default()
+            },
+        }
+    }
+}
+
 /// Whether `addr` is a kernel address (the upper half of the address space, on
 /// x86-64 and arm64 alike).
 pub fn is_kernel(addr: u64) -> bool {
@@ -83,12 +121,15 @@ pub struct Symbols {
     normalizer: Normalizer,
     /// Where `/proc` is (a test may point elsewhere).
     proc_root: PathBuf,
-    kernel: HashMap<u64, Arc<Frame>>,
-    user: HashMap<ProcKey, HashMap<u64, Arc<Frame>>>,
+    kernel: HashMap<u64, Resolved>,
+    user: HashMap<ProcKey, HashMap<u64, Resolved>>,
     stacks: HashMap<u32, Arc<[u64]>>,
     /// Why kernel frames show as `[kernel]`, once known.
     kernel_hidden: Option<String>,
     kernel_checked: bool,
+    /// Whether binaries are opened through `/proc/PID/map_files` (needs
+    /// CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), rather than by their paths.
+    map_files: bool,
     /// Why live processes could not be symbolized (the first few).
     errors: Vec<String>,
     pub stats: SymbolStats,
@@ -117,9 +158,44 @@ impl Symbols {
             stacks: HashMap::new(),
             kernel_hidden: None,
             kernel_checked: false,
+            map_files: true,
             errors: Vec::new(),
             stats: SymbolStats::default(),
         }
+    }
+
+    /// Reads the kernel's symbols now (they are cached for the run), while the
+    /// process may still read `/proc/kallsyms` unrestricted: for a run that drops its
+    /// capabilities after set-up. Returns why kernel frames will not be named, if so.
+    pub fn preload_kernel(&mut self) -> Option<String> {
+        let kallsyms = self.proc_root.join("kallsyms");
+        let text = std::fs::File::open(&kallsyms).ok().and_then(|f| {
+            use std::io::BufRead as _;
+            std::io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .take(100_000)
+                .find_map(|l| {
+                    let mut w = l.split_whitespace();
+                    let addr = u64::from_str_radix(w.next()?, 16).ok()?;
+                    matches!(w.next()?, "T" | "t")
+                        .then_some(addr)
+                        .filter(|&a| a != 0)
+                })
+        });
+        if let Some(addr) = text {
+            self.resolve_kernel(&[addr]);
+        } else if !self.kernel_checked {
+            self.kernel_checked = true;
+            self.kernel_hidden = kernel_symbols_hidden(&kallsyms);
+        }
+        self.kernel_hidden.clone()
+    }
+
+    /// Opens processes' binaries by the paths in their maps from now on, not through
+    /// `/proc/PID/map_files` (which needs capabilities a run may have dropped).
+    pub fn without_map_files(&mut self) {
+        self.map_files = false;
     }
 
     /// One-line notes on what the frames cannot say (kernel symbols hidden).
@@ -192,8 +268,10 @@ impl Symbols {
         }
         if self.kernel_hidden.is_some() {
             for &a in addrs {
-                self.kernel
-                    .insert(a, Arc::new(Frame::marked("[kernel]", "[kernel]", true)));
+                self.kernel.insert(
+                    a,
+                    Resolved::at(Frame::marked("[kernel]", "[kernel]", true), a),
+                );
             }
             return;
         }
@@ -204,20 +282,26 @@ impl Symbols {
         });
         let results = self.symbolizer.symbolize(&source, Input::AbsAddr(addrs));
         for (i, &a) in addrs.iter().enumerate() {
+            let mut line = (None, 0);
             let frame = match results.as_ref().ok().and_then(|r| r.get(i)) {
-                Some(Symbolized::Sym(sym)) => Frame::marked(
-                    innermost(sym),
-                    sym.module.as_ref().map_or("[kernel]".to_owned(), |m| {
-                        format!("[{}]", m.to_string_lossy())
-                    }),
-                    true,
-                ),
+                Some(Symbolized::Sym(sym)) => {
+                    line = source_line(sym);
+                    Frame::marked(
+                        innermost(sym),
+                        sym.module.as_ref().map_or("[kernel]".to_owned(), |m| {
+                            format!("[{}]", m.to_string_lossy())
+                        }),
+                        true,
+                    )
+                }
                 _ => {
                     self.stats.kernel_unknown += 1;
                     Frame::marked(format!("[kernel]+{a:#x}"), "[kernel]", true)
                 }
             };
-            self.kernel.insert(a, Arc::new(frame));
+            let mut resolved = Resolved::at(frame, a);
+            (resolved.place.file, resolved.place.line) = line;
+            self.kernel.insert(a, resolved);
         }
     }
 
@@ -225,9 +309,11 @@ impl Symbols {
         let pid = Pid::from(proc_key.0);
         // Which file and offset each address is in (module+offset when unnamed).
         let normalized = self.normalizer.normalize_user_addrs(pid, addrs);
+        let mut process = Process::new(pid);
+        process.map_files = self.map_files;
         let named = self
             .symbolizer
-            .symbolize(&Source::Process(Process::new(pid)), Input::AbsAddr(addrs));
+            .symbolize(&Source::Process(process), Input::AbsAddr(addrs));
         let (normalized, named) = match (normalized, named) {
             (Ok(n), Ok(s)) => (n, s),
             (Err(e), _) | (_, Err(e)) => {
@@ -248,18 +334,37 @@ impl Symbols {
                 for &a in addrs {
                     cache.insert(
                         a,
-                        Arc::new(Frame::marked("[unknown]", module.clone(), false)),
+                        Resolved::at(Frame::marked("[unknown]", module.clone(), false), a),
                     );
                 }
                 return;
             }
         };
+        // One binary record per mapping of the answer.
+        let binaries: Vec<Option<Arc<Binary>>> = normalized
+            .meta
+            .iter()
+            .map(|m| match m {
+                UserMeta::Elf(elf) => Some(Arc::new(Binary {
+                    path: elf.path.display().to_string(),
+                    build_id: elf.build_id.as_deref().map(hex).unwrap_or_default(),
+                })),
+                _ => None,
+            })
+            .collect();
         let cache = self.user.entry(proc_key).or_default();
         for (i, &a) in addrs.iter().enumerate() {
-            let (file_offset, meta) = normalized
-                .outputs
-                .get(i)
-                .map_or((0, None), |&(off, m)| (off, normalized.meta.get(m)));
+            let (file_offset, meta, binary) =
+                normalized
+                    .outputs
+                    .get(i)
+                    .map_or((0, None, None), |&(off, m)| {
+                        (
+                            off,
+                            normalized.meta.get(m),
+                            binaries.get(m).cloned().flatten(),
+                        )
+                    });
             let module = match meta {
                 // A binary deleted since it was mapped is read through map_files
                 // and marked.
@@ -269,17 +374,21 @@ impl Symbols {
                 Some(UserMeta::Elf(elf)) => Some(file_name(&elf.path)),
                 _ => None,
             };
+            let mut line = (None, 0);
             let frame = match named.get(i) {
-                Some(Symbolized::Sym(sym)) => Frame::marked(
-                    innermost(sym),
-                    // Named outside any file: from a JIT map (/tmp/perf-PID.map).
-                    module.unwrap_or_else(|| {
-                        sym.module
-                            .as_ref()
-                            .map_or("[jit]".to_owned(), |m| file_name(Path::new(&**m)))
-                    }),
-                    false,
-                ),
+                Some(Symbolized::Sym(sym)) => {
+                    line = source_line(sym);
+                    Frame::marked(
+                        innermost(sym),
+                        // Named outside any file: from a JIT map (/tmp/perf-PID.map).
+                        module.unwrap_or_else(|| {
+                            sym.module
+                                .as_ref()
+                                .map_or("[jit]".to_owned(), |m| file_name(Path::new(&**m)))
+                        }),
+                        false,
+                    )
+                }
                 _ => match module {
                     Some(module) => {
                         self.stats.stripped += 1;
@@ -291,7 +400,20 @@ impl Symbols {
                     }
                 },
             };
-            cache.insert(a, Arc::new(frame));
+            let place = Place {
+                // Anonymous code keeps its address (there is no file to be in).
+                offset: if binary.is_some() { file_offset } else { a },
+                binary,
+                file: line.0,
+                line: line.1,
+            };
+            cache.insert(
+                a,
+                Resolved {
+                    frame: Arc::new(frame),
+                    place,
+                },
+            );
         }
     }
 
@@ -299,6 +421,25 @@ impl Symbols {
     /// stack (with `-g`), or the sampled instruction alone. Addresses not resolved
     /// yet show as `[unknown]`.
     pub fn frames(&self, key: &LocKey) -> Vec<Arc<Frame>> {
+        self.addrs(key)
+            .into_iter()
+            .map(|a| self.resolved(key, a).frame)
+            .collect()
+    }
+
+    /// The frames of a location with where each address is (for profiles), in the
+    /// order of [`Self::frames`].
+    pub fn located(&self, key: &LocKey) -> (Vec<Arc<Frame>>, Vec<Place>) {
+        self.addrs(key)
+            .into_iter()
+            .map(|a| {
+                let r = self.resolved(key, a);
+                (r.frame, r.place)
+            })
+            .unzip()
+    }
+
+    fn addrs(&self, key: &LocKey) -> Vec<u64> {
         let stack = |id: i32| u32::try_from(id).ok().and_then(|id| self.stacks.get(&id));
         let (kernel, user) = (stack(key.kernel_stack), stack(key.user_stack));
         let mut addrs: Vec<u64> = Vec::new();
@@ -312,10 +453,10 @@ impl Symbols {
             None if !is_kernel(key.ip) => addrs.push(key.ip),
             None => {}
         }
-        addrs.into_iter().map(|a| self.frame(key, a)).collect()
+        addrs
     }
 
-    fn frame(&self, key: &LocKey, addr: u64) -> Arc<Frame> {
+    fn resolved(&self, key: &LocKey, addr: u64) -> Resolved {
         let found = if is_kernel(addr) {
             self.kernel.get(&addr)
         } else {
@@ -329,7 +470,7 @@ impl Symbols {
             } else {
                 "[unknown]"
             };
-            Arc::new(Frame::marked("[unknown]", module, is_kernel(addr)))
+            Resolved::at(Frame::marked("[unknown]", module, is_kernel(addr)), addr)
         })
     }
 
@@ -348,6 +489,20 @@ fn innermost(sym: &blazesym::symbolize::Sym<'_>) -> String {
     sym.inlined
         .last()
         .map_or_else(|| sym.name.to_string(), |f| f.name.to_string())
+}
+
+/// The source file and line of a symbolized address, when the symbolizer read them.
+fn source_line(sym: &blazesym::symbolize::Sym<'_>) -> (Option<Arc<str>>, u32) {
+    sym.code_info.as_deref().map_or((None, 0), |c| {
+        (
+            Some(Arc::from(c.to_path().display().to_string())),
+            c.line.unwrap_or(0),
+        )
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn file_name(path: &Path) -> String {

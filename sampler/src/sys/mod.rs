@@ -371,27 +371,43 @@ pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
 /// then the ambient, inheritable, permitted and effective sets. Returns the
 /// effective set afterwards (0).
 pub fn drop_all_capabilities() -> io::Result<u64> {
+    drop_capabilities_except(&[])
+}
+
+/// As [`drop_all_capabilities`], keeping `keep` (those of them the process has) in
+/// the permitted and effective sets and nothing else. Returns the effective set.
+pub fn drop_capabilities_except(keep: &[caps::Capability]) -> io::Result<u64> {
     use caps::CapSet;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
+    let have = caps::read(None, CapSet::Permitted).map_err(err)?;
+    let kept: caps::CapsHashSet = keep.iter().copied().filter(|c| have.contains(c)).collect();
     if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).map_err(err)? {
-        for c in caps::all() {
+        for c in caps::all().into_iter().filter(|c| !kept.contains(c)) {
             // A capability the bounding set no longer has is fine.
             let _ = caps::drop(None, CapSet::Bounding, c);
         }
     }
-    for set in [
-        CapSet::Ambient,
-        CapSet::Inheritable,
-        CapSet::Effective,
-        CapSet::Permitted,
-    ] {
+    for set in [CapSet::Ambient, CapSet::Inheritable] {
         caps::clear(None, set).map_err(err)?;
     }
+    // Effective before permitted: the effective set must stay within the permitted.
+    caps::set(None, CapSet::Effective, &kept).map_err(err)?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(err)?;
     effective_capabilities()
+}
+
+/// Whether this process may open other processes' `/proc/PID/map_files` entries
+/// (CAP_SYS_ADMIN, or CAP_CHECKPOINT_RESTORE from Linux 5.9): tried on its own.
+pub fn map_files_readable() -> bool {
+    std::fs::read_dir("/proc/self/map_files")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(Result::ok)
+        .is_some_and(|e| std::fs::File::open(e.path()).is_ok())
 }
 
 /// What the process itself costs (`serve` exports it).
