@@ -373,6 +373,58 @@ fn functions_and_stacks_on_hardware_cycles_on_every_cpu() -> TestResult {
     Ok(())
 }
 
+/// Where the guest's profile goes on the serial console, for the host to read with
+/// `go tool pprof` (`cargo xtask vm-test` decodes it).
+const PROFILE_BEGIN: &str = "SAMPLER-GUEST-PPROF-BEGIN";
+const PROFILE_END: &str = "SAMPLER-GUEST-PPROF-END";
+
+fn record_writes_a_pprof_of_hardware_cycles() -> TestResult {
+    let _g = guest_without_icount()?;
+    let owners = pmu_of_cpu();
+    let _workloads = owners
+        .iter()
+        .map(|&(cpu, _)| Workload::pinned_to(cpu as u32, "cpu", 60.0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let file = "/tmp/guest.pb.gz";
+    let _ = std::fs::remove_file(file);
+    let out = sampler(&[
+        "record",
+        "-e",
+        "{cycles,instructions}",
+        "-F",
+        "200",
+        "-g",
+        "-d",
+        "3",
+        "-o",
+        file,
+    ]);
+    assert!(out.status.success(), "record: {}", stderr(&out));
+    // Read back here first: both hot functions, cycles as the sampling event.
+    let doc = json(&["report", file, "--json", "--top", "1000"]);
+    assert_eq!(doc["event"], "cycles", "{doc}");
+    for f in [ALPHA, BETA] {
+        assert!(
+            doc["functions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["function"] == f && r["samples"].as_u64() > Some(0)),
+            "{f} not in the guest's profile: {doc}"
+        );
+    }
+    // Then to the host, which hands it to go tool pprof.
+    use base64::Engine as _;
+    let bytes = std::fs::read(file).unwrap();
+    let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    println!("{PROFILE_BEGIN}");
+    for chunk in text.as_bytes().chunks(76) {
+        println!("{}", String::from_utf8_lossy(chunk));
+    }
+    println!("{PROFILE_END}");
+    Ok(())
+}
+
 fn icount_functions_give_ipc_one() -> TestResult {
     let g = guest()?;
     if !g.icount {
@@ -954,6 +1006,7 @@ fn perf_user_access_off_falls_back_to_read_and_says_why() -> TestResult {
 
 crate::test_main!(
     functions_and_stacks_on_hardware_cycles_on_every_cpu,
+    record_writes_a_pprof_of_hardware_cycles,
     icount_functions_give_ipc_one,
     core_pmus_are_found_whatever_their_names,
     plan_puts_each_cpu_on_its_own_pmu,

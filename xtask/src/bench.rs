@@ -839,6 +839,67 @@ impl Bench {
         Ok(())
     }
 
+    /// A flame graph of a run: `sampler record -g -o x.svg` against the classic
+    /// pipeline, `perf record -g`, `perf script`, inferno's collapse and flame graph
+    /// binaries; CPU and wall time, and what each keeps on disk.
+    fn profiles(&mut self, hz: u64, workload: &Path, inferno: &Path) -> Result<()> {
+        let secs = if self.plan.reps > 1 {
+            30.0
+        } else {
+            self.plan.secs * 2.0
+        };
+        let s = format!("{secs}");
+        let hz_s = hz.to_string();
+        let job = format!(
+            "flame graph of {secs} s at {hz} Hz per CPU, -g, the test workload on every CPU"
+        );
+        let group = "Profiles: a flame graph SVG";
+        let peer = "perf record -a -g + perf script + inferno-collapse-perf + inferno-flamegraph";
+        let mut cpu = Figure::new(group, format!("tool CPU time (user + sys), {job}"), "ms")
+            .peer(peer, "perf / sampler");
+        let mut wall = Figure::new(group, format!("wall time, {job}"), "s")
+            .peer(peer, "perf / sampler")
+            .note("both include the sampling window itself");
+        let mut size = Figure::new(group, "what is kept: sampler's SVG vs perf.data", "KiB")
+            .peer("perf.data", "perf / sampler");
+        let data = self.perf_data();
+        let svg = self.tmp.join("sampler.svg");
+        let folded = self.tmp.join("perf.folded");
+        let script = self.tmp.join("perf.script");
+        let collapse = inferno.join("inferno-collapse-perf");
+        let flamegraph = inferno.join("inferno-flamegraph");
+        for _ in 0..self.plan.reps.min(3) {
+            let _w = Workloads::start(workload, "cpu", self.machine.cpus, 2.0 * secs + 20.0)?;
+            let _ = fs::remove_file(&svg);
+            let t = Instant::now();
+            let ours = run_measured(
+                self.sampler_cmd()
+                    .args(["record", "-g", "-d", &s, "-F", &hz_s, "-o"])
+                    .arg(&svg),
+            )?;
+            wall.ours.push(t.elapsed().as_secs_f64());
+            cpu.ours.push(ours.cpu_s * 1e3);
+            size.ours.push(fs::metadata(&svg)?.len() as f64 / 1024.0);
+
+            let t = Instant::now();
+            let rec = run_measured(self.perf_record(hz).arg("-g").args(["--", "sleep", &s]))?;
+            let scr = run_measured(Command::new("perf").args(["script", "-i"]).arg(&data))?;
+            fs::write(&script, &scr.stdout)?;
+            let col = run_measured(Command::new(&collapse).arg(&script))?;
+            fs::write(&folded, &col.stdout)?;
+            let fg = run_measured(Command::new(&flamegraph).arg(&folded))?;
+            wall.peer.push(t.elapsed().as_secs_f64());
+            cpu.peer
+                .push((rec.cpu_s + scr.cpu_s + col.cpu_s + fg.cpu_s) * 1e3);
+            size.peer.push(fs::metadata(&data)?.len() as f64 / 1024.0);
+            if !fg.stdout.contains("<svg") {
+                bail!("inferno-flamegraph drew no SVG");
+            }
+        }
+        self.figures.extend([cpu, wall, size]);
+        Ok(())
+    }
+
     /// Time from starting `sampler top` to its first refresh that holds a sample.
     fn startup(&mut self) -> Result<()> {
         let mut f = Figure::new(
@@ -1231,6 +1292,9 @@ pub fn run(
     eprintln!("xtask: bench: functions and call stacks");
     let workload = crate::guest::build_workload(None)?;
     b.functions(rates[0], &workload)?;
+    eprintln!("xtask: bench: profiles (flame graph)");
+    let inferno = crate::setup::ensure_inferno(root)?;
+    b.profiles(rates[0], &workload, &inferno)?;
     eprintln!("xtask: bench: start-up");
     b.startup()?;
     for n in b.plan.tasks.clone() {

@@ -122,9 +122,71 @@ pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) ->
     if run.rc != 0 {
         bail!("{what} failed (exit status {})", run.rc);
     }
+    read_guest_profile(&run.output, guest, &what)?;
     eprintln!(
         "xtask: {what} passed ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
     Ok(run.output)
+}
+
+/// The guest's pprof profile (printed base64 between markers by the guest test
+/// `record_writes_a_pprof_of_hardware_cycles`), written under target/guest and read
+/// on the host by `go tool pprof`: both hot functions of the workload must be there.
+fn read_guest_profile(output: &str, guest: &vm::Guest, what: &str) -> Result<()> {
+    use base64::Engine as _;
+    let Some(start) = output.find("SAMPLER-GUEST-PPROF-BEGIN") else {
+        // Filtered out, or skipped in this configuration (icount).
+        return Ok(());
+    };
+    let Some(len) = output[start..].find("SAMPLER-GUEST-PPROF-END") else {
+        bail!("{what}: the guest's profile was cut off on the console");
+    };
+    let body: String = output[start..start + len]
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.trim().chars())
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .with_context(|| format!("{what}: decoding the guest's profile"))?;
+    let dir = crate::workspace_root().join("target/guest");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!(
+        "profile-{}-{}.pb.gz",
+        guest.series.name(),
+        if guest.hetero { "two-pmus" } else { "one-pmu" }
+    ));
+    std::fs::write(&file, &bytes)?;
+    crate::setup::ensure_go()?;
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-sample_index=cycles"])
+        .arg(&file)
+        .env("PPROF_TMPDIR", &dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running go tool pprof")?;
+    let top = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{what}: go tool pprof cannot read the guest's profile {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in ["workload::work::alpha_hot", "workload::work::beta_hot"] {
+        if !top.lines().any(|l| l.trim_end().ends_with(f)) {
+            bail!(
+                "{what}: go tool pprof on the host does not find {f} in the guest's \
+                 profile {}:\n{top}",
+                file.display()
+            );
+        }
+    }
+    eprintln!(
+        "xtask: go tool pprof on the host read the guest's hardware-cycles profile ({} bytes, {})",
+        bytes.len(),
+        file.display()
+    );
+    Ok(())
 }

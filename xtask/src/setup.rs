@@ -3,7 +3,7 @@
 //! (through sudo when not root, refreshing the package lists when an install fails).
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
@@ -170,6 +170,43 @@ pub fn ensure_perf() -> Result<()> {
         &["linux-perf"],
         "the peer of the benchmarks and of the function view's test",
     )
+}
+
+/// Installs Debian's Go when missing: `go tool pprof`, the consumer the profile tests
+/// hand sampler's pprof files to (none of ours).
+pub fn ensure_go() -> Result<()> {
+    if has_command("go", "version") {
+        return Ok(());
+    }
+    apt_install(
+        &["golang-go"],
+        "go tool pprof, the consumer of the profile tests",
+    )
+}
+
+/// inferno's own binaries (`inferno-collapse-perf`, `inferno-flamegraph`), the classic
+/// flame-graph pipeline the profile benchmark compares with: installed with cargo
+/// under `target/bench-tools` when missing; returns their folder.
+pub fn ensure_inferno(root: &Path) -> Result<PathBuf> {
+    let tools = root.join("target/bench-tools");
+    let bin = tools.join("bin");
+    if bin.join("inferno-flamegraph").exists() && bin.join("inferno-collapse-perf").exists() {
+        return Ok(bin);
+    }
+    eprintln!("xtask: installing inferno's binaries (the flame-graph benchmark's peer)");
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "--version",
+                "0.12.8",
+                "inferno",
+                "--root",
+            ])
+            .arg(&tools),
+    )?;
+    Ok(bin)
 }
 
 /// Installs tmux when missing: the live view's terminal test and its benchmark run

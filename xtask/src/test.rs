@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     Arch, bench, cargo, fuzz,
     guest::{self, GuestBinaries},
-    setup::{ensure_perf, ensure_prometheus, ensure_target, ensure_tmux, is_root, setup},
+    setup::{
+        ensure_go, ensure_perf, ensure_prometheus, ensure_target, ensure_tmux, is_root, setup,
+    },
     soak, status, vm, workspace_root,
 };
 
@@ -75,8 +77,10 @@ pub fn test(no_vm: bool) -> Result<()> {
     // is scraped by a real Prometheus and checked with promtool.
     ensure_tmux()?;
     ensure_prometheus()?;
-    // The function view's test compares with `perf report` on the same workload.
+    // The function view's test compares with `perf report` on the same workload; the
+    // profile tests hand their pprof files to `go tool pprof`.
     ensure_perf()?;
+    ensure_go()?;
     // Unit tests that need root are `#[ignore]`d (the standard harness cannot skip at
     // run time); as root they run too. The integration tests decide for themselves
     // and report what could not run here as ignored, with the reason.
