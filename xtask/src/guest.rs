@@ -112,7 +112,7 @@ pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) ->
     };
     let started = Instant::now();
     let run = vm::run(guest, &payload)?;
-    print!("{}", run.output);
+    print!("{}", without_profile(&run.output));
     let what = format!(
         "guest tests on {} ({}{})",
         guest.series.name(),
@@ -189,4 +189,23 @@ fn read_guest_profile(output: &str, guest: &vm::Guest, what: &str) -> Result<()>
         file.display()
     );
     Ok(())
+}
+
+/// The console output with the guest's base64 profile folded into one line.
+fn without_profile(output: &str) -> String {
+    let (Some(a), Some(b)) = (
+        output.find("SAMPLER-GUEST-PPROF-BEGIN"),
+        output.find("SAMPLER-GUEST-PPROF-END"),
+    ) else {
+        return output.to_owned();
+    };
+    if b < a {
+        return output.to_owned();
+    }
+    let lines = output[a..b].lines().count().saturating_sub(1);
+    format!(
+        "{}[the guest's pprof profile: {lines} lines of base64]\n{}",
+        &output[..a],
+        &output[b + "SAMPLER-GUEST-PPROF-END".len()..].trim_start_matches(['\r', '\n'])
+    )
 }
