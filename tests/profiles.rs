@@ -459,6 +459,29 @@ fn serve_pprof_endpoint_is_read_by_go_tool_pprof() -> TestResult {
         assert!(Instant::now() < deadline, "serve did not listen");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The socket listens from the start; the server answers once set-up is done.
+    let (code, _, _) = get(port, "/healthz");
+    assert_eq!(code, 200, "/healthz");
+    // Set-up done, it keeps only what naming other processes' functions needs:
+    // CAP_SYS_PTRACE (19) and CAP_CHECKPOINT_RESTORE (40).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", serve.0.id())).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let want = (1u64 << 19) | (1u64 << 40);
+    let have = u64::from_str_radix(cap_eff, 16).unwrap();
+    assert_eq!(
+        have & !want,
+        0,
+        "serve kept more than it needs: CapEff {cap_eff}"
+    );
+    assert_ne!(
+        have & (1 << 19),
+        0,
+        "serve dropped CAP_SYS_PTRACE: CapEff {cap_eff}"
+    );
     let _w = Running::start(&bin, "cpu", 12.0);
     // The way a scraper pulls it: go tool pprof fetches the URL itself.
     let url = format!("http://127.0.0.1:{port}/debug/pprof/profile?seconds=4");

@@ -5,21 +5,21 @@
 
 use std::{
     path::PathBuf,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use clap::Args;
 
 use crate::{
-    cli::{Error, SamplingArgs, parse_seconds, stat::SYMBOLIZE_EVERY},
+    cli::{Error, SamplingArgs, parse_seconds},
     discover::cgroup::CgroupNames,
     kernel::bpf::Locations,
-    model::{container, snapshot::Snapshot},
+    model::container,
     present::{
         profile::{self, Destination, Format, Weight, flame, pprof},
         report,
     },
-    run::{Sampling, Stop, wait},
+    run::Sampling,
 };
 
 #[derive(Debug, Args)]
@@ -67,7 +67,6 @@ pub async fn record(args: RecordArgs) -> Result<(), Error> {
     let time_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
-    let started = Instant::now();
     let members = sampling.info.members.clone();
     let event = profile::event_name(sampling.info.cpus.iter().map(|c| c.event.as_str()));
     let weight = Weight::parse(&args.weight, &event, &members)?;
@@ -81,26 +80,8 @@ pub async fn record(args: RecordArgs) -> Result<(), Error> {
         duration.as_secs_f64(),
         destination.path().display()
     );
-    let mut warnings = Vec::new();
-    while let Some(left) = duration
-        .checked_sub(started.elapsed())
-        .filter(|d| !d.is_zero())
-    {
-        if wait(Some(left.min(SYMBOLIZE_EVERY))).await? == Stop::Signal {
-            break;
-        }
-        warnings.extend(sampling.follow_hotplug());
-        sampling.poll_symbols()?;
-    }
-    sampling.session.disable()?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let maps = sampling.bpf.read()?;
-    sampling.resolve(&maps)?;
-    let counts = sampling.session.read_counts()?;
-    let mut snapshot = Snapshot::build(&maps, &counts, &sampling.info, elapsed);
-    sampling.locate(&mut snapshot, &maps);
-    snapshot.warnings.extend(sampling.throttled());
-    snapshot.warnings.extend(warnings);
+    let snapshot = sampling.run_for(duration).await?;
+    let elapsed = snapshot.duration_s;
     drop(sampling);
 
     let bytes = match destination.format() {

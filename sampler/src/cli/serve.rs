@@ -14,7 +14,7 @@ use std::{
 use clap::Args;
 
 use crate::{
-    cli::{Error, SamplingArgs, parse_seconds, stat},
+    cli::{Error, SamplingArgs, parse_seconds},
     discover::cgroup::CgroupNames,
     kernel::{
         bpf::{self, Locations},
@@ -25,7 +25,7 @@ use crate::{
         snapshot::{self, Snapshot},
     },
     present::{export::Exporter, http, profile::pprof},
-    run::{Refresh, Sampling, Stop, wait},
+    run::{Refresh, SYMBOLIZE_EVERY, Sampling, Stop, wait},
     sys,
 };
 
@@ -231,7 +231,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         let now = Instant::now();
         let mut wake = next_refresh;
         if let Some(w) = &window {
-            wake = wake.min(w.ends).min(now + stat::SYMBOLIZE_EVERY);
+            wake = wake.min(w.ends).min(now + SYMBOLIZE_EVERY);
         }
         tokio::select! {
             stop = wait(Some(wake.saturating_duration_since(now))) => {

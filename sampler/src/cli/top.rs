@@ -13,12 +13,12 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Error, LocationArgs, SamplingArgs, emit, parse_seconds, stat::SYMBOLIZE_EVERY},
+    cli::{Error, LocationArgs, SamplingArgs, emit, parse_seconds},
     discover::cgroup::CgroupNames,
     kernel::bpf::Locations,
     model::snapshot::Snapshot,
     present::{report, tui},
-    run::{Refresh, Sampling, Stop, wait},
+    run::{Refresh, SYMBOLIZE_EVERY, Sampling, Stop, wait},
     sys,
 };
 

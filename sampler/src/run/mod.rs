@@ -137,6 +137,9 @@ pub enum Error {
     Runtime(#[from] io::Error),
 }
 
+/// How often a run with locations symbolizes the addresses seen since the last time.
+pub const SYMBOLIZE_EVERY: Duration = Duration::from_millis(250);
+
 /// Loaded programs and enabled events: sampling is under way while this lives.
 pub struct Sampling {
     // Field order is drop order: close the events before unloading the program.
@@ -292,6 +295,40 @@ impl Sampling {
         snapshot.functions = Some(functions::functions(snapshot, None));
         snapshot.stacks = stacks.then(|| functions::stacks(snapshot, None));
         snapshot.locations = Some(stats);
+    }
+
+    /// Samples for `duration` or until a signal, in steps of at most a second
+    /// (following CPU hotplug in between) or, with locations, of
+    /// [`SYMBOLIZE_EVERY`] (naming new addresses while their processes still run);
+    /// then stops the events and returns the whole run's snapshot.
+    pub async fn run_for(&mut self, duration: Duration) -> Result<Snapshot, Error> {
+        let started = Instant::now();
+        let step = if self.bpf.locations() == Locations::Off {
+            Duration::from_secs(1)
+        } else {
+            SYMBOLIZE_EVERY
+        };
+        let mut warnings = Vec::new();
+        while let Some(left) = duration
+            .checked_sub(started.elapsed())
+            .filter(|d| !d.is_zero())
+        {
+            if wait(Some(left.min(step))).await? == Stop::Signal {
+                break;
+            }
+            warnings.extend(self.follow_hotplug());
+            self.poll_symbols()?;
+        }
+        self.session.disable()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let maps = self.bpf.read()?;
+        self.resolve(&maps)?;
+        let counts = self.session.read_counts()?;
+        let mut snapshot = Snapshot::build(&maps, &counts, &self.info, elapsed);
+        self.locate(&mut snapshot, &maps);
+        snapshot.warnings.extend(self.throttled());
+        snapshot.warnings.extend(warnings);
+        Ok(snapshot)
     }
 
     /// Follows CPU hotplug (see [`Session::follow_online`]); each change is also
