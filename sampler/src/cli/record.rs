@@ -3,10 +3,7 @@
 //! extension of `-o`). The destination is checked before sampling starts and the
 //! file written whole at the end (also after Ctrl-C).
 
-use std::{
-    path::PathBuf,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -64,9 +61,7 @@ pub async fn record(args: RecordArgs) -> Result<(), Error> {
     options.max_locations = options.locations;
     options.inlined = args.inlined;
     let mut sampling = Sampling::start(&options)?;
-    let time_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
+    let time_ns = pprof::now_ns();
     let members = sampling.info.members.clone();
     let event = profile::event_name(sampling.info.cpus.iter().map(|c| c.event.as_str()));
     let weight = Weight::parse(&args.weight, &event, &members)?;

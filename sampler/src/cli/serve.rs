@@ -219,10 +219,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         },
         interval.as_secs_f64()
     );
-    let mut names_for_profiles = match &args.cgroup_root {
-        Some(root) => CgroupNames::at(Some(root.clone())),
-        None => CgroupNames::new(),
-    };
     let mut window: Option<Window> = None;
     let mut next_refresh = Instant::now() + interval;
     let result = loop {
@@ -248,7 +244,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             }
         }
         if let Some(w) = window.take_if(|w| Instant::now() >= w.ends) {
-            close_window(&mut sampling, w, &mut names_for_profiles);
+            close_window(&mut sampling, w, &mut names);
             http::Profiles::done(&busy);
         } else if window.is_some()
             && let Err(e) = sampling.poll_symbols()
@@ -316,9 +312,7 @@ fn open_window(
                 start_counts,
                 started: now,
                 ends: now + req.seconds,
-                time_ns: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as i64),
+                time_ns: pprof::now_ns(),
                 reply: req.reply,
             })
         }

@@ -30,20 +30,19 @@ pub fn sites(
         .filter(|(k, _)| k.tgid != 0 && run.cpus.iter().any(|c| c.cpu == k.cpu))
         .map(|(k, v)| {
             let (frames, places) = located(k);
-            (k, v, frames, places)
-        })
-        .map(|(k, v, frames, places)| Site {
-            tgid: k.tgid,
-            tid: k.tid,
-            start_ns: k.start,
-            cpu: k.cpu,
-            cgroup_id: k.cgroup_id,
-            frames,
-            places,
-            user_stack: k.user_stack >= 0,
-            samples: v.samples,
-            period_sum: v.period_sum,
-            counts: v.counts,
+            Site {
+                tgid: k.tgid,
+                tid: k.tid,
+                start_ns: k.start,
+                cpu: k.cpu,
+                cgroup_id: k.cgroup_id,
+                frames,
+                places,
+                user_stack: k.user_stack >= 0,
+                samples: v.samples,
+                period_sum: v.period_sum,
+                counts: v.counts,
+            }
         })
         .collect()
 }
@@ -236,7 +235,7 @@ pub fn callers(s: &Snapshot, function: &str, module: &str) -> Vec<(Vec<Frame>, u
 
 /// Process names by (pid, start time), from the task rows (the busiest thread's
 /// name, as the process view names it).
-fn process_names(s: &Snapshot) -> HashMap<(u32, u64), String> {
+pub fn process_names(s: &Snapshot) -> HashMap<(u32, u64), String> {
     let mut best: HashMap<(u32, u64), (u64, String)> = HashMap::new();
     for t in &s.tasks {
         let main = u64::from(t.tid == t.tgid);

@@ -138,13 +138,7 @@ async fn profile<B>(
         );
     };
     if req.method() != Method::GET {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "profiles are taken with GET\n",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
-        return r;
+        return not_allowed("profiles are taken with GET\n", "GET");
     }
     let seconds = match profile_seconds(req.uri().query()) {
         Ok(n) => Duration::from_secs(n),
@@ -293,6 +287,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// 405, with the methods that are served.
+fn not_allowed(body: &'static str, allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, body);
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
 /// The response to one request (pure, for the tests).
 pub fn respond<B>(
     req: &Request<B>,
@@ -301,13 +303,7 @@ pub fn respond<B>(
 ) -> Response<Full<Bytes>> {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are served\n",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return not_allowed("only GET and HEAD are served\n", "GET, HEAD");
     }
     let mut r = match req.uri().path() {
         "/metrics" => {

@@ -418,17 +418,8 @@ impl Symbols {
     }
 
     /// The frames of a location, innermost first: the kernel stack, then the user
-    /// stack (with `-g`), or the sampled instruction alone. Addresses not resolved
-    /// yet show as `[unknown]`.
-    pub fn frames(&self, key: &LocKey) -> Vec<Arc<Frame>> {
-        self.addrs(key)
-            .into_iter()
-            .map(|a| self.resolved(key, a).frame)
-            .collect()
-    }
-
-    /// The frames of a location with where each address is (for profiles), in the
-    /// order of [`Self::frames`].
+    /// stack (with `-g`), or the sampled instruction alone, each with where its
+    /// address is (for profiles). Addresses not resolved yet show as `[unknown]`.
     pub fn located(&self, key: &LocKey) -> (Vec<Arc<Frame>>, Vec<Place>) {
         self.addrs(key)
             .into_iter()

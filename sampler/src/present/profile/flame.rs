@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use inferno::flamegraph;
 
 use super::{Error, Weight};
-use crate::model::snapshot::Snapshot;
+use crate::model::{functions::process_names, snapshot::Snapshot};
 
 /// A frame's name as a folded line can hold it: `;` separates frames and a line
 /// ends the stack, so both are replaced.
@@ -51,19 +51,6 @@ pub fn folded(s: &Snapshot, weight: &Weight) -> String {
         out.push('\n');
     }
     out
-}
-
-fn process_names(s: &Snapshot) -> std::collections::HashMap<(u32, u64), String> {
-    let mut names = std::collections::HashMap::new();
-    for t in &s.tasks {
-        let e = names
-            .entry((t.tgid, t.start_ns))
-            .or_insert_with(String::new);
-        if e.is_empty() || t.tid == t.tgid {
-            *e = t.comm.clone();
-        }
-    }
-    names
 }
 
 /// The flame graph of `folded`, titled with what it shows.

@@ -33,6 +33,13 @@ pub struct Meta<'a> {
     pub container: &'a mut dyn FnMut(u64) -> String,
 }
 
+/// Now, in nanoseconds since the epoch (a profile's `time_nanos`).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// pprof's string table: index 0 is "".
 #[derive(Default)]
 struct Strings {
@@ -102,12 +109,7 @@ pub fn encode(s: &Snapshot, meta: Meta<'_>) -> Profile {
         .iter()
         .map(|t| ((t.tgid, t.tid, t.start_ns), t.comm.as_str()))
         .collect();
-    let process: HashMap<(u32, u64), &str> = s
-        .tasks
-        .iter()
-        .filter(|t| t.tid == t.tgid)
-        .map(|t| ((t.tgid, t.start_ns), t.comm.as_str()))
-        .collect();
+    let process = functions::process_names(s);
     let pmu: HashMap<u32, &str> = s
         .cpus
         .iter()
@@ -177,8 +179,8 @@ pub fn encode(s: &Snapshot, meta: Meta<'_>) -> Profile {
         value.extend(site.counts.iter().take(s.members.len()).map(|&c| c as i64));
         let name = comm
             .get(&(site.tgid, site.tid, site.start_ns))
-            .or_else(|| process.get(&(site.tgid, site.start_ns)))
             .copied()
+            .or_else(|| process.get(&(site.tgid, site.start_ns)).map(String::as_str))
             .unwrap_or("");
         let container = containers
             .entry(site.cgroup_id)
