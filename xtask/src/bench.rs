@@ -1122,6 +1122,7 @@ impl Bench {
         if let Some(bin) = guest_sampler {
             let guest = vm::Guest {
                 series: vm::Series::V6_12,
+                cpu: vm::CpuModel::Max,
                 hetero: false,
                 icount: false,
                 smp: 4,

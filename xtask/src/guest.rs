@@ -88,12 +88,8 @@ pub fn binaries() -> Result<GuestBinaries> {
 /// printed.
 pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Result<String> {
     let mut command = format!(
-        "SAMPLER_BIN=/sampler SAMPLER_WORKLOAD=/workload SAMPLER_GUEST=1 \
-         SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} \
-         SAMPLER_GUEST_KERNEL={} /guest-tests --test-threads=1 --color=never",
-        if guest.hetero { 2 } else { 1 },
-        u8::from(guest.icount),
-        guest.series.name(),
+        "{} /guest-tests --test-threads=1 --color=never",
+        guest_env(guest)
     );
     for f in filters {
         if !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -102,20 +98,13 @@ pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) ->
         command.push(' ');
         command.push_str(f);
     }
-    let payload = vm::Payload {
-        files: vec![
-            (bins.sampler.clone(), "sampler"),
-            (bins.tests.clone(), "guest-tests"),
-            (bins.workload.clone(), "workload"),
-        ],
-        command,
-    };
     let started = Instant::now();
-    let run = vm::run(guest, &payload)?;
+    let run = vm::run(guest, &payload(bins, command))?;
     print!("{}", without_profile(&run.output));
     let what = format!(
-        "guest tests on {} ({}{})",
+        "guest tests on {} (-cpu {}, {}{})",
         guest.series.name(),
+        guest.cpu.name(),
         if guest.hetero { "two PMUs" } else { "one PMU" },
         if guest.icount { ", icount" } else { "" }
     );
@@ -128,6 +117,42 @@ pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) ->
         started.elapsed().as_secs_f64()
     );
     Ok(run.output)
+}
+
+/// The environment the guest tests read their configuration from.
+fn guest_env(guest: &vm::Guest) -> String {
+    format!(
+        "SAMPLER_BIN=/sampler SAMPLER_WORKLOAD=/workload SAMPLER_GUEST=1 \
+         SAMPLER_GUEST_PMUS={} SAMPLER_GUEST_ICOUNT={} SAMPLER_GUEST_KERNEL={} \
+         SAMPLER_GUEST_CPU={}",
+        if guest.hetero { 2 } else { 1 },
+        u8::from(guest.icount),
+        guest.series.name(),
+        guest.cpu.name(),
+    )
+}
+
+fn payload(bins: &GuestBinaries, command: String) -> vm::Payload {
+    vm::Payload {
+        files: vec![
+            (bins.sampler.clone(), "sampler"),
+            (bins.tests.clone(), "guest-tests"),
+            (bins.workload.clone(), "workload"),
+        ],
+        command,
+    }
+}
+
+/// Runs the shell `command` in `guest` (with the guest tests' environment exported)
+/// and prints what it printed; fails when it exits non-zero.
+pub fn run_command(guest: &vm::Guest, bins: &GuestBinaries, command: &str) -> Result<()> {
+    let command = format!("export {}; {command}", guest_env(guest));
+    let run = vm::run(guest, &payload(bins, command))?;
+    print!("{}", run.output);
+    if run.rc != 0 {
+        bail!("the guest command exited with status {}", run.rc);
+    }
+    Ok(())
 }
 
 /// The guest's pprof profile (printed base64 between markers by the guest test

@@ -111,6 +111,10 @@ enum Cmd {
         /// Debian kernel series to boot.
         #[arg(long, value_enum, default_value = "6.12")]
         kernel: vm::Series,
+        /// The CPU QEMU emulates: `max` (FEAT_PMUv3p5, 64-bit event counters) or
+        /// `cortex-a57` (PMUv3 with 32-bit event counters).
+        #[arg(long, value_enum, default_value = "max")]
+        cpu: vm::CpuModel,
         /// Two PMUs on disjoint CPU halves (like big.LITTLE).
         #[arg(long)]
         hetero: bool,
@@ -120,6 +124,10 @@ enum Cmd {
         /// Guest CPUs.
         #[arg(long, default_value_t = 4)]
         smp: u32,
+        /// Run this shell command in the guest instead of the tests (the guest's
+        /// `/sampler`, `/workload` and `/guest-tests` are there), for investigations.
+        #[arg(long, value_name = "SH")]
+        command: Option<String>,
         /// Test-name filters passed to the guest test binary.
         filters: Vec<String>,
     },
@@ -167,23 +175,25 @@ fn main() -> ExitCode {
             ),
             Cmd::VmTest {
                 kernel,
+                cpu,
                 hetero,
                 icount,
                 smp,
+                command,
                 filters,
             } => guest::binaries().and_then(|bins| {
-                guest::run_tests(
-                    &vm::Guest {
-                        series: kernel,
-                        hetero,
-                        icount,
-                        smp,
-                        timeout: Duration::from_secs(600),
-                    },
-                    &bins,
-                    &filters,
-                )
-                .map(drop)
+                let guest = vm::Guest {
+                    series: kernel,
+                    cpu,
+                    hetero,
+                    icount,
+                    smp,
+                    timeout: Duration::from_secs(600),
+                };
+                match command {
+                    Some(command) => guest::run_command(&guest, &bins, &command),
+                    None => guest::run_tests(&guest, &bins, &filters).map(drop),
+                }
             }),
         });
     match result {

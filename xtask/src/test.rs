@@ -125,9 +125,10 @@ pub fn test(no_vm: bool) -> Result<()> {
     }
     let guest_sampler = guest_bins.as_ref().map(|b| b.sampler.clone());
     if let Some(bins) = &guest_bins {
-        for (series, hetero, icount) in GUEST_MATRIX {
+        for (series, cpu, hetero, icount) in GUEST_MATRIX {
             let guest = vm::Guest {
                 series,
+                cpu,
                 hetero,
                 icount,
                 smp: if icount { 2 } else { 4 },
@@ -164,15 +165,20 @@ pub fn test(no_vm: bool) -> Result<()> {
     Ok(())
 }
 
-/// The guest runs of `cargo xtask test`: both kernel series with one PMU and with two,
-/// all tests; then QEMU counting instructions (`-icount`: single-threaded TCG, much
-/// slower) on two CPUs for the instruction tests only.
-pub const GUEST_MATRIX: [(vm::Series, bool, bool); 5] = [
-    (vm::Series::V6_1, false, false),
-    (vm::Series::V6_1, true, false),
-    (vm::Series::V6_12, false, false),
-    (vm::Series::V6_12, true, false),
-    (vm::Series::V6_12, false, true),
+/// The guest runs of `cargo xtask test`: every kernel series with one PMU and with
+/// two, all tests, on QEMU's `max` CPU (FEAT_PMUv3p5: 64-bit event counters) and on a
+/// Cortex-A57 (PMUv3 without it, like most deployed arm64 cores); then QEMU counting
+/// instructions (`-icount`: single-threaded TCG, much slower) on two CPUs for the
+/// instruction tests only.
+pub const GUEST_MATRIX: [(vm::Series, vm::CpuModel, bool, bool); 8] = [
+    (vm::Series::V5_10, vm::CpuModel::CortexA57, false, false),
+    (vm::Series::V6_1, vm::CpuModel::Max, false, false),
+    (vm::Series::V6_1, vm::CpuModel::Max, true, false),
+    (vm::Series::V6_1, vm::CpuModel::CortexA57, true, false),
+    (vm::Series::V6_12, vm::CpuModel::Max, false, false),
+    (vm::Series::V6_12, vm::CpuModel::Max, true, false),
+    (vm::Series::V6_12, vm::CpuModel::CortexA57, false, false),
+    (vm::Series::V6_12, vm::CpuModel::Max, false, true),
 ];
 
 /// The test bed's smoke test: fetches both kernel series (so that a missing package
@@ -186,6 +192,7 @@ fn smoke_boot(bins: &GuestBinaries) -> Result<()> {
     let test = "core_pmus_are_found_whatever_their_names";
     let guest = vm::Guest {
         series: vm::Series::V6_1,
+        cpu: vm::CpuModel::Max,
         hetero: false,
         icount: false,
         smp: 4,

@@ -26,10 +26,13 @@ use crate::{
     status,
 };
 
-/// Kernel series the test bed boots: 6.1 (arm_pmu without the extended hardware
-/// type) and 6.12 (with it).
+/// Kernel series the test bed boots: 5.10 (Debian 11: no `perf_user_access`, no
+/// extended hardware type), 6.1 (arm_pmu without the extended hardware type) and 6.12
+/// (with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Series {
+    #[value(name = "5.10")]
+    V5_10,
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
@@ -39,6 +42,7 @@ pub enum Series {
 impl Series {
     pub fn name(self) -> &'static str {
         match self {
+            Self::V5_10 => "5.10",
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",
         }
@@ -47,14 +51,52 @@ impl Series {
     /// The `apt-cache search --names-only` pattern of the series' unsigned image.
     fn package_pattern(self) -> &'static str {
         match self {
+            Self::V5_10 => r"^linux-image-5\.10\.0-[0-9]+-arm64-unsigned$",
             Self::V6_1 => r"^linux-image-6\.1\.0-[0-9]+-arm64-unsigned$",
             Self::V6_12 => r"^linux-image-6\.12\.[0-9.]+\+deb12-arm64-unsigned$",
+        }
+    }
+
+    /// The Debian release whose archive has the series, when it is not the host's
+    /// own (bookworm: 6.1, and 6.12 from bookworm's updates): 5.10 is Debian 11's.
+    fn foreign_suite(self) -> Option<&'static str> {
+        match self {
+            Self::V5_10 => Some("bullseye"),
+            Self::V6_1 | Self::V6_12 => None,
+        }
+    }
+}
+
+/// The CPU QEMU emulates. `max` has every feature QEMU implements, FEAT_PMUv3p5 (64-bit
+/// event counters) among them; Cortex-A57 has PMUv3 without it (32-bit event
+/// counters, a 64-bit cycle counter), like most deployed arm64 cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuModel {
+    #[value(name = "max")]
+    Max,
+    #[value(name = "cortex-a57")]
+    CortexA57,
+}
+
+impl CpuModel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Max => "max",
+            Self::CortexA57 => "cortex-a57",
+        }
+    }
+
+    fn qemu_arg(self) -> &'static str {
+        match self {
+            Self::Max => "max,pauth-impdef=on",
+            Self::CortexA57 => "cortex-a57",
         }
     }
 }
 
 pub struct Guest {
     pub series: Series,
+    pub cpu: CpuModel,
     pub hetero: bool,
     /// `-icount shift=0`: QEMU counts instructions (then IPC is exactly 1).
     pub icount: bool,
@@ -116,15 +158,25 @@ pub fn assets(series: Series) -> Result<Assets> {
         });
     }
     fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    // A series from another Debian release is looked up in an apt state of its own
+    // (its lists under the cache directory), so the host's sources stay as they are.
+    let apt_options = match series.foreign_suite() {
+        Some(suite) => foreign_apt(&dir, suite)?,
+        None => Vec::new(),
+    };
     let search = || {
-        output(Command::new("apt-cache").args(["search", "--names-only", series.package_pattern()]))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect::<Vec<_>>()
+        output(
+            Command::new("apt-cache")
+                .args(&apt_options)
+                .args(["search", "--names-only", series.package_pattern()]),
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect::<Vec<_>>()
     };
     let mut packages = search();
-    if packages.is_empty() {
+    if packages.is_empty() && apt_options.is_empty() {
         status(privileged("apt-get").args(["update", "-q"]))?;
         packages = search();
     }
@@ -144,12 +196,14 @@ pub fn assets(series: Series) -> Result<Assets> {
     let debs = dir.join("debs");
     let _ = fs::remove_dir_all(&debs);
     fs::create_dir_all(&debs)?;
-    for p in [
-        format!("{package}:arm64"),
-        "busybox-static:arm64".to_owned(),
+    for (p, options) in [
+        (format!("{package}:arm64"), &apt_options),
+        // busybox is static: the host release's works with any kernel.
+        ("busybox-static:arm64".to_owned(), &Vec::new()),
     ] {
         status(
             Command::new("apt-get")
+                .args(options)
                 .args(["download", "-q", &p])
                 .current_dir(&debs),
         )?;
@@ -183,6 +237,72 @@ pub fn assets(series: Series) -> Result<Assets> {
         image,
         busybox,
         kernel_release,
+    })
+}
+
+/// The apt options of a private apt state for Debian release `suite`, arm64, under
+/// `dir`, with its package lists updated. The archive is the one the host's own
+/// sources name for the host's release (`apt-get indextargets`), so mirrors and
+/// proxies configured for apt apply, and the release's signatures are checked with
+/// the host's Debian keyring.
+fn foreign_apt(dir: &Path, suite: &str) -> Result<Vec<String>> {
+    let codename = fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .context("/etc/os-release names no VERSION_CODENAME (is this Debian?)")?;
+    let targets = output(Command::new("apt-get").args([
+        "indextargets",
+        "--format",
+        "$(REPO_URI) $(RELEASE) $(TARGET_OF)",
+    ]))
+    .context("apt-get indextargets")?;
+    let uri = archive_uri(&targets, &codename).with_context(|| {
+        format!(
+            "apt's sources name no archive for {codename} to take {suite}'s kernel from \
+             (`apt-get indextargets` lists none)"
+        )
+    })?;
+    let state = dir.join("apt");
+    for d in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(state.join(d))?;
+    }
+    let sources = state.join("sources.list");
+    fs::write(&sources, format!("deb [arch=arm64] {uri} {suite} main\n"))?;
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let options = vec![
+        "-o".to_owned(),
+        format!("Dir::Etc::SourceList={}", path(&sources)),
+        "-o".to_owned(),
+        "Dir::Etc::SourceParts=/nonexistent".to_owned(),
+        "-o".to_owned(),
+        format!("Dir::State::Lists={}", path(&state.join("lists"))),
+        "-o".to_owned(),
+        format!("Dir::Cache={}", path(&state.join("cache"))),
+        "-o".to_owned(),
+        "APT::Architecture=arm64".to_owned(),
+        "-o".to_owned(),
+        "APT::Architectures::=arm64".to_owned(),
+    ];
+    status(
+        Command::new("apt-get")
+            .args(&options)
+            .args(["update", "-q"]),
+    )
+    .with_context(|| format!("apt-get update of {suite} from {uri}"))?;
+    Ok(options)
+}
+
+/// The archive of release `codename` in `apt-get indextargets` lines
+/// (`URI RELEASE TARGET_OF`): its binary-package (`deb`) source.
+fn archive_uri(targets: &str, codename: &str) -> Option<String> {
+    targets.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (uri, release, of) = (f.next()?, f.next()?, f.next()?);
+        (release == codename && of == "deb").then(|| uri.trim_end_matches('/').to_owned())
     })
 }
 
@@ -275,7 +395,7 @@ fn qemu(g: &Guest, dumpdtb: Option<&Path>) -> Command {
     let mut cmd = Command::new("qemu-system-aarch64");
     cmd.arg("-M")
         .arg(machine)
-        .args(["-cpu", "max,pauth-impdef=on", "-m", "1024", "-nographic"])
+        .args(["-cpu", g.cpu.qemu_arg(), "-m", "1024", "-nographic"])
         .args(["-nic", "none"])
         .args(["-smp", &g.smp.to_string()]);
     cmd
@@ -338,9 +458,10 @@ pub fn run(g: &Guest, payload: &Payload) -> Result<Run> {
     let log_path = dir.join("serial.log");
     let log = fs::File::create(&log_path)?;
     eprintln!(
-        "xtask: booting {} {} ({}{}, {} CPUs)",
+        "xtask: booting {} {} (-cpu {}, {}{}, {} CPUs)",
         assets.kernel_release,
         display(&cmd).split_whitespace().next().unwrap_or(""),
+        g.cpu.name(),
         if g.hetero { "two PMUs" } else { "one PMU" },
         if g.icount { ", icount" } else { "" },
         g.smp
@@ -417,6 +538,20 @@ mod tests {
     }
 
     #[test]
+    fn the_archive_is_the_one_apt_has_for_the_hosts_release() {
+        let targets = "http://deb.debian.org/debian-security/ bookworm-security deb\n\
+                       http://mirror.example/debian/ bookworm deb-src\n\
+                       http://mirror.example/debian/ bookworm deb\n\
+                       http://deb.debian.org/debian/ bookworm-updates deb\n";
+        assert_eq!(
+            archive_uri(targets, "bookworm").as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(archive_uri(targets, "trixie"), None);
+        assert_eq!(archive_uri("", "bookworm"), None);
+    }
+
+    #[test]
     fn newest_kernel_by_numbers() {
         let mut v = [
             "linux-image-6.1.0-9-arm64-unsigned",
@@ -432,6 +567,7 @@ mod tests {
         for hetero in [false, true] {
             let g = Guest {
                 series: Series::V6_1,
+                cpu: CpuModel::Max,
                 hetero,
                 icount: false,
                 smp: 4,

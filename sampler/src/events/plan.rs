@@ -111,6 +111,18 @@ pub struct PlannedEvent {
     pub exclude_user: bool,
     pub exclude_kernel: bool,
     pub exclude_hv: bool,
+    /// perf's default for every event, and `u`, `p`, `H`: guests are not counted.
+    pub exclude_guest: bool,
+    /// `G`: only guests are counted.
+    pub exclude_host: bool,
+    /// `I`.
+    pub exclude_idle: bool,
+    /// `p`, `pp`, `ppp`, or `P` resolved to the PMU's highest level; used when the
+    /// event samples (precision is a property of sampling).
+    pub precise_ip: u8,
+    /// `D` and `e`, on group leaders only (as perf).
+    pub pinned: bool,
+    pub exclusive: bool,
     /// The preferred encoding.
     #[serde(flatten)]
     pub attr: Attr,
@@ -132,6 +144,12 @@ impl PlannedEvent {
             exclude_user: false,
             exclude_kernel: false,
             exclude_hv: false,
+            exclude_guest: true,
+            exclude_host: false,
+            exclude_idle: false,
+            precise_ip: 0,
+            pinned: false,
+            exclusive: false,
             attr: Attr {
                 encoding: Encoding::Software,
                 type_: PERF_TYPE_SOFTWARE,
@@ -188,6 +206,16 @@ impl PlannedEvent {
         attr.set_exclude_user(u64::from(self.exclude_user));
         attr.set_exclude_kernel(u64::from(self.exclude_kernel));
         attr.set_exclude_hv(u64::from(self.exclude_hv));
+        attr.set_exclude_guest(u64::from(self.exclude_guest));
+        attr.set_exclude_host(u64::from(self.exclude_host));
+        attr.set_exclude_idle(u64::from(self.exclude_idle));
+        if matches!(mode, Mode::Sample { .. }) {
+            attr.set_precise_ip(u64::from(self.precise_ip));
+        }
+        if self.is_leader() {
+            attr.set_pinned(u64::from(self.pinned));
+            attr.set_exclusive(u64::from(self.exclusive));
+        }
         attr
     }
 }
@@ -316,6 +344,8 @@ pub enum PlanError {
         #[source]
         source: FormatError,
     },
+    #[error("`{event}` asks for precise sampling, but {why}: drop the `p`s, or use `P` for the highest level the PMU has")]
+    NotPrecise { event: String, why: String },
     #[error("no PMU of the selected CPUs {selected} supports `{event}` ({coverage})")]
     NotCovered {
         event: String,
@@ -382,6 +412,10 @@ pub fn plan(
                 for p in &mut r {
                     p.group = gi;
                     p.index = i;
+                    // Only the first group's leader samples.
+                    if gi == 0 && i == 0 {
+                        check_precise(e, p, pmus)?;
+                    }
                 }
                 members.push(r);
             }
@@ -643,6 +677,7 @@ fn entry(
 ) -> PlannedEvent {
     let mut chain = chain.into_iter();
     let first = chain.next().expect("a chain has at least one encoding");
+    let m = &e.modifiers;
     PlannedEvent {
         cpu,
         group: 0,
@@ -650,12 +685,58 @@ fn entry(
         event: e.display(),
         pmu: pmu.map(|p| p.name.clone()),
         hardware,
-        exclude_user: e.modifiers.exclude_user(),
-        exclude_kernel: e.modifiers.exclude_kernel(),
-        exclude_hv: e.modifiers.exclude_hv(),
+        exclude_user: m.exclude_user,
+        exclude_kernel: m.exclude_kernel,
+        exclude_hv: m.exclude_hv,
+        exclude_guest: m.exclude_guest,
+        exclude_host: m.exclude_host,
+        exclude_idle: m.exclude_idle,
+        precise_ip: if m.precise_max {
+            max_precise(pmu)
+        } else {
+            m.precise
+        },
+        pinned: m.pinned,
+        exclusive: m.exclusive,
         attr: first,
         fallbacks: chain.collect(),
     }
+}
+
+/// The highest precise sampling level of `pmu` (x86's `caps/max_precise`); 0 for
+/// PMUs without precise sampling (arm_pmu, software, or none known).
+pub fn max_precise(pmu: Option<&Pmu>) -> u8 {
+    pmu.and_then(|p| p.caps.get("max_precise"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Refuses precise sampling (`p`) that the sampling event's PMU cannot do: the kernel
+/// would refuse it (x86 without PEBS: EOPNOTSUPP) or ignore it (arm_pmu, software).
+fn check_precise(e: &EventSpec, planned: &PlannedEvent, pmus: &PmuSet) -> Result<(), PlanError> {
+    let wanted = e.modifiers.precise;
+    if wanted == 0 {
+        return Ok(());
+    }
+    let pmu = planned.pmu.as_deref().and_then(|n| pmus.get(n));
+    let name = pmu.map_or("(none known: the kernel's default)", |p| p.name.as_str());
+    let max = max_precise(pmu);
+    let why = if !planned.hardware {
+        format!("software events ({name}) have no precise sampling")
+    } else if max == 0 {
+        format!(
+            "PMU {name} has no precise sampling (no caps/max_precise; precise sampling is \
+             PEBS or IBS on x86)"
+        )
+    } else if wanted > max {
+        format!("PMU {name} samples at most at precise level {max} (caps/max_precise)")
+    } else {
+        return Ok(());
+    };
+    Err(PlanError::NotPrecise {
+        event: e.display(),
+        why,
+    })
 }
 
 /// The planned events of `e` on `cpu`: none when no PMU of `e` covers the CPU, one per
@@ -974,6 +1055,56 @@ mod tests {
         );
         let p = plan_on("vm", "r1a8", None, None).unwrap();
         assert_eq!(p.plan[0].attr.type_, PERF_TYPE_RAW);
+    }
+
+    #[test]
+    fn precise_sampling_follows_the_pmus_caps() {
+        // Alder Lake: both core PMUs have caps/max_precise 3.
+        let p = plan_on("adl", "cycles:pp", None, K6_12).unwrap();
+        assert!(p.plan.iter().all(|e| e.precise_ip == 2 && e.exclude_guest));
+        let p = plan_on("adl", "cycles:P", None, K6_12).unwrap();
+        assert!(p.plan.iter().all(|e| e.precise_ip == 3 && !e.exclude_guest));
+        let a = p.plan[0].attr(&p.plan[0].attr, Mode::Sample { rate: Rate::Period(1) });
+        assert_eq!(a.precise_ip(), 3);
+        // Precision is a property of sampling: a counting copy does not ask for it.
+        assert_eq!(p.plan[0].attr(&p.plan[0].attr, Mode::CountLeader).precise_ip(), 0);
+        // Arm PMUs and software events have none; P is then level 0, not an error.
+        let e = plan_on("juno", "cycles:p", None, K6_12).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "`cycles:p` asks for precise sampling, but PMU armv8_cortex_a53 has no \
+                 precise sampling"
+            ),
+            "{e}"
+        );
+        assert!(
+            plan_on("juno", "cycles:P", None, K6_12).unwrap().plan[0].precise_ip == 0
+        );
+        let e = plan_on("vm", "cpu-clock:ppp", None, K6_12).unwrap_err();
+        assert!(e.to_string().contains("software events (software) have no"), "{e}");
+        // Only the sampling event is held to it: a counting member's p is dropped.
+        assert!(plan_on("adl", "{cycles,instructions:p}", None, K6_12).is_ok());
+        assert!(plan_on("vm", "cpu-clock,cycles:p", None, K6_12).is_ok());
+    }
+
+    #[test]
+    fn leader_only_pinned_and_exclusive_and_the_guest_bits() {
+        let p = plan_on("adl", "{cycles,instructions}:DeI", Some("0"), K6_12).unwrap();
+        let (l, m) = (&p.plan[0], &p.plan[1]);
+        assert!(l.pinned && l.exclusive && l.exclude_idle && m.exclude_idle);
+        let (la, ma) = (
+            l.attr(&l.attr, Mode::Sample { rate: Rate::Frequency(99) }),
+            m.attr(&m.attr, Mode::CountMember),
+        );
+        assert_eq!((la.pinned(), la.exclusive(), la.exclude_idle()), (1, 1, 1));
+        assert_eq!((ma.pinned(), ma.exclusive(), ma.exclude_idle()), (0, 0, 1));
+        // perf's default: guests excluded; `G` counts guests only.
+        let p = plan_on("vm", "cpu-clock,page-faults:G", None, K6_12).unwrap();
+        let a = |e: &PlannedEvent| e.attr(&e.attr, Mode::CountLeader);
+        let find = |name: &str| p.plan.iter().find(|e| e.event == name).unwrap();
+        let (clock, faults) = (a(find("cpu-clock")), a(find("page-faults:G")));
+        assert_eq!((clock.exclude_guest(), clock.exclude_host()), (1, 0));
+        assert_eq!((faults.exclude_guest(), faults.exclude_host()), (0, 1));
     }
 
     #[test]

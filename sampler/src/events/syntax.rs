@@ -6,7 +6,7 @@
 //! event    := pmu '/' [terms] '/' [mods | ':' mods]  |  name [':' mods]
 //! terms    := term (',' term)*        term := key ['=' number]
 //! name     := generic hardware | software | hardware cache | r<hex> | PMU alias
-//! mods     := one or more of u k h
+//! mods     := one or more of u k h G H p P I D e S W (see [`Modifiers`])
 //! ```
 //!
 //! Parsing is pure and total: any input gives an [`EventList`] or a [`ParseError`]
@@ -47,6 +47,9 @@ pub const SOFTWARE: &[(&str, u64)] = &[
     ("major-faults", 6),
     ("alignment-faults", 7),
     ("emulation-faults", 8),
+    ("dummy", 9),
+    ("bpf-output", 10),
+    ("cgroup-switches", 11),
 ];
 
 /// Hardware cache ids (`PERF_COUNT_HW_CACHE_*`) and the spellings perf accepts.
@@ -80,47 +83,180 @@ const CACHE_RESULTS: &[(&[&str], u64)] = &[
 /// The longest event list accepted, a bound for hostile input.
 pub const MAX_LEN: usize = 64 * 1024;
 
-/// Which privilege levels an event counts (perf's `:u`, `:k`, `:h`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What an event's modifiers ask for, as the `perf_event_attr` bits perf 6.1 sets for
+/// them (`get_event_modifier`, and `event_attr_init` for the defaults):
+///
+/// | modifier | meaning |
+/// |---|---|
+/// | `u` `k` `h` | count only user / kernel / hypervisor; naming any excludes the others; `u` also excludes guests |
+/// | `G` `H` | count only in guests (`exclude_host`) / only on the host (`exclude_guest`) |
+/// | `p` `pp` `ppp` | precise sampling level 1–3 (`precise_ip`); excludes guests |
+/// | `P` | the highest precise level the PMU has |
+/// | `I` | do not count while idle (`exclude_idle`) |
+/// | `D` | pinned: the group stays on the PMU or is put in error (leaders only) |
+/// | `e` | exclusive: the group has the PMU to itself (leaders only) |
+/// | `S` | sample-read: the leader samples, the members are read at each sample |
+/// | `W` | weak group: when the group cannot be opened together, open its events apart |
+///
+/// An event without modifiers excludes guests, as perf's default does (perf sets
+/// `exclude_guest` for every event it opens outside `perf kvm`); any modifier string
+/// starts from nothing, so `cycles:k` counts guests' kernels too, as in perf.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Modifiers {
-    pub user: bool,
-    pub kernel: bool,
-    pub hv: bool,
+    pub exclude_user: bool,
+    pub exclude_kernel: bool,
+    pub exclude_hv: bool,
+    pub exclude_host: bool,
+    pub exclude_guest: bool,
+    pub exclude_idle: bool,
+    /// `p`s: 0–3.
+    pub precise: u8,
+    /// `P`.
+    pub precise_max: bool,
+    pub pinned: bool,
+    pub exclusive: bool,
+    pub sample_read: bool,
+    pub weak: bool,
+    /// `G` or `H` was given: later `u` and `p` leave the guest bits alone.
+    exclude_gh: bool,
+    /// The modifier letters, as written (the event's own, then its group's).
+    text: String,
 }
 
-impl Modifiers {
-    fn any(self) -> bool {
-        self.user || self.kernel || self.hv
-    }
-
-    fn union(self, o: Self) -> Self {
+impl Default for Modifiers {
+    /// No modifiers: perf's defaults (guests excluded).
+    fn default() -> Self {
         Self {
-            user: self.user || o.user,
-            kernel: self.kernel || o.kernel,
-            hv: self.hv || o.hv,
+            exclude_user: false,
+            exclude_kernel: false,
+            exclude_hv: false,
+            exclude_host: false,
+            exclude_guest: true,
+            exclude_idle: false,
+            precise: 0,
+            precise_max: false,
+            pinned: false,
+            exclusive: false,
+            sample_read: false,
+            weak: false,
+            exclude_gh: false,
+            text: String::new(),
         }
     }
+}
 
-    /// perf's rule: naming any level excludes the ones not named.
-    pub fn exclude_user(self) -> bool {
-        self.any() && !self.user
+/// The modifier letters sampler takes, in perf's order.
+pub const MODIFIER_LETTERS: &str = "ukhGHpPIDeSW";
+
+impl Modifiers {
+    /// The modifiers as written after `:` (empty: none).
+    pub fn text(&self) -> &str {
+        &self.text
     }
-    pub fn exclude_kernel(self) -> bool {
-        self.any() && !self.kernel
+
+    /// An event's own modifier string `s` (perf's `get_event_modifier` with no event:
+    /// every bit starts clear).
+    fn parse(s: &str) -> Result<Self, (String, usize)> {
+        let start = Self {
+            exclude_guest: false,
+            ..Self::default()
+        };
+        start.with(s)
     }
-    pub fn exclude_hv(self) -> bool {
-        self.any() && !self.hv
+
+    /// These modifiers with `s` applied on top, as perf applies a group's modifiers to
+    /// each member (starting from the member's own bits). Errors carry the offset of
+    /// the letter in `s`.
+    fn with(&self, s: &str) -> Result<Self, (String, usize)> {
+        check_modifier(s)?;
+        let mut m = self.clone();
+        let mut exclude = m.exclude_user || m.exclude_kernel || m.exclude_hv;
+        for (at, c) in s.char_indices() {
+            let mut level = |m: &mut Self| {
+                if !exclude {
+                    exclude = true;
+                    (m.exclude_user, m.exclude_kernel, m.exclude_hv) = (true, true, true);
+                }
+            };
+            match c {
+                'u' => {
+                    level(&mut m);
+                    if !m.exclude_gh {
+                        m.exclude_guest = true;
+                    }
+                    m.exclude_user = false;
+                }
+                'k' => {
+                    level(&mut m);
+                    m.exclude_kernel = false;
+                }
+                'h' => {
+                    level(&mut m);
+                    m.exclude_hv = false;
+                }
+                'G' | 'H' => {
+                    if !m.exclude_gh {
+                        (m.exclude_gh, m.exclude_guest, m.exclude_host) = (true, true, true);
+                    }
+                    if c == 'G' {
+                        m.exclude_guest = false;
+                    } else {
+                        m.exclude_host = false;
+                    }
+                }
+                'p' => {
+                    m.precise += 1;
+                    if m.precise > 3 {
+                        return Err(("at most 3 `p`s: precise levels are 1 to 3".into(), at));
+                    }
+                    // Precise sampling requires excluding guests (perf's comment).
+                    if !m.exclude_gh {
+                        m.exclude_guest = true;
+                    }
+                }
+                'P' => m.precise_max = true,
+                'I' => m.exclude_idle = true,
+                'D' => m.pinned = true,
+                'e' => m.exclusive = true,
+                'S' => m.sample_read = true,
+                'W' => m.weak = true,
+                'b' => {
+                    return Err((
+                        "modifier `b` (perf's BPF counters) is not needed: sampler always \
+                         aggregates in BPF"
+                            .into(),
+                        at,
+                    ));
+                }
+                _ => {
+                    return Err((
+                        format!(
+                            "unknown modifier `{c}` (supported: u, k, h, G, H, p, pp, ppp, P, \
+                             I, D, e, S, W)"
+                        ),
+                        at,
+                    ));
+                }
+            }
+        }
+        m.text.push_str(s);
+        Ok(m)
     }
+}
+
+/// perf's `check_modifier`: no letter but `p` twice.
+fn check_modifier(s: &str) -> Result<(), (String, usize)> {
+    for (at, c) in s.char_indices() {
+        if c != 'p' && s[..at].contains(c) {
+            return Err((format!("modifier `{c}` given twice"), at));
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Modifiers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (on, c) in [(self.user, 'u'), (self.kernel, 'k'), (self.hv, 'h')] {
-            if on {
-                write!(f, "{c}")?;
-            }
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -159,10 +295,10 @@ pub struct EventSpec {
 impl EventSpec {
     /// The name with its modifiers, as perf prints it (`cycles:u`).
     pub fn display(&self) -> String {
-        if self.modifiers.any() {
-            format!("{}:{}", self.name, self.modifiers)
-        } else {
+        if self.modifiers.text().is_empty() {
             self.name.clone()
+        } else {
+            format!("{}:{}", self.name, self.modifiers)
         }
     }
 }
@@ -280,9 +416,9 @@ impl Parser<'_> {
         }
         if self.peek() == Some(':') {
             self.bump();
-            let mods = self.modifiers()?;
+            let (text, at) = self.modifier_text()?;
             for e in &mut events {
-                e.modifiers = e.modifiers.union(mods);
+                e.modifiers = e.modifiers.with(text).map_err(|(m, i)| (m, at + i))?;
             }
         }
         Ok(Group { events })
@@ -387,27 +523,24 @@ impl Parser<'_> {
         }
     }
 
-    fn modifiers(&mut self) -> PResult<Modifiers> {
+    /// The letters of a modifier string and where they start.
+    fn modifier_text(&mut self) -> PResult<(&str, usize)> {
         let start = self.pos;
-        let mut m = Modifiers::default();
-        while let Some(c) = self.peek().filter(char::is_ascii_alphanumeric) {
-            match c {
-                'u' => m.user = true,
-                'k' => m.kernel = true,
-                'h' => m.hv = true,
-                _ => {
-                    return Err((
-                        format!("unknown modifier `{c}` (supported: u, k, h)"),
-                        self.pos,
-                    ));
-                }
-            }
+        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
             self.bump();
         }
         if self.pos == start {
-            return Err(("expected modifiers (u, k, h) after `:`".into(), start));
+            return Err((
+                format!("expected modifiers ({MODIFIER_LETTERS}) after `:`"),
+                start,
+            ));
         }
-        Ok(m)
+        Ok((&self.s[start..self.pos], start))
+    }
+
+    fn modifiers(&mut self) -> PResult<Modifiers> {
+        let (text, at) = self.modifier_text()?;
+        Modifiers::parse(text).map_err(|(m, i)| (m, at + i))
     }
 }
 
@@ -607,20 +740,46 @@ mod tests {
         assert!(err("cpu/event=zz/").contains("`event=zz`: the value is not a number"));
     }
 
+    /// The bits of one modifier string, as perf 6.1's `perf stat -vv` prints them:
+    /// (exclude_user, exclude_kernel, exclude_hv, exclude_host, exclude_guest).
+    fn bits(m: &Modifiers) -> (bool, bool, bool, bool, bool) {
+        (
+            m.exclude_user,
+            m.exclude_kernel,
+            m.exclude_hv,
+            m.exclude_host,
+            m.exclude_guest,
+        )
+    }
+
     #[test]
     fn modifiers_follow_perf() {
-        let e = |s: &str| parse(s).unwrap().events().next().unwrap().modifiers;
-        let u = e("cycles:u");
-        assert!(!u.exclude_user() && u.exclude_kernel() && u.exclude_hv());
-        let k = e("cycles:k");
-        assert!(k.exclude_user() && !k.exclude_kernel() && k.exclude_hv());
-        let uk = e("instructions:uk");
-        assert!(!uk.exclude_user() && !uk.exclude_kernel() && uk.exclude_hv());
-        let none = e("cycles");
-        assert!(!none.exclude_user() && !none.exclude_kernel() && !none.exclude_hv());
-        assert_eq!(e("cpu/event=0x3c/u"), u);
-        assert_eq!(e("cpu/event=0x3c/:k"), k);
-        assert!(err("cycles:x").contains("unknown modifier `x` (supported: u, k, h)"));
+        let e = |s: &str| parse(s).unwrap().events().next().unwrap().modifiers.clone();
+        let (t, f) = (true, false);
+        // No modifier: perf's default excludes guests.
+        assert_eq!(bits(&e("cycles")), (f, f, f, f, t));
+        assert_eq!(bits(&e("cycles:u")), (f, t, t, f, t));
+        assert_eq!(bits(&e("cycles:k")), (t, f, t, f, f));
+        assert_eq!(bits(&e("cycles:h")), (t, t, f, f, f));
+        assert_eq!(bits(&e("instructions:uk")), (f, f, t, f, t));
+        assert_eq!(bits(&e("cycles:G")), (f, f, f, t, f));
+        assert_eq!(bits(&e("cycles:H")), (f, f, f, f, t));
+        assert_eq!(bits(&e("cycles:GH")), (f, f, f, f, f));
+        assert_eq!(bits(&e("cycles:Gu")), (f, t, t, t, f));
+        assert_eq!(bits(&e("cycles:P")), (f, f, f, f, f));
+        for (m, level) in [("p", 1), ("pp", 2), ("ppp", 3)] {
+            let got = e(&format!("cycles:{m}"));
+            assert_eq!((got.precise, got.exclude_guest), (level, true), "{m}");
+        }
+        let all = e("cycles:PIDeSW");
+        assert!(all.precise_max && all.exclude_idle && all.pinned && all.exclusive);
+        assert!(all.sample_read && all.weak);
+        assert_eq!(e("cpu/event=0x3c/u"), e("cycles:u"));
+        assert_eq!(bits(&e("cpu/event=0x3c/:k")), bits(&e("cycles:k")));
+        assert!(err("cycles:x").contains("unknown modifier `x` (supported: u, k, h, G, H, p"));
+        assert!(err("cycles:uu").contains("modifier `u` given twice (at column 9"));
+        assert!(err("cycles:pppp").contains("at most 3 `p`s"));
+        assert!(err("cycles:b").contains("sampler always aggregates in BPF"));
         assert!(err("cycles:").contains("expected modifiers"));
         assert_eq!(
             parse("cycles:u")
@@ -634,6 +793,14 @@ mod tests {
     }
 
     #[test]
+    fn dummy_and_the_other_software_events() {
+        assert_eq!(
+            kinds("dummy,bpf-output,cgroup-switches"),
+            [9, 10, 11].map(EventKind::Software)
+        );
+    }
+
+    #[test]
     fn groups() {
         let l = parse("{cycles,instructions}:u, page-faults ,{cpu/event=1/,r2:k}").unwrap();
         assert_eq!(l.groups.len(), 3);
@@ -642,11 +809,27 @@ mod tests {
             l.groups[0]
                 .events
                 .iter()
-                .all(|e| e.modifiers.user && !e.modifiers.kernel)
+                .all(|e| !e.modifiers.exclude_user && e.modifiers.exclude_kernel)
         );
         assert_eq!(l.groups[1].events[0].kind, EventKind::Software(2));
         assert_eq!(l.groups[2].events.len(), 2);
-        assert!(l.groups[2].events[1].modifiers.kernel);
+        assert!(!l.groups[2].events[1].modifiers.exclude_kernel);
+        // A group's modifiers start from each member's own bits, as perf's do: the
+        // default's exclude_guest stays under `:k`; an own `:k` cleared it, and the
+        // group's `u` sets it again.
+        let g = parse("{cycles,instructions}:k").unwrap();
+        assert_eq!(
+            bits(&g.groups[0].events[1].modifiers),
+            (true, false, true, false, true)
+        );
+        let g = parse("{cpu-clock:k,task-clock}:u").unwrap();
+        assert_eq!(
+            bits(&g.groups[0].events[0].modifiers),
+            (false, false, true, false, true)
+        );
+        assert_eq!(g.groups[0].events[0].display(), "cpu-clock:ku");
+        let e = err("{cycles:pp,instructions}:pp");
+        assert!(e.contains("at most 3 `p`s: precise levels are 1 to 3 (at column 27"), "{e}");
     }
 
     #[test]
