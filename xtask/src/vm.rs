@@ -165,11 +165,11 @@ pub fn assets(series: Series) -> Result<Assets> {
         None => Vec::new(),
     };
     let search = || {
-        output(
-            Command::new("apt-cache")
-                .args(&apt_options)
-                .args(["search", "--names-only", series.package_pattern()]),
-        )
+        output(Command::new("apt-cache").args(&apt_options).args([
+            "search",
+            "--names-only",
+            series.package_pattern(),
+        ]))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
@@ -286,6 +286,9 @@ fn foreign_apt(dir: &Path, suite: &str) -> Result<Vec<String>> {
         "APT::Architecture=arm64".to_owned(),
         "-o".to_owned(),
         "APT::Architectures::=arm64".to_owned(),
+        // The lists live under root's cache, which apt's own user cannot enter.
+        "-o".to_owned(),
+        "APT::Sandbox::User=root".to_owned(),
     ];
     status(
         Command::new("apt-get")

@@ -344,7 +344,9 @@ pub enum PlanError {
         #[source]
         source: FormatError,
     },
-    #[error("`{event}` asks for precise sampling, but {why}: drop the `p`s, or use `P` for the highest level the PMU has")]
+    #[error(
+        "`{event}` asks for precise sampling, but {why}: drop the `p`s, or use `P` for the highest level the PMU has"
+    )]
     NotPrecise { event: String, why: String },
     #[error("no PMU of the selected CPUs {selected} supports `{event}` ({coverage})")]
     NotCovered {
@@ -1064,10 +1066,20 @@ mod tests {
         assert!(p.plan.iter().all(|e| e.precise_ip == 2 && e.exclude_guest));
         let p = plan_on("adl", "cycles:P", None, K6_12).unwrap();
         assert!(p.plan.iter().all(|e| e.precise_ip == 3 && !e.exclude_guest));
-        let a = p.plan[0].attr(&p.plan[0].attr, Mode::Sample { rate: Rate::Period(1) });
+        let a = p.plan[0].attr(
+            &p.plan[0].attr,
+            Mode::Sample {
+                rate: Rate::Period(1),
+            },
+        );
         assert_eq!(a.precise_ip(), 3);
         // Precision is a property of sampling: a counting copy does not ask for it.
-        assert_eq!(p.plan[0].attr(&p.plan[0].attr, Mode::CountLeader).precise_ip(), 0);
+        assert_eq!(
+            p.plan[0]
+                .attr(&p.plan[0].attr, Mode::CountLeader)
+                .precise_ip(),
+            0
+        );
         // Arm PMUs and software events have none; P is then level 0, not an error.
         let e = plan_on("juno", "cycles:p", None, K6_12).unwrap_err();
         assert!(
@@ -1077,11 +1089,12 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(
-            plan_on("juno", "cycles:P", None, K6_12).unwrap().plan[0].precise_ip == 0
-        );
+        assert!(plan_on("juno", "cycles:P", None, K6_12).unwrap().plan[0].precise_ip == 0);
         let e = plan_on("vm", "cpu-clock:ppp", None, K6_12).unwrap_err();
-        assert!(e.to_string().contains("software events (software) have no"), "{e}");
+        assert!(
+            e.to_string().contains("software events (software) have no"),
+            "{e}"
+        );
         // Only the sampling event is held to it: a counting member's p is dropped.
         assert!(plan_on("adl", "{cycles,instructions:p}", None, K6_12).is_ok());
         assert!(plan_on("vm", "cpu-clock,cycles:p", None, K6_12).is_ok());
@@ -1093,7 +1106,12 @@ mod tests {
         let (l, m) = (&p.plan[0], &p.plan[1]);
         assert!(l.pinned && l.exclusive && l.exclude_idle && m.exclude_idle);
         let (la, ma) = (
-            l.attr(&l.attr, Mode::Sample { rate: Rate::Frequency(99) }),
+            l.attr(
+                &l.attr,
+                Mode::Sample {
+                    rate: Rate::Frequency(99),
+                },
+            ),
             m.attr(&m.attr, Mode::CountMember),
         );
         assert_eq!((la.pinned(), la.exclusive(), la.exclude_idle()), (1, 1, 1));

@@ -829,7 +829,10 @@ mod tests {
         );
         assert_eq!(g.groups[0].events[0].display(), "cpu-clock:ku");
         let e = err("{cycles:pp,instructions}:pp");
-        assert!(e.contains("at most 3 `p`s: precise levels are 1 to 3 (at column 27"), "{e}");
+        assert!(
+            e.contains("at most 3 `p`s: precise levels are 1 to 3 (at column 27"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -693,13 +693,46 @@ fn open_chain(
 ) -> Result<Result<(OwnedFd, Encoding), io::Error>, Error> {
     let mut last = io::Error::from_raw_os_error(libc::ENOENT);
     for enc in p.encodings() {
-        match sys.perf_event_open(&p.attr(enc, mode), -1, p.cpu as i32, group) {
+        match open_attr(sys, &p.attr(enc, mode), p.cpu as i32, group) {
             Ok(fd) => return Ok(Ok((fd, enc.encoding))),
             Err(e) if is_unsupported_error(&e) => last = e,
+            // arm_pmu refuses exclude_idle with EPERM, which is no lack of privilege.
+            Err(e) if p.exclude_idle && e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(Error::PerfOpen {
+                    event: p.event.clone(),
+                    cpu: p.cpu,
+                    source: e,
+                    hint: " (the PMU cannot leave idle time out: drop the `I` modifier)",
+                });
+            }
             Err(e) => return Err(open_error(&p.event, p.cpu, e)),
         }
     }
     Ok(Err(last))
+}
+
+/// Opens `attr` system-wide on `cpu`. A PMU that cannot tell guests from the host
+/// (`PERF_PMU_CAP_NO_EXCLUDE`: msr, uncore PMUs) refuses `exclude_guest` with EINVAL;
+/// then, as perf does ("switching off exclude_guest, exclude_host"), it is opened
+/// without the two bits: such a PMU counts the host alone anyway.
+fn open_attr(
+    sys: &dyn PerfSys,
+    attr: &perf_event_open_sys::bindings::perf_event_attr,
+    cpu: i32,
+    group: Option<BorrowedFd<'_>>,
+) -> io::Result<OwnedFd> {
+    match sys.perf_event_open(attr, -1, cpu, group) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINVAL)
+                && (attr.exclude_guest() != 0 || attr.exclude_host() != 0) =>
+        {
+            let mut without = *attr;
+            without.set_exclude_guest(0);
+            without.set_exclude_host(0);
+            sys.perf_event_open(&without, -1, cpu, group).map_err(|_| e)
+        }
+        r => r,
+    }
 }
 
 impl Drop for Session<'_> {
@@ -762,6 +795,9 @@ mod tests {
         /// there gives the leader only (the kernel detached the group).
         offline: RefCell<Vec<u32>>,
         next_id: std::cell::Cell<u64>,
+        /// Refuse exclude_guest/exclude_host with EINVAL, as a PMU with
+        /// PERF_PMU_CAP_NO_EXCLUDE does.
+        no_exclude: bool,
     }
 
     impl FakeSys {
@@ -795,11 +831,19 @@ mod tests {
                 "leaders start disabled"
             );
             self.calls.borrow_mut().push(format!(
-                "open cpu{cpu} {}:{:#x}{}",
+                "open cpu{cpu} {}:{:#x}{}{}",
                 attr.type_,
                 attr.config,
-                if group.is_some() { " member" } else { "" }
+                if group.is_some() { " member" } else { "" },
+                if attr.exclude_guest() == 1 {
+                    ""
+                } else {
+                    " +guest"
+                }
             ));
+            if self.no_exclude && (attr.exclude_guest() == 1 || attr.exclude_host() == 1) {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
             let ok = if attr.type_ == PERF_TYPE_SOFTWARE {
                 match self.software_errno {
                     Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
@@ -1259,6 +1303,22 @@ mod tests {
             .unwrap();
         assert!(matches!(err, Error::PerfPermission { cpu: 0, .. }), "{err}");
         assert!(err.to_string().contains("perf_event_paranoid"));
+    }
+
+    #[test]
+    fn a_pmu_that_cannot_exclude_guests_is_opened_without_the_bits() {
+        let sys = FakeSys {
+            no_exclude: true,
+            ..FakeSys::default()
+        };
+        let clock = PlannedEvent::cpu_clock(0);
+        assert!(clock.exclude_guest, "perf's default");
+        let s = Session::open(&sys, &[clock], Rate::Frequency(99), false).unwrap();
+        assert_eq!(s.groups().len(), 1);
+        assert_eq!(
+            opened_calls(&sys),
+            ["open cpu0 1:0x0", "open cpu0 1:0x0 +guest"]
+        );
     }
 
     #[test]

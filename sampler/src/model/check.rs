@@ -175,8 +175,23 @@ fn measure_latency(
 /// are off for it, if the kernel said so.
 type Opened<'a> = (&'a PlannedEvent, OwnedFd, Option<UserPage>, Option<String>);
 
-/// Opens this thread's copies of `events` and maps their pages, asking for 64-bit
-/// user access only where the counter is the cycle counter.
+/// Opens this thread's copies of `events` and maps their pages, following arm_pmu's
+/// rules for the `config1` user-access bits (`rdpmc` = user access, `long` = 64 bits):
+///
+/// - `rdpmc|long`: 64 bits read from user space. Without FEAT_PMUv3p5 (no 64-bit
+///   event counters: Cortex-A53/A57/A72, Juno), the kernel allows it for `cycles`
+///   only, and only on the cycle counter: when a system-wide sampler holds that
+///   counter, the event opens but never runs (index 0, `time_running` 0); any other
+///   event is refused (EOPNOTSUPP).
+/// - `rdpmc` alone: user access on a 32-bit event counter, anywhere.
+///
+/// So `rdpmc|long` is asked first, and kept only where it landed on the cycle
+/// counter (a 64-bit event counter is `long` on PMUv3p5, but a chained pair without
+/// it, and emulated PMUs get chains wrong: values with bit 63 set under QEMU); where
+/// the kernel refused it, or the event got no counter, or an event counter, the copy
+/// is opened again with `rdpmc` alone. A copy that never got a counter says so in
+/// its note: it is never left silently at zero. Without `rdpmc` (kernels before 5.17,
+/// x86) no user bits are set.
 fn open_events<'a>(
     sys: &dyn PerfSys,
     events: &'a [PlannedEvent],
@@ -184,20 +199,88 @@ fn open_events<'a>(
 ) -> Result<Vec<Opened<'a>>, Error> {
     let mut opened = Vec::new();
     for p in events {
-        let (mut fd, mut note) = open_probe(sys, p, user_bits.rdpmc | user_bits.long)?;
-        let mut page = UserPage::map(fd.as_fd()).ok();
-        let index = page
-            .as_ref()
-            .and_then(UserPage::snapshot)
-            .map(|s| s.0.index);
-        if user_bits.long != 0 && index.is_some_and(|i| i != 0 && i != CYCLE_COUNTER_INDEX) {
-            drop(page);
-            (fd, note) = open_probe(sys, p, user_bits.rdpmc)?;
-            page = UserPage::map(fd.as_fd()).ok();
+        if user_bits.rdpmc == 0 || !p.hardware {
+            let (fd, note) = open_probe(sys, p, 0)?;
+            let page = UserPage::map(fd.as_fd()).ok();
+            opened.push((p, fd, page, note));
+            continue;
         }
+        let mut why_32 = None;
+        if user_bits.long != 0 {
+            match open_probe(sys, p, user_bits.rdpmc | user_bits.long) {
+                Ok((fd, note)) => {
+                    let page = UserPage::map(fd.as_fd()).ok();
+                    match placement(sys, &fd, page.as_ref()) {
+                        Placement::CycleCounter => {
+                            opened.push((p, fd, page, note));
+                            continue;
+                        }
+                        Placement::NoCounter => {
+                            why_32 = Some(
+                                "64-bit user access got no counter (without FEAT_PMUv3p5 \
+                                 only the cycle counter has 64 bits, and the sampler holds \
+                                 it): read 32 bits wide",
+                            );
+                        }
+                        Placement::EventCounter | Placement::NotReadable => {}
+                    }
+                }
+                Err(Error::PerfOpen { source, .. })
+                    if source.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+                {
+                    why_32 = Some(
+                        "the kernel refused 64-bit user access (EOPNOTSUPP: the PMU has no \
+                         64-bit event counters, FEAT_PMUv3p5): read 32 bits wide",
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (fd, note) = open_probe(sys, p, user_bits.rdpmc)?;
+        let page = UserPage::map(fd.as_fd()).ok();
+        let note = match placement(sys, &fd, page.as_ref()) {
+            Placement::NoCounter => Some(
+                "the reader's copy got no counter (time_running 0: the PMU's counters are \
+                 all taken): its values are not measurements"
+                    .to_owned(),
+            ),
+            _ => note.or(why_32.map(str::to_owned)),
+        };
         opened.push((p, fd, page, note));
     }
     Ok(opened)
+}
+
+/// Where a freshly opened (enabled, this-thread) event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// arm64's cycle counter (page index 32).
+    CycleCounter,
+    /// Another counter the page names.
+    EventCounter,
+    /// Running, but not readable from the page (index 0: user access off, or the
+    /// page could not be mapped).
+    NotReadable,
+    /// Enabled but never running: the kernel found no counter for it.
+    NoCounter,
+}
+
+fn placement(sys: &dyn PerfSys, fd: &OwnedFd, page: Option<&UserPage>) -> Placement {
+    // The event is scheduled in as it is installed on this (running) thread; spin a
+    // little so that its enabled time is measurably above zero.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_micros(200) {
+        std::hint::spin_loop();
+    }
+    let index = page.and_then(UserPage::snapshot).map_or(0, |s| s.0.index);
+    match index {
+        CYCLE_COUNTER_INDEX => Placement::CycleCounter,
+        0 => match read_syscall(sys, fd.as_fd()) {
+            Ok(c) if c.enabled > 0 && c.running == 0 => Placement::NoCounter,
+            _ => Placement::NotReadable,
+        },
+        _ => Placement::EventCounter,
+    }
 }
 
 /// Pins this thread to `cpu`, opens its copies of `events`, and times reading each
