@@ -707,7 +707,7 @@ fn entry(
 
 /// The highest precise sampling level of `pmu` (x86's `caps/max_precise`); 0 for
 /// PMUs without precise sampling (arm_pmu, software, or none known).
-pub fn max_precise(pmu: Option<&Pmu>) -> u8 {
+fn max_precise(pmu: Option<&Pmu>) -> u8 {
     pmu.and_then(|p| p.caps.get("max_precise"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
@@ -721,7 +721,9 @@ fn check_precise(e: &EventSpec, planned: &PlannedEvent, pmus: &PmuSet) -> Result
         return Ok(());
     }
     let pmu = planned.pmu.as_deref().and_then(|n| pmus.get(n));
-    let name = pmu.map_or("(none known: the kernel's default)", |p| p.name.as_str());
+    let name = pmu.map_or("of the kernel's choice (none in sysfs)", |p| {
+        p.name.as_str()
+    });
     let max = max_precise(pmu);
     let why = if !planned.hardware {
         format!("software events ({name}) have no precise sampling")

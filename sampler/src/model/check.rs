@@ -185,8 +185,8 @@ type Opened<'a> = (&'a PlannedEvent, OwnedFd, Option<UserPage>, Option<String>);
 ///   event is refused (EOPNOTSUPP).
 /// - `rdpmc` alone: user access on a 32-bit event counter, anywhere.
 ///
-/// So `rdpmc|long` is asked first, and kept only where it landed on the cycle
-/// counter (a 64-bit event counter is `long` on PMUv3p5, but a chained pair without
+/// So `rdpmc|long` is asked first, and kept where it landed on the cycle counter, or
+/// runs without user access (the sysctl is off) (a 64-bit event counter is `long` on PMUv3p5, but a chained pair without
 /// it, and emulated PMUs get chains wrong: values with bit 63 set under QEMU); where
 /// the kernel refused it, or the event got no counter, or an event counter, the copy
 /// is opened again with `rdpmc` alone. A copy that never got a counter says so in
@@ -211,7 +211,9 @@ fn open_events<'a>(
                 Ok((fd, note)) => {
                     let page = UserPage::map(fd.as_fd()).ok();
                     match placement(sys, &fd, page.as_ref()) {
-                        Placement::CycleCounter => {
+                        // Running and not readable from the page (user access off):
+                        // a 32-bit copy would not be readable either.
+                        Placement::CycleCounter | Placement::NotReadable => {
                             opened.push((p, fd, page, note));
                             continue;
                         }
@@ -222,7 +224,7 @@ fn open_events<'a>(
                                  it): read 32 bits wide",
                             );
                         }
-                        Placement::EventCounter | Placement::NotReadable => {}
+                        Placement::EventCounter => {}
                     }
                 }
                 Err(Error::PerfOpen { source, .. })
