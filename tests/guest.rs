@@ -128,6 +128,25 @@ fn plan_puts_each_cpu_on_its_own_pmu() -> TestResult {
         };
         assert_eq!(e["encoding"], expected, "{e}");
     }
+    // The armv8 event number behind each generic event, on every PMU, one or two.
+    let doc = json(&[
+        "plan",
+        "-e",
+        "cycles,instructions,cache-references,cache-misses,branch-misses",
+        "--json",
+    ]);
+    let plan = doc["plan"].as_array().unwrap();
+    assert_eq!(plan.len(), 5 * 4);
+    for e in plan {
+        let expected = match e["event"].as_str().unwrap() {
+            "cycles" => 0x11,
+            "instructions" => 0x08,
+            "cache-references" => 0x04,
+            "cache-misses" => 0x03,
+            _ => 0x10,
+        };
+        assert_eq!(e["pmu_event"], expected, "{e}");
+    }
     Ok(())
 }
 

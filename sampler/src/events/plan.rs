@@ -123,6 +123,10 @@ pub struct PlannedEvent {
     /// `D` and `e`, on group leaders only (as perf).
     pub pinned: bool,
     pub exclusive: bool,
+    /// For a generic hardware event, the PMU's own event number behind it: on arm_pmu
+    /// the kernel's `armv8_pmuv3_perf_map` (cycles 0x11, instructions 0x08, ...), which
+    /// KVM's PMU emulation uses too; elsewhere the PMU's sysfs alias, when it has one.
+    pub pmu_event: Option<u64>,
     /// The preferred encoding.
     #[serde(flatten)]
     pub attr: Attr,
@@ -150,6 +154,7 @@ impl PlannedEvent {
             precise_ip: 0,
             pinned: false,
             exclusive: false,
+            pmu_event: None,
             attr: Attr {
                 encoding: Encoding::Software,
                 type_: PERF_TYPE_SOFTWARE,
@@ -700,6 +705,7 @@ fn entry(
         },
         pinned: m.pinned,
         exclusive: m.exclusive,
+        pmu_event: None,
         attr: first,
         fallbacks: chain.collect(),
     }
@@ -791,7 +797,11 @@ fn resolve(
                             }
                         }
                         chain.push(legacy);
-                        entry(e, cpu, Some(p), chain, true)
+                        let mut planned = entry(e, cpu, Some(p), chain, true);
+                        if type_ == PERF_TYPE_HARDWARE {
+                            planned.pmu_event = pmu_event(p, *id);
+                        }
+                        planned
                     })
                     .collect()
             }
@@ -846,6 +856,40 @@ fn resolve(
 }
 
 /// The sysfs alias encoding of generic hardware event `id` on PMU `p`, if it has one.
+/// arm_pmu's `armv8_pmuv3_perf_map`, by `PERF_COUNT_HW_*` id: the architected event
+/// numbers (Arm ARM, D17.11) that the kernel, and KVM's emulated PMU, count for the
+/// generic events. Branch instructions is left out: kernels differ (PC_WRITE_RETIRED
+/// 0x0c, or BR_RETIRED 0x21 since 6.x, depending on PMCEID0), so only the kernel's
+/// own alias, when the PMU publishes one, says which.
+const ARMV8_GENERIC: [Option<u64>; 10] = [
+    Some(0x11), // cycles: CPU_CYCLES
+    Some(0x08), // instructions: INST_RETIRED
+    Some(0x04), // cache-references: L1D_CACHE
+    Some(0x03), // cache-misses: L1D_CACHE_REFILL
+    None,       // branch-instructions: kernel-dependent
+    Some(0x10), // branch-misses: BR_MIS_PRED
+    Some(0x1d), // bus-cycles: BUS_CYCLES
+    Some(0x23), // stalled-cycles-frontend: STALL_FRONTEND
+    Some(0x24), // stalled-cycles-backend: STALL_BACKEND
+    None,       // ref-cycles: none on arm64
+];
+
+/// The PMU's own event number behind the generic hardware event `id`: the armv8
+/// table on arm_pmu, else the PMU's alias for it (its `event=` field, the config
+/// value's low bits as the alias encodes them).
+fn pmu_event(p: &Pmu, id: u64) -> Option<u64> {
+    if p.name.starts_with("armv8") {
+        if let Some(n) = ARMV8_GENERIC
+            .get(usize::try_from(id).ok()?)
+            .copied()
+            .flatten()
+        {
+            return Some(n);
+        }
+    }
+    hw_alias(p, id).map(|w| w[0])
+}
+
 fn hw_alias(p: &Pmu, id: u64) -> Option<[u64; 4]> {
     let names = HW_ALIASES.get(usize::try_from(id).ok()?)?;
     let alias = names.iter().find_map(|n| p.events.get(*n))?;
@@ -872,6 +916,63 @@ mod tests {
         let pmus = load(machine);
         let cpus = cpus.map_or(pmus.online.clone(), |c| CpuList::parse(c).unwrap());
         plan(&parse(events).unwrap(), &pmus, &cpus, k)
+    }
+
+    #[test]
+    fn generic_events_show_the_pmu_event_number_behind_them() {
+        // arm_pmu's table on both Juno PMUs, whatever the encoding; x86 from the
+        // PMU's alias (cpu_core/events/cpu-cycles is event=0x3c); software: none.
+        let p = plan_on(
+            "juno",
+            "cycles,instructions,cache-references,cache-misses,branch-misses,\
+             branch-instructions,L1-dcache-loads,cpu-clock",
+            None,
+            K6_12,
+        )
+        .unwrap();
+        for (pmu, cpu, branches) in [
+            ("armv8_cortex_a53", 0, Some(0x0c)),
+            ("armv8_cortex_a57", 1, None),
+        ] {
+            let numbers: Vec<(String, Option<u64>)> = p
+                .plan
+                .iter()
+                .filter(|e| e.cpu == cpu && e.pmu.as_deref() == Some(pmu))
+                .map(|e| (e.event.clone(), e.pmu_event))
+                .collect();
+            assert_eq!(
+                numbers,
+                [
+                    ("cycles".to_owned(), Some(0x11)),
+                    ("instructions".to_owned(), Some(0x08)),
+                    ("cache-references".to_owned(), Some(0x04)),
+                    ("cache-misses".to_owned(), Some(0x03)),
+                    ("branch-misses".to_owned(), Some(0x10)),
+                    // Kernels differ: only the PMU's own alias says (the A53
+                    // publishes pc_write_retired, the A57 nothing).
+                    ("branch-instructions".to_owned(), branches),
+                    ("L1-dcache-loads".to_owned(), None),
+                ],
+                "{pmu}"
+            );
+        }
+        assert!(
+            p.plan
+                .iter()
+                .filter(|e| e.event == "cpu-clock")
+                .all(|e| e.pmu_event.is_none())
+        );
+        let x = plan_on("adl", "cycles,instructions", Some("0,16"), K6_12).unwrap();
+        let n: Vec<_> = x.plan.iter().map(|e| (e.cpu, e.pmu_event)).collect();
+        assert_eq!(
+            n,
+            [
+                (0, Some(0x3c)),
+                (16, Some(0x3c)),
+                (0, Some(0xc0)),
+                (16, Some(0xc0))
+            ]
+        );
     }
 
     fn pmu_cpus(p: &Plan, event: &str) -> Vec<(String, String)> {

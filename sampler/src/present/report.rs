@@ -378,8 +378,8 @@ pub fn plan_table(p: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>4} {:<24} {:<18} {:<10} {:<22} {:<8} FALLBACKS",
-        "CPU", "EVENT", "PMU", "ENCODING", "TYPE:CONFIG[,CONFIG1]", "EXCLUDE"
+        "{:>4} {:<24} {:<18} {:<8} {:<10} {:<22} {:<8} FALLBACKS",
+        "CPU", "EVENT", "PMU", "PMU-EVT", "ENCODING", "TYPE:CONFIG[,CONFIG1]", "EXCLUDE"
     );
     for e in &p.plan {
         let excl: String = [
@@ -399,10 +399,12 @@ pub fn plan_table(p: &Plan) -> String {
             .join(" > ");
         let _ = writeln!(
             out,
-            "{:>4} {:<24} {:<18} {:<10} {:<22} {:<8} {}",
+            "{:>4} {:<24} {:<18} {:<8} {:<10} {:<22} {:<8} {}",
             e.cpu,
             e.event,
             e.pmu.as_deref().unwrap_or("(kernel)"),
+            e.pmu_event
+                .map_or_else(|| "-".to_owned(), |n| format!("{n:#04x}")),
             e.attr.encoding.as_str(),
             attr_text(&e.attr),
             if excl.is_empty() { "-" } else { &excl },
@@ -655,6 +657,7 @@ mod tests {
                 "0",
                 "cycles:u",
                 "armv8_cortex_a53",
+                "0x11",
                 "pmu-alias",
                 "11:0x11",
                 "kh",
