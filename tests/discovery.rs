@@ -376,6 +376,212 @@ fn this_kernels_btf_gives_task_struct_offsets() -> TestResult {
     Ok(())
 }
 
+/// The event strings compared with perf: generic, cache, raw, `pmu/…/` and software
+/// events, each modifier perf 6.1 has (`P` aside: perf finds that level by opening and
+/// retrying, sampler reads the PMU's `caps/max_precise`), and groups with modifiers.
+/// Hardware groups are left out: on a machine without a PMU perf stops at the group's
+/// first event. Precise levels sit behind a software leader, where sampler plans them
+/// without refusing (a sampling leader without PEBS is refused, as it must be).
+const PERF_CORPUS: &[&str] = &[
+    "cycles",
+    "instructions",
+    "cache-references",
+    "cache-misses",
+    "branches",
+    "branch-instructions",
+    "branch-misses",
+    "bus-cycles",
+    "ref-cycles",
+    "stalled-cycles-frontend",
+    "stalled-cycles-backend",
+    "L1-dcache-loads",
+    "L1-dcache-load-misses",
+    "L1-dcache-stores",
+    "L1-icache-load-misses",
+    "LLC-loads",
+    "LLC-store-misses",
+    "LLC-prefetches",
+    "dTLB-load-misses",
+    "iTLB-loads",
+    "branch-loads",
+    "node-loads",
+    "r1a8",
+    "r0c0",
+    "rff",
+    "msr/tsc/",
+    "cpu-clock",
+    "task-clock",
+    "page-faults",
+    "faults",
+    "minor-faults",
+    "major-faults",
+    "context-switches",
+    "cs",
+    "cpu-migrations",
+    "alignment-faults",
+    "emulation-faults",
+    "dummy",
+    "bpf-output",
+    "cgroup-switches",
+    "cycles:u",
+    "cycles:k",
+    "cycles:h",
+    "cycles:uk",
+    "cycles:kh",
+    "cycles:G",
+    "cycles:H",
+    "cycles:uG",
+    "cycles:kH",
+    "cycles:I",
+    "cycles:D",
+    "cycles:e",
+    "cycles:S",
+    "cycles:W",
+    "instructions:uD",
+    "r1a8:k",
+    "L1-dcache-load-misses:G",
+    "cpu-clock:u",
+    "cpu-clock:I",
+    "page-faults:k",
+    "cpu-clock,cycles:p",
+    "cpu-clock,cycles:pp",
+    "cpu-clock,cycles:ppp",
+    "cpu-clock,cycles:up",
+    "cpu-clock,cycles:pk",
+    "cpu-clock,cycles:Gp",
+    "{cpu-clock,page-faults}",
+    "{cpu-clock,page-faults}:u",
+    "{cpu-clock,page-faults}:k",
+    "{cpu-clock,page-faults}:De",
+    "{cpu-clock:k,page-faults:u}:u",
+    "{task-clock,context-switches,cpu-migrations}:H",
+];
+
+/// perf's attrs for `event`, from `perf stat -vv -e EVENT true`: each
+/// `perf_event_attr:` block as (field, value); perf prints only the non-zero fields.
+fn perf_attrs(event: &str) -> Vec<Vec<(String, u64)>> {
+    let out = std::process::Command::new("perf")
+        .args(["stat", "-vv", "-e", event, "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run perf");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<(String, u64)>> = None;
+    for line in text.lines() {
+        if line.starts_with("perf_event_attr:") {
+            current = Some(Vec::new());
+        } else if line.starts_with("---") {
+            blocks.extend(current.take());
+        } else if let Some(fields) = current.as_mut() {
+            let mut words = line.split_whitespace();
+            if let (Some(name), Some(value)) = (words.next(), words.next()) {
+                let value = value
+                    .strip_prefix("0x")
+                    .map_or_else(|| value.parse().ok(), |h| u64::from_str_radix(h, 16).ok());
+                // Fields perf prints by name (sample_type, read_format) are not compared.
+                if let Some(v) = value {
+                    fields.push((name.to_owned(), v));
+                }
+            }
+        }
+    }
+    assert!(
+        !blocks.is_empty(),
+        "perf printed no attr for `{event}`:\n{text}"
+    );
+    blocks
+}
+
+/// The attr fields that the event syntax decides, as sampler builds them for a counting
+/// open on CPU 0 of this machine: (name as perf prints it, value).
+fn sampler_attrs(event: &str) -> Vec<Vec<(&'static str, u64)>> {
+    use sampler::{
+        discover::{cpus::CpuList, pmu::PmuSet},
+        events::{plan, syntax},
+    };
+    let pmus = PmuSet::discover(std::path::Path::new("/sys")).expect("this machine's PMUs");
+    let list = syntax::parse(event).unwrap_or_else(|e| panic!("`{event}`: {e}"));
+    let p = plan::plan(
+        &list,
+        &pmus,
+        &CpuList::parse("0").unwrap(),
+        plan::KernelVersion::running(),
+    )
+    .unwrap_or_else(|e| panic!("`{event}`: {e}"));
+    p.plan
+        .iter()
+        .map(|e| {
+            let mode = if e.index == 0 {
+                plan::Mode::CountLeader
+            } else {
+                plan::Mode::CountMember
+            };
+            let a = e.attr(&e.attr, mode);
+            vec![
+                ("type", u64::from(a.type_)),
+                ("config", a.config),
+                ("config1", a.config1),
+                ("config2", a.config2),
+                ("pinned", a.pinned()),
+                ("exclusive", a.exclusive()),
+                ("exclude_user", a.exclude_user()),
+                ("exclude_kernel", a.exclude_kernel()),
+                ("exclude_hv", a.exclude_hv()),
+                ("exclude_idle", a.exclude_idle()),
+                ("exclude_host", a.exclude_host()),
+                ("exclude_guest", a.exclude_guest()),
+                // A counting open carries no precision (x86 refuses it there): what
+                // sampler sets when the event samples is the plan's level.
+                ("precise_ip", u64::from(e.precise_ip)),
+            ]
+        })
+        .collect()
+}
+
+fn event_attrs_match_perf_stat_vv() -> TestResult {
+    if std::process::Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err(skip(
+            "perf is not installed (`cargo xtask test` installs Debian's linux-perf)",
+        ));
+    }
+    let mut differences = Vec::new();
+    for event in PERF_CORPUS {
+        let ours = sampler_attrs(event);
+        let theirs = perf_attrs(event);
+        // perf prints an event again when it retries it (without exclude_guest on a
+        // PMU that refuses it): the first attempt of each is what its syntax built.
+        assert!(theirs.len() >= ours.len(), "`{event}`: {theirs:?}");
+        for (i, fields) in ours.iter().enumerate() {
+            for (name, value) in fields {
+                let perf = theirs[i]
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0, |(_, v)| *v);
+                if perf != *value {
+                    differences.push(format!(
+                        "`{event}` event {i}: {name} perf {perf:#x}, sampler {value:#x}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "sampler's attrs differ from perf's:\n{}",
+        differences.join("\n")
+    );
+    eprintln!(
+        "{} event strings agree with perf stat -vv",
+        PERF_CORPUS.len()
+    );
+    Ok(())
+}
+
 crate::test_main!(
     pmus_of_each_recorded_machine,
     plan_json_puts_each_cpu_on_its_pmu,
@@ -384,4 +590,5 @@ crate::test_main!(
     this_machine_is_discovered,
     hostile_sysfs_roots_get_clear_errors_and_warnings,
     this_kernels_btf_gives_task_struct_offsets,
+    event_attrs_match_perf_stat_vv,
 );
