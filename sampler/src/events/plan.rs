@@ -878,16 +878,17 @@ const ARMV8_GENERIC: [Option<u64>; 10] = [
 /// table on arm_pmu, else the PMU's alias for it (its `event=` field, the config
 /// value's low bits as the alias encodes them).
 fn pmu_event(p: &Pmu, id: u64) -> Option<u64> {
-    if p.name.starts_with("armv8") {
-        if let Some(n) = ARMV8_GENERIC
-            .get(usize::try_from(id).ok()?)
-            .copied()
-            .flatten()
-        {
-            return Some(n);
-        }
-    }
-    hw_alias(p, id).map(|w| w[0])
+    let armv8 = p
+        .name
+        .starts_with("armv8")
+        .then(|| {
+            ARMV8_GENERIC
+                .get(usize::try_from(id).ok()?)
+                .copied()
+                .flatten()
+        })
+        .flatten();
+    armv8.or_else(|| hw_alias(p, id).map(|w| w[0]))
 }
 
 fn hw_alias(p: &Pmu, id: u64) -> Option<[u64; 4]> {
