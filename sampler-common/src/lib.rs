@@ -8,6 +8,12 @@
 
 /// Name of the BPF `perf_event` program in the object.
 pub const PROGRAM_NAME: &str = "on_sample";
+/// Name of the `raw_tracepoint` program on `sched_switch` that charges each task that
+/// leaves a CPU with the counters' growth since the last sample or switch there.
+pub const SWITCH_PROGRAM_NAME: &str = "on_switch";
+/// Name of the `PERF_EVENT_ARRAY` of each CPU's sampling leader, indexed by CPU (the
+/// switch program reads it).
+pub const LEADER_MAP: &str = "LEADER";
 /// Name of the per-task aggregation map (`LRU_HASH`, [`TaskKey`] -> [`TaskValue`]).
 pub const TASKS_MAP: &str = "TASKS";
 /// Name of the per-CPU statistics map (`PERCPU_ARRAY` of one [`CpuStats`]).
@@ -170,6 +176,12 @@ pub struct CpuStats {
     pub inserted: u64,
     /// Samples that could not be recorded per task (map update failed).
     pub dropped: u64,
+    /// Context switches at which the switch program charged the leaving task with
+    /// the counters' growth since the last sample or switch.
+    pub switches: u64,
+    /// Such charges that could not be recorded (map update failed): their counts
+    /// are missing from the task view, not from the CPU's sums.
+    pub switch_dropped: u64,
 }
 
 /// The counter values at the previous sample on one CPU: the sampling leader's and
@@ -196,7 +208,7 @@ impl TaskValue {
 const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
 const _: () = assert!(size_of::<LastValues>() == 8 * (1 + MAX_MEMBERS));
-const _: () = assert!(size_of::<CpuStats>() == 32);
+const _: () = assert!(size_of::<CpuStats>() == 48);
 const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
 const _: () = assert!(size_of::<LocStats>() == 48);

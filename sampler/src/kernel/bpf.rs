@@ -8,13 +8,13 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, StackTraceMap},
-    programs::{PerfEvent, ProgramError},
+    programs::{PerfEvent, ProgramError, RawTracePoint},
 };
 use sampler_common::{
-    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
+    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
     LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LocKey, LocStats,
     LocValue, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PROGRAM_NAME, STACKS_MAP,
-    START_OFFSET_GLOBAL, TASKS_MAP, TaskKey, TaskValue,
+    START_OFFSET_GLOBAL, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::kernel::Error;
@@ -206,6 +206,14 @@ impl Bpf {
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
         program.load().map_err(program_load_error)?;
+        let switch: &mut RawTracePoint = ebpf
+            .program_mut(SWITCH_PROGRAM_NAME)
+            .ok_or_else(|| {
+                Error::BpfLoad(format!("program {SWITCH_PROGRAM_NAME} missing from object"))
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        switch.load().map_err(program_load_error)?;
         Ok(Self {
             ebpf,
             btf_notice,
@@ -263,11 +271,31 @@ impl Bpf {
         }
     }
 
-    /// Calls `f` with the program's fd (to attach it to perf events) and the fds of the
-    /// member maps (`MEMBER0`.. : where the sampling group's members go, by CPU).
+    /// Starts the switch program: from now on every context switch charges the task
+    /// that leaves a CPU with the sampling group's growth since the last sample or
+    /// switch there (read from the maps [`Bpf::with_fds`] hands out, so attach the
+    /// session first). It stays attached as long as `self`.
+    pub fn attach_switch(&mut self) -> Result<(), Error> {
+        let switch: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(SWITCH_PROGRAM_NAME)
+            .ok_or_else(|| Error::BpfLoad(format!("program {SWITCH_PROGRAM_NAME} missing")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        switch.attach("sched_switch").map_err(|e| {
+            Error::BpfLoad(format!(
+                "attaching {SWITCH_PROGRAM_NAME} to the sched_switch raw tracepoint: {e}"
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// Calls `f` with the sampling program's fd (to attach it to perf events) and the
+    /// fds of the maps where the sampling group's events go by position, each indexed
+    /// by CPU: `LEADER`, then `MEMBER0`...
     pub fn with_fds<T>(
         &self,
-        f: impl FnOnce(BorrowedFd<'_>, [BorrowedFd<'_>; MAX_MEMBERS]) -> Result<T, Error>,
+        f: impl FnOnce(BorrowedFd<'_>, [BorrowedFd<'_>; MAX_MEMBERS + 1]) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let program: &PerfEvent = self
             .ebpf
@@ -278,8 +306,8 @@ impl Bpf {
         let fd = program
             .fd()
             .map_err(|e| Error::BpfLoad(format!("program {PROGRAM_NAME} has no fd: {e}")))?;
-        let mut maps = Vec::with_capacity(MAX_MEMBERS);
-        for name in MEMBER_MAPS {
+        let mut maps = Vec::with_capacity(MAX_MEMBERS + 1);
+        for name in std::iter::once(LEADER_MAP).chain(MEMBER_MAPS) {
             let Some(Map::PerfEventArray(m)) = self.ebpf.map(name) else {
                 return Err(Error::BpfLoad(format!(
                     "map {name} missing or not a PERF_EVENT_ARRAY"
@@ -287,9 +315,9 @@ impl Bpf {
             };
             maps.push(m.fd().as_fd());
         }
-        let maps: [BorrowedFd<'_>; MAX_MEMBERS] = maps
+        let maps: [BorrowedFd<'_>; MAX_MEMBERS + 1] = maps
             .try_into()
-            .map_err(|_| Error::BpfLoad("member maps".to_owned()))?;
+            .map_err(|_| Error::BpfLoad("event maps".to_owned()))?;
         f(fd.as_fd(), maps)
     }
 

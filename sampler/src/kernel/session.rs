@@ -164,7 +164,7 @@ type Slot = (u32, usize, usize);
 /// Our own copies of the program's and member maps' fds, for attaching reopened events.
 struct Attached {
     prog: OwnedFd,
-    members: Vec<OwnedFd>,
+    maps: Vec<OwnedFd>,
 }
 
 impl<'s> Session<'s> {
@@ -219,20 +219,20 @@ impl<'s> Session<'s> {
     }
 
     /// Runs `prog` on every overflow of each CPU's sampling leader, and puts the
-    /// sampling group's members where it reads them: member `i` of CPU `c` at index
-    /// `c` of `members[i]`.
+    /// sampling group's events where the programs read them, by position in the group:
+    /// event `i` of CPU `c` (0 the leader, then the members) at index `c` of `maps[i]`.
     pub fn attach(
         &mut self,
         prog: BorrowedFd<'_>,
-        members: [BorrowedFd<'_>; MAX_MEMBERS],
+        maps: [BorrowedFd<'_>; MAX_MEMBERS + 1],
     ) -> Result<(), Error> {
         for g in self.groups.iter().filter(|g| g.sampling()) {
-            attach_group(self.sys, g, prog, &members)?;
+            attach_group(self.sys, g, prog, &maps)?;
         }
         let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(Error::Runtime);
         self.attached = Some(Attached {
             prog: dup(prog)?,
-            members: members.iter().map(|m| dup(*m)).collect::<Result<_, _>>()?,
+            maps: maps.iter().map(|m| dup(*m)).collect::<Result<_, _>>()?,
         });
         Ok(())
     }
@@ -318,14 +318,12 @@ impl<'s> Session<'s> {
                 .groups
                 .iter()
                 .filter(|g| g.cpu == cpu && g.sampling())
-                .flat_map(|g| g.events.iter().skip(1))
+                .flat_map(|g| g.events.iter())
                 .filter(|m| m.index <= MAX_MEMBERS);
             for m in slots {
                 // Best effort: the map's reference would keep the closed event alive
                 // until the CPU's slot is set again.
-                let _ = self
-                    .sys
-                    .clear_map_event(a.members[m.index - 1].as_fd(), cpu);
+                let _ = self.sys.clear_map_event(a.maps[m.index].as_fd(), cpu);
             }
         }
         // Dropping the groups closes their fds (and detaches the program).
@@ -355,9 +353,9 @@ impl<'s> Session<'s> {
             return Err(Error::Runtime(io::Error::other(why)));
         }
         if let Some(a) = &self.attached {
-            let members: Vec<BorrowedFd<'_>> = a.members.iter().map(AsFd::as_fd).collect();
+            let maps: Vec<BorrowedFd<'_>> = a.maps.iter().map(AsFd::as_fd).collect();
             for g in groups.iter().filter(|g| g.sampling()) {
-                attach_group(self.sys, g, a.prog.as_fd(), &members)?;
+                attach_group(self.sys, g, a.prog.as_fd(), &maps)?;
             }
         }
         if self.enabled {
@@ -632,13 +630,13 @@ fn open_groups(
     Ok(())
 }
 
-/// Runs `prog` on every overflow of `g`'s leader and puts `g`'s members in the member
-/// maps at the CPU's index.
+/// Runs `prog` on every overflow of `g`'s leader and puts `g`'s events in the maps
+/// (by position: the leader's, then the members') at the CPU's index.
 fn attach_group(
     sys: &dyn PerfSys,
     g: &CpuGroup,
     prog: BorrowedFd<'_>,
-    members: &[BorrowedFd<'_>],
+    maps: &[BorrowedFd<'_>],
 ) -> Result<(), Error> {
     sys.set_bpf(g.leader().fd.as_fd(), prog)
         .map_err(|source| Error::PerfIoctl {
@@ -646,8 +644,8 @@ fn attach_group(
             cpu: g.cpu,
             source,
         })?;
-    for m in g.events.iter().skip(1).filter(|m| m.index <= MAX_MEMBERS) {
-        sys.set_map_event(members[m.index - 1], g.cpu, m.fd.as_fd())
+    for m in g.events.iter().filter(|m| m.index <= MAX_MEMBERS) {
+        sys.set_map_event(maps[m.index], g.cpu, m.fd.as_fd())
             .map_err(|source| Error::PerfIoctl {
                 what: "hand the BPF program a member of",
                 cpu: g.cpu,
@@ -1106,25 +1104,31 @@ mod tests {
             s.notices(),
             ["sampler: `instructions` is not supported on CPU 1 (ENOENT): not counted there"]
         );
-        let maps: Vec<File> = (0..MAX_MEMBERS)
+        let maps: Vec<File> = (0..=MAX_MEMBERS)
             .map(|_| File::open("/dev/null").unwrap())
             .collect();
-        let map_fds: [BorrowedFd<'_>; MAX_MEMBERS] = std::array::from_fn(|i| maps[i].as_fd());
-        let (m0, m1) = (maps[0].as_raw_fd(), maps[1].as_raw_fd());
+        let map_fds: [BorrowedFd<'_>; MAX_MEMBERS + 1] = std::array::from_fn(|i| maps[i].as_fd());
+        let (l, m0, m1) = (
+            maps[0].as_raw_fd(),
+            maps[1].as_raw_fd(),
+            maps[2].as_raw_fd(),
+        );
         let prog = File::open("/dev/null").unwrap();
         sys.calls.borrow_mut().clear();
         s.attach(prog.as_fd(), map_fds).unwrap();
         s.enable().unwrap();
         // ids: cpu0 cycles 100, instructions 101, cache-misses 102; cpu1 cycles 103,
-        // cache-misses 104; page-faults 105 (cpu0), 106 (cpu1). Member i of CPU c goes
-        // to index c of map i.
+        // cache-misses 104; page-faults 105 (cpu0), 106 (cpu1). Event i of CPU c goes
+        // to index c of map i (the leader's map first).
         assert_eq!(
             *sys.calls.borrow(),
             [
                 "set_bpf 100".to_owned(),
+                format!("map fd{l}[0] = 100"),
                 format!("map fd{m0}[0] = 101"),
                 format!("map fd{m1}[0] = 102"),
                 "set_bpf 103".to_owned(),
+                format!("map fd{l}[1] = 103"),
                 format!("map fd{m1}[1] = 104"),
                 "enable 100".to_owned(),
                 "enable 103".to_owned(),
@@ -1203,10 +1207,10 @@ mod tests {
             plan.push(sw(cpu, "page-faults", 2, 1, 0));
         }
         let mut s = Session::open(&sys, &plan, Rate::Frequency(999), false).unwrap();
-        let maps: Vec<File> = (0..MAX_MEMBERS)
+        let maps: Vec<File> = (0..=MAX_MEMBERS)
             .map(|_| File::open("/dev/null").unwrap())
             .collect();
-        let map_fds: [BorrowedFd<'_>; MAX_MEMBERS] = std::array::from_fn(|i| maps[i].as_fd());
+        let map_fds: [BorrowedFd<'_>; MAX_MEMBERS + 1] = std::array::from_fn(|i| maps[i].as_fd());
         let prog = File::open("/dev/null").unwrap();
         s.attach(prog.as_fd(), map_fds).unwrap();
         s.enable().unwrap();
@@ -1235,11 +1239,18 @@ mod tests {
         let notes = s.follow_online(&CpuList::parse("0").unwrap());
         assert_eq!(notes.len(), 1);
         assert!(notes[0].contains("CPU 1 went offline"), "{notes:?}");
-        // Our copy of the member map's fd (the session keeps its own).
+        // Our copies of the leader's and the member's map fds (the session keeps its
+        // own).
         let calls = sys.calls.borrow().clone();
-        assert_eq!(calls.len(), 1, "{calls:?}");
-        assert!(calls[0].starts_with("clear map fd") && calls[0].ends_with("[1]"));
-        let m0 = calls[0]["clear map fd".len()..calls[0].len() - 3].to_owned();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.starts_with("clear map fd") && c.ends_with("[1]"))
+        );
+        let l = calls[0]["clear map fd".len()..calls[0].len() - 3].to_owned();
+        let m0 = calls[1]["clear map fd".len()..calls[1].len() - 3].to_owned();
+        assert_ne!(l, m0);
         assert_eq!(s.offline_cpus(), [1]);
         assert!(s.groups().iter().all(|g| g.cpu == 0));
         let mut offline: Vec<_> = s.read_counts().unwrap().iter().map(key).collect();
@@ -1262,6 +1273,7 @@ mod tests {
         let calls = sys.calls.borrow().clone();
         for want in [
             "set_bpf 106".to_owned(),
+            format!("map fd{l}[1] = 106"),
             format!("map fd{m0}[1] = 107"),
             "enable 106".to_owned(),
             "enable 108".to_owned(),

@@ -4,17 +4,23 @@
 //! One reader thread is pinned to each CPU. It opens its own (self-monitoring,
 //! per-thread) copy of every event of the sampling group through the PMU that covers
 //! its CPU, asking for user-space access where the PMU has a `rdpmc` format bit, maps
-//! each event's page, and runs for the interval. Meanwhile the BPF program attributes
+//! each event's page, and runs for the interval. Meanwhile the BPF programs attribute
 //! the system-wide events to every task, the readers included. At the end each reader
 //! reads its events through the page and with `read()` back to back (confirming its
 //! CPU before and after, retrying when it was migrated), and the check compares, per
 //! CPU and event: what BPF attributed to the reader's thread, `read()`, and the page.
 //! Per-CPU events cannot be read from user space on arm64, hence per-thread copies.
+//!
+//! The windows match: BPF charges a task at its samples and context switches, so
+//! each reader reads its counters, then sleeps (a switch: BPF has charged it up to
+//! there), and the maps are read while every reader sleeps, at the start and at the
+//! end. The BPF column is what the maps gained between the two readings; `read()`'s
+//! is what the counter gained between the reader's two reads.
 
 use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
-        Arc,
+        Arc, Barrier,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -39,11 +45,13 @@ pub struct CheckRow {
     /// How the reader read its counter: `rdpmc`, `mrs`, or `read` when the page did
     /// not allow it.
     pub method: Method,
-    /// What the BPF maps attributed to the reader thread on this CPU.
+    /// What the BPF maps attributed to the reader thread on this CPU over the
+    /// reader's window.
     pub bpf: u64,
-    /// `read()` of the reader's event.
+    /// What `read()` of the reader's event gained over its window.
     pub read: u64,
-    /// The user-page read of the same event (`None` when not readable from the page).
+    /// The user-page read of the same event at the end, less `read()` at the start
+    /// (`None` when not readable from the page).
     pub userpage: Option<u64>,
     /// The largest relative difference among the values present, against `read`.
     pub rel_diff: f64,
@@ -59,6 +67,21 @@ pub struct CheckRow {
     /// page is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
+}
+
+/// Events a count may differ by at the window's edges, whatever the tolerance: a
+/// counter of discrete events (context-switches) gains at a switch after the switch
+/// program has read it, so the switches that open and close the window can land on
+/// either side of it.
+pub const EDGE_EVENTS: u64 = 2;
+
+impl CheckRow {
+    /// Within `tolerance_pct` percent, or within [`EDGE_EVENTS`] events.
+    pub fn passes(&self, tolerance_pct: f64) -> bool {
+        let apart = |v: u64| v.abs_diff(self.read);
+        let most = apart(self.bpf).max(self.userpage.map_or(0, apart));
+        self.rel_diff * 100.0 <= tolerance_pct || most <= EDGE_EVENTS
+    }
 }
 
 /// The cost of one read of a counter, by method: the median over batches.
@@ -84,7 +107,9 @@ pub struct Probe {
     /// Position in the sampling group (0: leader).
     pub index: usize,
     pub method: Method,
+    /// `read()` at the end of the reader's window, and its value at the start.
     pub read: Counts,
+    pub start: u64,
     pub userpage: Option<Counts>,
     pub page_index: u32,
     pub pmc_width: u16,
@@ -313,20 +338,82 @@ pub fn run_reader(
     cpu: u32,
     events: &[PlannedEvent],
     user_bits: UserBits,
-    stop: &AtomicBool,
+    window: &Window,
 ) -> Result<ReaderResult, Error> {
-    sys::pin_to_cpu(0, cpu)?;
     let tid = sys::gettid();
-    let opened = open_events(sys, events, user_bits)?;
+    let opened = match sys::pin_to_cpu(0, cpu)
+        .map_err(Error::from)
+        .and_then(|()| open_events(sys, events, user_bits))
+    {
+        Ok(o) => o,
+        Err(e) => {
+            window.leave();
+            return Err(e);
+        }
+    };
+    let mut starts = Vec::new();
+    for (_, fd, _, _) in &opened {
+        starts.push(read_syscall(sys, fd.as_fd()).map_or(0, |c| c.value));
+    }
+    // A switch: BPF has charged this thread up to here when the maps are read.
+    window.pause();
+    window.start.wait();
+    window.started.wait();
     // Run on this CPU for the interval, so that BPF attributes samples to this thread.
     let mut x = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !window.stop.load(Ordering::Relaxed) {
         for _ in 0..10_000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
     }
+    let result = read_probes(sys, cpu, tid, &opened, &starts);
+    window.pause();
+    window.end.wait();
+    result
+}
+
+/// The readers' meeting points, and how they are told to stop.
+pub struct Window {
+    start: Barrier,
+    started: Barrier,
+    end: Barrier,
+    stop: AtomicBool,
+}
+
+impl Window {
+    /// For `readers` reader threads and the thread that reads the maps.
+    fn new(readers: usize) -> Self {
+        Self {
+            start: Barrier::new(readers + 1),
+            started: Barrier::new(readers + 1),
+            end: Barrier::new(readers + 1),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Off the CPU for a moment: the scheduler switches, and BPF's switch program
+    /// charges this thread up to now.
+    fn pause(&self) {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+
+    /// A reader that failed still meets the others, so that nobody waits forever.
+    fn leave(&self) {
+        self.start.wait();
+        self.started.wait();
+        self.end.wait();
+    }
+}
+
+fn read_probes(
+    sys: &dyn PerfSys,
+    cpu: u32,
+    tid: u32,
+    opened: &[Opened<'_>],
+    starts: &[u64],
+) -> Result<ReaderResult, Error> {
     let mut probes = Vec::new();
-    for (p, fd, page, note) in &opened {
+    for ((p, fd, page, note), start) in opened.iter().zip(starts) {
         let mut attempt = 0;
         let probe = loop {
             attempt += 1;
@@ -356,6 +443,7 @@ pub fn run_reader(
                     event: p.event.clone(),
                     index: p.index,
                     method,
+                    start: *start,
                     read,
                     userpage: (method != Method::Read).then_some(first),
                     page_index,
@@ -436,9 +524,10 @@ pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -
     let mut out = Vec::new();
     for r in readers {
         for p in &r.probes {
+            // What each gained over the reader's window.
             let bpf = bpf_of(r.tid, r.cpu, p.index);
-            let read = p.read.value;
-            let userpage = p.userpage.map(|c| c.value);
+            let read = p.read.value.saturating_sub(p.start);
+            let userpage = p.userpage.map(|c| c.value.saturating_sub(p.start));
             let diff = rel_diff(bpf, read).max(userpage.map_or(0.0, |u| rel_diff(u, read)));
             out.push(CheckRow {
                 cpu: r.cpu,
@@ -515,28 +604,39 @@ pub fn add_latencies(
 
 /// Spawns one reader per CPU of `plan` (its sampling group), waits `duration`, stops
 /// them and collects their results.
-pub fn run_readers(
+/// Runs a reader on each CPU of `plan` for `duration`, and calls `snapshot` (a reading
+/// of the BPF maps) at the start and at the end of their window, while they sleep.
+/// Returns the readers' results and the two snapshots.
+pub fn run_readers<T>(
     plan: &[PlannedEvent],
     pmus: &PmuSet,
     duration: Duration,
-) -> Result<Vec<ReaderResult>, Error> {
-    let stop = Arc::new(AtomicBool::new(false));
+    mut snapshot: impl FnMut() -> Result<T, Error>,
+) -> Result<(Vec<ReaderResult>, T, T), Error> {
+    let cpus = per_cpu(plan, pmus);
+    let window = Arc::new(Window::new(cpus.len()));
     let mut handles = Vec::new();
-    for (cpu, events, bits) in per_cpu(plan, pmus) {
-        let stop = Arc::clone(&stop);
+    for (cpu, events, bits) in cpus {
+        let window = Arc::clone(&window);
         handles.push(std::thread::spawn(move || {
-            run_reader(&sys::RealSys, cpu, &events, bits, &stop)
+            run_reader(&sys::RealSys, cpu, &events, bits, &window)
         }));
     }
+    window.start.wait();
+    let first = snapshot();
+    window.started.wait();
     std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    handles
+    window.stop.store(true, Ordering::Relaxed);
+    window.end.wait();
+    let last = snapshot();
+    let results = handles
         .into_iter()
         .map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Runtime(std::io::Error::other("reader panicked"))))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((results, first?, last?))
 }
 
 #[cfg(test)]
@@ -557,8 +657,9 @@ mod tests {
             } else {
                 Method::Read
             },
-            read: c(read),
-            userpage: page.map(c),
+            read: c(read + 10),
+            start: 10,
+            userpage: page.map(|v| c(v + 10)),
             page_index: if page.is_some() { 32 } else { 0 },
             pmc_width: 64,
             note: None,
@@ -582,6 +683,13 @@ mod tests {
             (990, 1000, Some(1001))
         );
         assert!((rows[0].rel_diff - 0.01).abs() < 1e-12);
+        assert!(rows[0].passes(1.0) && !rows[0].passes(0.5));
+        // A few events apart at the window's edges pass whatever the ratio.
+        let mut few = rows[1].clone();
+        (few.bpf, few.read, few.rel_diff) = (72, 70, rel_diff(72, 70));
+        assert!(few.passes(1.0));
+        (few.bpf, few.rel_diff) = (73, rel_diff(73, 70));
+        assert!(!few.passes(1.0));
         assert_eq!(rows[1].userpage, None);
         assert_eq!(rows[1].rel_diff, 0.0);
         assert_eq!(rows[1].method, Method::Read);

@@ -485,6 +485,8 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
                 period_sum: c.period_sum.saturating_sub(p.period_sum),
                 inserted: c.inserted.saturating_sub(p.inserted),
                 dropped: c.dropped.saturating_sub(p.dropped),
+                switches: c.switches.saturating_sub(p.switches),
+                switch_dropped: c.switch_dropped.saturating_sub(p.switch_dropped),
             }
         })
         .collect();
@@ -592,6 +594,8 @@ pub(crate) mod tests {
             period_sum: samples * 1_001_001,
             inserted,
             dropped,
+            switches: 0,
+            switch_dropped: 0,
         }
     }
 

@@ -293,7 +293,7 @@ pub fn check_table(
             crate::kernel::userpage::Method::Mrs => "mrs",
             crate::kernel::userpage::Method::Read => "read",
         };
-        let ok = r.rel_diff * 100.0 <= tolerance_pct;
+        let ok = r.passes(tolerance_pct);
         let _ = write!(
             out,
             "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>7.3}% {:<4}",

@@ -207,7 +207,8 @@ impl Sampling {
         }
         let mut bpf = bpf;
         bpf.set_locations(args.locations)?;
-        bpf.with_fds(|prog, members| session.attach(prog, members))?;
+        bpf.with_fds(|prog, maps| session.attach(prog, maps))?;
+        bpf.attach_switch()?;
         session.enable()?;
         let info = RunInfo {
             cpus: session
