@@ -11,6 +11,9 @@ pub const PROGRAM_NAME: &str = "on_sample";
 /// Name of the `raw_tracepoint` program on `sched_switch` that charges each task that
 /// leaves a CPU with the counters' growth since the last sample or switch there.
 pub const SWITCH_PROGRAM_NAME: &str = "on_switch";
+/// Name of the `kprobe` program for where a context switch ends
+/// (`finish_task_switch`): the switch's own counts go to the idle row.
+pub const SWITCH_END_PROGRAM_NAME: &str = "on_switch_end";
 /// Name of the `PERF_EVENT_ARRAY` of each CPU's sampling leader, indexed by CPU (the
 /// switch program reads it).
 pub const LEADER_MAP: &str = "LEADER";

@@ -12,7 +12,9 @@
 //! growth since the last sample or switch on this CPU to the task that is leaving, so
 //! that what a task ran is its own, not the next sampled task's. Without it, the counts
 //! between a task's last sample and its switch-out went to whichever task the next
-//! sample interrupted (a 1-5 % error per task on a busy CPU, measured).
+//! sample interrupted (a 1-5 % error per task on a busy CPU, measured). A kprobe
+//! where the switch ends gives the switch itself to the idle row, as perf's per-task
+//! counters count it for neither task.
 //!
 //! Cost per sample is a product metric: two per-CPU array lookups, a few cheap helpers,
 //! one counter read for the leader and one per member, two kernel reads for the
@@ -40,9 +42,11 @@ use aya_ebpf::{
             bpf_perf_event_read_value, bpf_perf_prog_read_value,
         },
     },
-    macros::{map, perf_event, raw_tracepoint},
+    macros::{kprobe, map, perf_event, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerfEventArray, StackTrace},
-    programs::{PerfEventContext, RawTracePointContext, tracing::StackIdContext as _},
+    programs::{
+        PerfEventContext, ProbeContext, RawTracePointContext, tracing::StackIdContext as _,
+    },
 };
 use sampler_common::{
     COMM_LEN, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_OFF, LOCATIONS_STACKS,
@@ -231,16 +235,34 @@ fn charge(key: &TaskKey, samples: u64, period: u64, deltas: &[u64; MAX_MEMBERS])
 /// `current` when the tracepoint fires), with no sample.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn on_switch(_ctx: RawTracePointContext) -> i32 {
+    charge_switch(false);
+    0
+}
+
+/// Where the switch ends (`finish_task_switch`, entered on the new task just before
+/// perf starts its per-task events): what the counters gained since the tracepoint,
+/// the switch itself, goes to the idle row (pid 0), as perf counts it for neither
+/// task. The loader attaches it when the kernel has the symbol.
+#[kprobe]
+pub fn on_switch_end(_ctx: ProbeContext) -> u32 {
+    charge_switch(true);
+    0
+}
+
+/// The switch programs' common half: the growth since the last sample or switch on
+/// this CPU, to the current task, or with `to_idle` to the idle row.
+#[inline(always)]
+fn charge_switch(to_idle: bool) {
     let (Some(stats), Some(last), Some(switching)) = (
         CPU_STATS.get_ptr_mut(0),
         LAST.get_ptr_mut(0),
         SWITCHING.get_ptr_mut(0),
     ) else {
-        return 0;
+        return;
     };
-    // SAFETY: per-CPU array slots; the tracepoint runs with interrupts off, so only a
-    // sample's NMI can run on this CPU meanwhile, and it keeps off `last` while
-    // `switching` is set.
+    // SAFETY: per-CPU array slots; both switch programs run with interrupts off, so
+    // only a sample's NMI can run on this CPU meanwhile, and it keeps off `last`
+    // while `switching` is set.
     let (stats, last, switching) = unsafe { (&mut *stats, &mut *last, &mut *switching) };
     *switching = 1;
     let mut value = bpf_perf_event_value {
@@ -264,7 +286,20 @@ pub fn on_switch(_ctx: RawTracePointContext) -> i32 {
         if period != 0 || deltas.iter().any(|d| *d != 0) {
             stats.period_sum += period;
             stats.switches += 1;
-            match charge(&current_key(), 0, period, &deltas) {
+            let key = if to_idle {
+                TaskKey {
+                    tgid: 0,
+                    tid: 0,
+                    cgroup_id: 0,
+                    start: 0,
+                    // SAFETY: helper without arguments.
+                    cpu: unsafe { bpf_get_smp_processor_id() },
+                    _pad: 0,
+                }
+            } else {
+                current_key()
+            };
+            match charge(&key, 0, period, &deltas) {
                 Charged::Updated => {}
                 Charged::Inserted => stats.inserted += 1,
                 Charged::Dropped => stats.switch_dropped += 1,
@@ -272,7 +307,6 @@ pub fn on_switch(_ctx: RawTracePointContext) -> i32 {
         }
     }
     *switching = 0;
-    0
 }
 
 /// Adds the sample to its location's entry: the sampled instruction and, with

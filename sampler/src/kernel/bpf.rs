@@ -8,19 +8,40 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, StackTraceMap},
-    programs::{PerfEvent, ProgramError, RawTracePoint},
+    programs::{KProbe, PerfEvent, ProgramError, RawTracePoint},
 };
 use sampler_common::{
     CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
     LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LocKey, LocStats,
     LocValue, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PROGRAM_NAME, STACKS_MAP,
-    START_OFFSET_GLOBAL, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
+    TaskValue,
 };
 
 use crate::kernel::Error;
 
 /// The BPF object built by `build.rs` from `sampler-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-ebpf"));
+
+/// The kernel's `finish_task_switch` in `/proc/kallsyms` text: its own name, or a
+/// compiler's clone of it (`finish_task_switch.isra.0`).
+pub fn switch_end_symbol(kallsyms: &str) -> Option<&str> {
+    let names = kallsyms.lines().filter_map(|l| l.split_whitespace().nth(2));
+    let mut clone = None;
+    for name in names {
+        if name == "finish_task_switch" {
+            return Some(name);
+        }
+        if clone.is_none()
+            && name
+                .strip_prefix("finish_task_switch.")
+                .is_some_and(|rest| !rest.contains('.') || rest.starts_with("isra."))
+        {
+            clone = Some(name);
+        }
+    }
+    clone
+}
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -214,6 +235,16 @@ impl Bpf {
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
         switch.load().map_err(program_load_error)?;
+        let end: &mut KProbe = ebpf
+            .program_mut(SWITCH_END_PROGRAM_NAME)
+            .ok_or_else(|| {
+                Error::BpfLoad(format!(
+                    "program {SWITCH_END_PROGRAM_NAME} missing from object"
+                ))
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        end.load().map_err(program_load_error)?;
         Ok(Self {
             ebpf,
             btf_notice,
@@ -287,6 +318,25 @@ impl Bpf {
                 "attaching {SWITCH_PROGRAM_NAME} to the sched_switch raw tracepoint: {e}"
             ))
         })?;
+        // Where the switch ends: `finish_task_switch`, or the compiler's copy of it.
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let Some(symbol) = switch_end_symbol(&kallsyms) else {
+            return Ok(());
+        };
+        let end: &mut KProbe = self
+            .ebpf
+            .program_mut(SWITCH_END_PROGRAM_NAME)
+            .ok_or_else(|| Error::BpfLoad(format!("program {SWITCH_END_PROGRAM_NAME} missing")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        // Without it the switch's own counts go to the task switched to, as before
+        // this probe existed: a small excess on tasks that switch often, not an error.
+        if let Err(e) = end.attach(symbol, 0) {
+            eprintln!(
+                "sampler: notice: no kprobe on {symbol} ({e}): the cost of each context \
+                 switch is counted to the task switched to"
+            );
+        }
         Ok(())
     }
 
@@ -494,6 +544,16 @@ fn program_load_error(e: ProgramError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_switch_end_symbol_is_found_under_its_names() {
+        let k = "ffffffff813ae3c0 t finish_task_switch.isra.0\nffffffff81000000 T _stext\n";
+        assert_eq!(switch_end_symbol(k), Some("finish_task_switch.isra.0"));
+        let k = "0 t finish_task_switch.isra.0\n1 T finish_task_switch\n";
+        assert_eq!(switch_end_symbol(k), Some("finish_task_switch"));
+        assert_eq!(switch_end_symbol("0 T finish_task_switched\n"), None);
+        assert_eq!(switch_end_symbol(""), None);
+    }
 
     #[test]
     fn task_entries_default_per_cpu_and_checked_range() {
