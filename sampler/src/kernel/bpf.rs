@@ -128,6 +128,8 @@ pub struct MapContents {
     pub loc_stats: Vec<LocStats>,
     /// The program's run statistics at the time of the read.
     pub bpf: Option<RunStats>,
+    /// The switch programs' (summed), likewise.
+    pub switch_bpf: Option<RunStats>,
     /// Task entries the LRU map evicted: set by the model's `delta` for an
     /// interval; `None` for a reading, whose evictions are its inserts minus its
     /// live entries.
@@ -383,6 +385,23 @@ impl Bpf {
         })
     }
 
+    /// The switch programs' run statistics, summed (the tracepoint's runs are the
+    /// context switches; the kprobe's, where attached, as many again).
+    pub fn switch_run_stats(&self) -> Option<RunStats> {
+        let raw: &RawTracePoint = self.ebpf.program(SWITCH_PROGRAM_NAME)?.try_into().ok()?;
+        let end: &KProbe = self
+            .ebpf
+            .program(SWITCH_END_PROGRAM_NAME)?
+            .try_into()
+            .ok()?;
+        let mut total = RunStats::default();
+        for info in [raw.info().ok()?, end.info().ok()?] {
+            total.run_time_ns += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            total.run_count += info.run_count();
+        }
+        Some(total)
+    }
+
     /// Reads the task map, the per-CPU statistics and, when locations were ever on,
     /// the location map and its counters.
     pub fn read(&self) -> Result<MapContents, Error> {
@@ -397,6 +416,7 @@ impl Bpf {
             locations,
             loc_stats,
             bpf: self.run_stats(),
+            switch_bpf: self.switch_run_stats(),
             evicted: None,
             loc_evicted: None,
         })

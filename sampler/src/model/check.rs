@@ -149,7 +149,14 @@ const CYCLE_COUNTER_INDEX: u32 = 32;
 
 /// Why user-space reads may be off on this machine, for the notes.
 pub fn user_access_note() -> Option<String> {
-    let v = std::fs::read_to_string("/proc/sys/kernel/perf_user_access").ok()?;
+    let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/perf_user_access") else {
+        // arm64 kernels before 5.17 (5.10 LTS) have no user-space counter access.
+        return cfg!(target_arch = "aarch64").then(|| {
+            "this kernel has no kernel.perf_user_access (arm64 added it in 5.17): \
+             counters cannot be read from user space here, read() is used"
+                .to_owned()
+        });
+    };
     (v.trim() == "0").then(|| {
         "kernel.perf_user_access is 0: user-space counter reads are off; \
          `sysctl -w kernel.perf_user_access=1` turns them on"

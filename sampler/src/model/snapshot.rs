@@ -127,14 +127,23 @@ pub struct BpfCost {
     pub run_time_ns: u64,
     pub run_count: u64,
     pub ns_per_sample: f64,
+    /// The switch programs: their runs (context switches, twice where the kprobe
+    /// at the switch's end is attached) and the mean per run.
+    pub switch_run_time_ns: u64,
+    pub switch_run_count: u64,
+    pub switch_ns_per_run: Option<f64>,
 }
 
 impl BpfCost {
-    pub fn of(stats: RunStats) -> Option<Self> {
+    pub fn of(stats: RunStats, switch: Option<RunStats>) -> Option<Self> {
+        let switch = switch.unwrap_or_default();
         stats.ns_per_run().map(|ns| Self {
             run_time_ns: stats.run_time_ns,
             run_count: stats.run_count,
             ns_per_sample: ns,
+            switch_run_time_ns: switch.run_time_ns,
+            switch_run_count: switch.run_count,
+            switch_ns_per_run: switch.ns_per_run(),
         })
     }
 }
@@ -301,7 +310,7 @@ impl Snapshot {
             tasks,
             members: run.members.clone(),
             warnings: run_warnings(counts),
-            bpf: maps.bpf.and_then(BpfCost::of),
+            bpf: maps.bpf.and_then(|b| BpfCost::of(b, maps.switch_bpf)),
             check: run
                 .cpus
                 .iter()
@@ -412,6 +421,9 @@ pub fn delta_counts(prev: &[EventCount], cur: &[EventCount]) -> Vec<EventCount> 
 /// A map value that sums samples: what [`delta`] subtracts.
 trait Sums: Copy {
     fn samples(&self) -> u64;
+    /// The sampling counter's growth: it grows without samples too (the switch
+    /// programs charge a task at each context switch).
+    fn period(&self) -> u64;
     /// `self - earlier`, field by field (an earlier reading of the same entry).
     fn minus(&mut self, earlier: &Self);
 }
@@ -423,6 +435,9 @@ macro_rules! impl_sums {
             impl Sums for $value {
                 fn samples(&self) -> u64 {
                     self.samples
+                }
+                fn period(&self) -> u64 {
+                    self.period_sum
                 }
                 fn minus(&mut self, p: &Self) {
                     self.samples -= p.samples;
@@ -438,7 +453,8 @@ macro_rules! impl_sums {
 impl_sums!(TaskValue, LocValue);
 
 /// The entries of `cur` that grew since `prev`, with their growth. An entry whose
-/// count went down was evicted and re-created in between: all of it is new.
+/// samples or period went down was evicted and re-created in between: all of it is
+/// new.
 fn grown<K: Copy + Eq + std::hash::Hash, V: Sums>(prev: &[(K, V)], cur: &[(K, V)]) -> Vec<(K, V)> {
     let before: HashMap<&K, &V> = prev.iter().map(|(k, v)| (k, v)).collect();
     cur.iter()
@@ -446,10 +462,11 @@ fn grown<K: Copy + Eq + std::hash::Hash, V: Sums>(prev: &[(K, V)], cur: &[(K, V)
             let mut d = *v;
             if let Some(p) = before.get(k)
                 && p.samples() <= v.samples()
+                && p.period() <= v.period()
             {
                 d.minus(p);
             }
-            (d.samples() > 0).then_some((*k, d))
+            (d.samples() > 0 || d.period() > 0).then_some((*k, d))
         })
         .collect()
 }
@@ -506,6 +523,9 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
         locations,
         loc_stats,
         bpf: cur.bpf.map(|c| prev.bpf.map_or(c, |p| c.since(p))),
+        switch_bpf: cur
+            .switch_bpf
+            .map(|c| prev.switch_bpf.map_or(c, |p| c.since(p))),
         evicted: Some(evicted_so_far(cur).saturating_sub(evicted_so_far(prev))),
         loc_evicted: Some(
             cur.location_evictions()
@@ -794,6 +814,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn delta_keeps_growth_charged_at_switches_without_samples() {
+        let mut switched = value(3, "w");
+        let prev = MapContents {
+            tasks: vec![(key(6, 6, 0, 0), switched)],
+            ..MapContents::default()
+        };
+        switched.period_sum += 500;
+        switched.counts[0] += 7;
+        let cur = MapContents {
+            tasks: vec![
+                (key(6, 6, 0, 0), switched),
+                (key(7, 7, 0, 0), value(0, "z")),
+            ],
+            ..MapContents::default()
+        };
+        let d = delta(&prev, &cur);
+        assert_eq!(d.tasks.len(), 1, "{:?}", d.tasks);
+        let (k, v) = d.tasks[0];
+        assert_eq!(
+            (k.tgid, v.samples, v.period_sum, v.counts[0]),
+            (6, 0, 500, 7)
+        );
+    }
+
+    #[test]
     fn delta_subtracts_and_handles_recreated_entries() {
         let prev = MapContents {
             tasks: vec![
@@ -805,6 +850,10 @@ pub(crate) mod tests {
             bpf: Some(RunStats {
                 run_time_ns: 1_000,
                 run_count: 10,
+            }),
+            switch_bpf: Some(RunStats {
+                run_time_ns: 500,
+                run_count: 5,
             }),
             evicted: None,
             locations: vec![(loc(1, 0x10), loc_value(8)), (loc(1, 0x20), loc_value(30))],
@@ -827,6 +876,10 @@ pub(crate) mod tests {
             bpf: Some(RunStats {
                 run_time_ns: 4_750,
                 run_count: 35,
+            }),
+            switch_bpf: Some(RunStats {
+                run_time_ns: 2_500,
+                run_count: 25,
             }),
             evicted: None,
             // 0x20 evicted and re-created (3 < 30), 0x30 new, 0x40 evicted since.
@@ -859,9 +912,11 @@ pub(crate) mod tests {
         assert_eq!(d.tasks[1].1.counts, [12, 20, 0, 0]);
         assert_eq!(d.cpu_stats, vec![stats(25, 2, 0)]);
         // The program's cost over the interval: 3750 ns over 25 runs.
-        let cost = BpfCost::of(d.bpf.unwrap()).unwrap();
+        let cost = BpfCost::of(d.bpf.unwrap(), d.switch_bpf).unwrap();
         assert_eq!((cost.run_time_ns, cost.run_count), (3_750, 25));
         assert_eq!(cost.ns_per_sample, 150.0);
+        assert_eq!(cost.switch_run_count, 20);
+        assert_eq!(cost.switch_ns_per_run, Some(100.0));
         // 3 of 3 inserted entries live before, 5 inserted and 4 live after: one
         // eviction in the interval.
         assert_eq!(d.evicted, Some(1));

@@ -42,6 +42,13 @@ pub fn table(s: &Snapshot, limit: Option<usize>) -> String {
             "BPF program: {:.0} ns per sample ({} runs, kernel BPF statistics)",
             b.ns_per_sample, b.run_count
         );
+        if let Some(ns) = b.switch_ns_per_run {
+            let _ = writeln!(
+                out,
+                "BPF switch programs: {ns:.0} ns per run ({} runs at context switches)",
+                b.switch_run_count
+            );
+        }
     }
     let members: Vec<&String> = s.members.iter().collect();
     let ipc_of = ipc_member(s);
