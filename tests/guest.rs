@@ -820,6 +820,18 @@ fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
         // sampling event holds the cycle counter, so the reader's copy gets an event
         // counter, PMEVCNTR<n>_EL0, read 32 bits wide (long only on the cycle counter).
         assert_eq!(c["method"], "mrs", "{c}");
+        // Without FEAT_PMUv3p5 (Cortex-A57) the 64-bit copy gets no counter (or is
+        // refused): the reader says so and reads 32 bits, never silently zero.
+        let note = c["note"].as_str().unwrap_or_default();
+        if g.cpu == "cortex-a57" {
+            assert!(
+                note.contains("FEAT_PMUv3p5") && note.contains("32 bits"),
+                "{c}"
+            );
+            assert_eq!(c["pmc_width"], 32, "{c}");
+        } else {
+            assert!(!note.contains("FEAT_PMUv3p5"), "{c}");
+        }
         let index = c["page_index"].as_u64().unwrap();
         assert!((1..=32).contains(&index), "{c}");
         assert_eq!(c["pmc_width"], if index == 32 { 64 } else { 32 }, "{c}");
