@@ -754,23 +754,30 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     // virtual CPU (measured); at 10 Hz a row is hit now and then. Such a row counts more
     // cycles than the virtual clock allows, which no real CPU of QEMU's can: it is
     // reported and left out; every other row must agree within 1 %.
-    let doc = check_doc(&["-e", "cycles", "-c", "100000000", "-d", "2"]);
-    let checks = doc["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 4, "{doc}");
-    let mut valid = 0;
-    for c in checks {
-        let read = c["read"].as_f64().unwrap();
-        assert!(read > 1e8, "{c}");
-        if read > 2.2e9 {
-            eprintln!("QEMU's PMU race hit the reader on CPU {}: {c}", c["cpu"]);
-            continue;
+    // Up to three runs, until every CPU has had a row the race left alone.
+    let mut valid = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let doc = check_doc(&["-e", "cycles", "-c", "100000000", "-d", "2"]);
+        let checks = doc["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 4, "{doc}");
+        for c in checks {
+            let read = c["read"].as_f64().unwrap();
+            assert!(read > 1e8, "{c}");
+            if read > 2.2e9 {
+                eprintln!("QEMU's PMU race hit the reader on CPU {}: {c}", c["cpu"]);
+                continue;
+            }
+            assert!(c["rel_diff"].as_f64().unwrap() <= 0.01, "{c}");
+            valid.insert(c["cpu"].as_u64().unwrap());
         }
-        valid += 1;
-        assert!(c["rel_diff"].as_f64().unwrap() <= 0.01, "{c}");
+        if valid.len() == 4 {
+            break;
+        }
     }
-    assert!(
-        valid >= 2,
-        "QEMU's race hit more than half the readers: {doc}"
+    assert_eq!(
+        valid.len(),
+        4,
+        "CPUs with a row QEMU's race left alone: {valid:?}"
     );
     Ok(())
 }
