@@ -20,7 +20,10 @@ use std::{
 };
 
 use common::{TestResult, require_root, sampler_bin};
-use sampler_common::{CPU_STATS_MAP, MEMBER_MAPS, PROGRAM_NAME, TASKS_MAP};
+use sampler_common::{
+    CPU_STATS_MAP, LEADER_MAP, MEMBER_MAPS, PROGRAM_NAME, SWITCH_END_PROGRAM_NAME,
+    SWITCH_PROGRAM_NAME, TASKS_MAP,
+};
 
 /// The kernel's name for an object: at most 15 bytes of it.
 fn kernel_name(name: &str) -> &str {
@@ -31,10 +34,14 @@ fn kernel_name(name: &str) -> &str {
 fn ours() -> (BTreeSet<u32>, BTreeSet<u32>) {
     let progs = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some(kernel_name(PROGRAM_NAME)))
+        .filter(|p| {
+            [PROGRAM_NAME, SWITCH_PROGRAM_NAME, SWITCH_END_PROGRAM_NAME]
+                .into_iter()
+                .any(|n| p.name_as_str() == Some(kernel_name(n)))
+        })
         .map(|p| p.id())
         .collect();
-    let names: Vec<&str> = [TASKS_MAP, CPU_STATS_MAP]
+    let names: Vec<&str> = [TASKS_MAP, CPU_STATS_MAP, LEADER_MAP]
         .into_iter()
         .chain(MEMBER_MAPS)
         .map(kernel_name)
@@ -74,7 +81,8 @@ impl Run {
             let (progs, maps) = ours();
             run.progs = progs.difference(&progs0).copied().collect();
             run.maps = maps.difference(&maps0).copied().collect();
-            if !run.progs.is_empty() && run.maps.len() >= 2 {
+            // The sampling program and the two switch programs.
+            if run.progs.len() >= 3 && run.maps.len() >= 2 {
                 // Let it open and attach its events, past the set-up.
                 sleep(Duration::from_millis(300));
                 return run;

@@ -227,6 +227,15 @@ through_run!(discover::Error, kernel::Error, ParseError, PlanError);
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Error> {
+    // The commands that run until a signal listen for it before any set-up, so that one
+    // that comes while the programs load still stops them cleanly. (The others keep
+    // the default: a signal ends them.)
+    if matches!(
+        cli.command,
+        Command::Stat(_) | Command::Top(_) | Command::Serve(_) | Command::Record(_)
+    ) {
+        run::install_stop_signals().await?;
+    }
     match cli.command {
         Command::Stat(args) => stat::stat(args).await,
         Command::Top(args) => top::top(args).await,

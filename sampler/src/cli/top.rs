@@ -10,7 +10,6 @@ use std::{
 };
 
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Error, LocationArgs, SamplingArgs, emit, parse_seconds},
@@ -185,9 +184,6 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
             }
         })
     };
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut next = tokio::time::Instant::now() + app.interval;
     let mut cache = HashMap::new();
     let mut done = 0u64;
@@ -265,9 +261,7 @@ async fn top_screen(args: TopArgs, interval: Duration) -> Result<(), Error> {
                     break Err(e.into());
                 }
             }
-            _ = int.recv() => break Ok(()),
-            _ = term.recv() => break Ok(()),
-            _ = hup.recv() => break Ok(()),
+            r = crate::run::stop_signal() => break r.map_err(Error::from),
         }
     };
     stop.store(true, Ordering::Relaxed);

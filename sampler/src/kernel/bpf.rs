@@ -321,23 +321,39 @@ impl Bpf {
             ))
         })?;
         // Where the switch ends: `finish_task_switch`, or the compiler's copy of it.
-        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        let Some(symbol) = switch_end_symbol(&kallsyms) else {
-            return Ok(());
+        // Without it the switch's own counts go to the task switched to, as before
+        // this probe existed: a small excess on tasks that switch often, not an error.
+        let notice = |why: &str| {
+            eprintln!(
+                "sampler: notice: no kprobe where context switches end ({why}): each \
+                 switch's own counts go to the task switched to"
+            );
         };
+        if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            notice("this kernel has no kprobe PMU");
+            return Ok(());
+        }
         let end: &mut KProbe = self
             .ebpf
             .program_mut(SWITCH_END_PROGRAM_NAME)
             .ok_or_else(|| Error::BpfLoad(format!("program {SWITCH_END_PROGRAM_NAME} missing")))?
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
-        // Without it the switch's own counts go to the task switched to, as before
-        // this probe existed: a small excess on tasks that switch often, not an error.
-        if let Err(e) = end.attach(symbol, 0) {
-            eprintln!(
-                "sampler: notice: no kprobe on {symbol} ({e}): the cost of each context \
-                 switch is counted to the task switched to"
-            );
+        // The usual names first; the symbol table (tens of milliseconds to read) only
+        // when neither is there.
+        for name in ["finish_task_switch", "finish_task_switch.isra.0"] {
+            if end.attach(name, 0).is_ok() {
+                return Ok(());
+            }
+        }
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        match switch_end_symbol(&kallsyms) {
+            Some(symbol) => {
+                if let Err(e) = end.attach(symbol, 0) {
+                    notice(&format!("{symbol}: {e}"));
+                }
+            }
+            None => notice("no finish_task_switch in /proc/kallsyms"),
         }
         Ok(())
     }

@@ -489,11 +489,46 @@ pub enum Stop {
     Signal,
 }
 
+/// The stop signals' streams. Installed once, before any set-up
+/// ([`install_stop_signals`]): a signal that comes while the programs load and the
+/// events open is kept for the first wait, not lost (a stream only sees the signals
+/// that come after it exists), and the run stops as cleanly as any other.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+static STOP_SIGNALS: tokio::sync::Mutex<Option<StopSignals>> = tokio::sync::Mutex::const_new(None);
+
+/// Starts listening for SIGINT, SIGTERM and SIGHUP (within the runtime).
+pub async fn install_stop_signals() -> Result<(), Error> {
+    let mut slot = STOP_SIGNALS.lock().await;
+    if slot.is_none() {
+        *slot = Some(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        });
+    }
+    Ok(())
+}
+
+/// Resolves at the next stop signal (one that came since the last, if any).
+pub async fn stop_signal() -> Result<(), Error> {
+    install_stop_signals().await?;
+    let mut slot = STOP_SIGNALS.lock().await;
+    let s = slot.as_mut().expect("installed above");
+    tokio::select! {
+        _ = s.int.recv() => {}
+        _ = s.term.recv() => {}
+        _ = s.hup.recv() => {}
+    }
+    Ok(())
+}
+
 /// Waits for `duration` or until SIGINT, SIGTERM or SIGHUP.
 pub async fn wait(duration: Option<Duration>) -> Result<Stop, Error> {
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let sleep = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -502,9 +537,7 @@ pub async fn wait(duration: Option<Duration>) -> Result<Stop, Error> {
     };
     tokio::select! {
         () = sleep => Ok(Stop::Elapsed),
-        _ = int.recv() => Ok(Stop::Signal),
-        _ = term.recv() => Ok(Stop::Signal),
-        _ = hup.recv() => Ok(Stop::Signal),
+        r = stop_signal() => r.map(|()| Stop::Signal),
     }
 }
 
