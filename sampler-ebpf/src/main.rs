@@ -265,23 +265,9 @@ fn charge_switch(to_idle: bool) {
     // while `switching` is set.
     let (stats, last, switching) = unsafe { (&mut *stats, &mut *last, &mut *switching) };
     *switching = 1;
-    let mut value = bpf_perf_event_value {
-        counter: 0,
-        enabled: 0,
-        running: 0,
-    };
-    // SAFETY: LEADER is a PERF_EVENT_ARRAY; `value` is a valid, writable buffer of
-    // the size passed. A CPU without a sampling leader fails and is left alone.
-    let ret = unsafe {
-        bpf_perf_event_read_value(
-            (&raw const LEADER).cast_mut().cast(),
-            BPF_F_CURRENT_CPU,
-            &mut value,
-            size_of::<bpf_perf_event_value>() as u32,
-        )
-    };
-    if ret == 0 {
-        let period = growth(value.counter, &mut last.leader);
+    // A CPU without a sampling leader fails the read and is left alone.
+    if let Some(counter) = read_counter((&raw const LEADER).cast_mut().cast()) {
+        let period = growth(counter, &mut last.leader);
         let deltas = member_deltas(&mut last.members);
         if period != 0 || deltas.iter().any(|d| *d != 0) {
             stats.period_sum += period;
@@ -494,13 +480,20 @@ fn growth(now: u64, last: &mut u64) -> u64 {
 /// the CPU has no event there.
 #[inline(always)]
 fn read_member(map: *mut c_void, last: &mut u64) -> u64 {
+    read_counter(map).map_or(0, |now| growth(now, last))
+}
+
+/// The value of this CPU's event in the PERF_EVENT_ARRAY `map`; `None` when the slot
+/// is empty or the read fails.
+#[inline(always)]
+fn read_counter(map: *mut c_void) -> Option<u64> {
     let mut value = bpf_perf_event_value {
         counter: 0,
         enabled: 0,
         running: 0,
     };
     // SAFETY: `map` is one of the PERF_EVENT_ARRAYs above; `value` is a valid,
-    // writable buffer of the size passed. An empty slot fails and leaves value 0.
+    // writable buffer of the size passed.
     let ret = unsafe {
         bpf_perf_event_read_value(
             map,
@@ -509,10 +502,7 @@ fn read_member(map: *mut c_void, last: &mut u64) -> u64 {
             size_of::<bpf_perf_event_value>() as u32,
         )
     };
-    if ret != 0 {
-        return 0;
-    }
-    growth(value.counter, last)
+    (ret == 0).then_some(value.counter)
 }
 
 #[panic_handler]
