@@ -13,6 +13,8 @@ use std::{
 
 use perf_event_open_sys::{self as sys, bindings::perf_event_attr};
 
+pub mod rseq;
+
 /// The perf-event system calls, so tests can replace the kernel.
 pub trait PerfSys {
     /// `perf_event_open(attr, pid, cpu, group, PERF_FLAG_FD_CLOEXEC)`; `group` is the
