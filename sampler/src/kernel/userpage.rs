@@ -18,7 +18,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{kernel::counter, sys::PerfSys};
+use crate::{
+    kernel::counter,
+    sys::{PerfSys, rseq::Rseq},
+};
 
 /// `struct perf_event_mmap_page` of `include/uapi/linux/perf_event.h` (the part before
 /// the ring buffer's data area).
@@ -217,6 +220,110 @@ impl UserPage {
     }
 }
 
+impl UserPage {
+    /// One read through the page with the index and the counter read inside a
+    /// restartable sequence: the sequence checks that the thread is still on the CPU
+    /// `rseq` named when it began, reads the index, and reads that counter, and the
+    /// kernel restarts it at its abort path if the thread is preempted, migrated or
+    /// signalled in between. So an index is never used on another CPU (on a
+    /// heterogeneous system, another PMU: a wrong value, or SIGILL where that CPU
+    /// grants no user access). The seqlock stays around it: an interrupt (a PMU
+    /// overflow, multiplexing's rotation) does not restart a sequence but does move
+    /// the counter, and bumps the page's lock. `None` after too many torn passes.
+    pub fn read_rseq(&self, rseq: &Rseq) -> Option<RseqRead> {
+        for _ in 0..1000 {
+            let seq = field!(self, lock);
+            compiler_fence(Ordering::SeqCst);
+            let f = PageFields {
+                index: field!(self, index),
+                offset: field!(self, offset),
+                time_enabled: field!(self, time_enabled),
+                time_running: field!(self, time_running),
+                capabilities: field!(self, capabilities),
+                pmc_width: field!(self, pmc_width),
+                time_shift: field!(self, time_shift),
+                time_mult: field!(self, time_mult),
+                time_offset: field!(self, time_offset),
+                time_cycles: field!(self, time_cycles),
+                time_mask: field!(self, time_mask),
+            };
+            let read = if f.readable() {
+                let cpu = rseq.cpu_id();
+                // SAFETY: `rseq` is this thread's registered area (not Send) and the
+                // index pointer is into this live mapping. The page allows user reads
+                // of this event (cap_user_rdpmc); the sequence reads the counter only
+                // where it found a non-zero index on the CPU it checked, with no
+                // preemption or migration in between (the kernel restarts it at the
+                // abort path otherwise), i.e. while the event sits on that counter of
+                // this CPU with user access on.
+                let (status, index, counter) = unsafe {
+                    arch::rseq_read(rseq.area(), &raw const (*self.page.as_ptr()).index, cpu)
+                };
+                match status {
+                    arch::RSEQ_OK if index == f.index => {
+                        // SAFETY: reading the timestamp counter needs no permission.
+                        RseqRead::Read(f, counter, unsafe { arch::read_timestamp() })
+                    }
+                    // The index moved between the pass and the sequence: the lock
+                    // has moved too, and the pass is retried below.
+                    arch::RSEQ_OK => RseqRead::Zero,
+                    arch::RSEQ_ABORT => RseqRead::Abort,
+                    _ => {
+                        // Index 0 in the sequence (or one no register has).
+                        debug_assert_eq!(status, arch::RSEQ_ZERO);
+                        RseqRead::Zero
+                    }
+                }
+            } else {
+                RseqRead::Zero
+            };
+            compiler_fence(Ordering::SeqCst);
+            if field!(self, lock) == seq {
+                return Some(read);
+            }
+        }
+        None
+    }
+}
+
+/// How a user-page read in a restartable sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RseqRead {
+    /// A consistent pass's fields, and the counter and timestamp read in it.
+    Read(PageFields, u64, u64),
+    /// The kernel restarted the sequence (preemption, migration, a signal), or the
+    /// thread was no longer on the CPU the sequence began on: `read()` instead.
+    Abort,
+    /// The page names no counter for this event here (index 0: a software event, the
+    /// event is not on a counter of this CPU, or user access is off): `read()`
+    /// instead.
+    Zero,
+}
+
+/// How many user-page reads of an event ended which way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReadStats {
+    /// Read from the page's counter, in one restartable sequence.
+    pub success: u64,
+    /// Restarted by the kernel (preempted, migrated, signalled) or begun on another
+    /// CPU: read with `read()`.
+    pub abort: u64,
+    /// Index 0: no counter to read from user space here; read with `read()`.
+    pub zero: u64,
+}
+
+impl ReadStats {
+    pub fn total(&self) -> u64 {
+        self.success + self.abort + self.zero
+    }
+
+    pub fn add(&mut self, other: &ReadStats) {
+        self.success += other.success;
+        self.abort += other.abort;
+        self.zero += other.zero;
+    }
+}
+
 impl Drop for UserPage {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`, once.
@@ -241,6 +348,32 @@ pub fn read_event(
         && let Some(counts) = decode(&fields, counter, timestamp)
     {
         return Ok((counts, method));
+    }
+    Ok((read_syscall(sys, event)?, Method::Read))
+}
+
+/// Reads `event` through its page in a restartable sequence ([`UserPage::read_rseq`]),
+/// counting the outcome in `stats`; with `read()` when the page names no counter here
+/// or the sequence was restarted.
+pub fn read_event_rseq(
+    sys: &dyn PerfSys,
+    event: BorrowedFd<'_>,
+    page: &UserPage,
+    rseq: &Rseq,
+    stats: &mut ReadStats,
+) -> io::Result<(Counts, Method)> {
+    if let Some(method) = page_method() {
+        match page.read_rseq(rseq) {
+            Some(RseqRead::Read(fields, counter, timestamp)) => {
+                if let Some(counts) = decode(&fields, counter, timestamp) {
+                    stats.success += 1;
+                    return Ok((counts, method));
+                }
+                stats.zero += 1;
+            }
+            Some(RseqRead::Abort) => stats.abort += 1,
+            Some(RseqRead::Zero) | None => stats.zero += 1,
+        }
     }
     Ok((read_syscall(sys, event)?, Method::Read))
 }
@@ -274,6 +407,78 @@ mod arch {
                 options(nomem, nostack, preserves_flags));
         }
         (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    /// How [`rseq_read`] ended.
+    pub const RSEQ_OK: u32 = 0;
+    pub const RSEQ_ABORT: u32 = 1;
+    pub const RSEQ_ZERO: u32 = 2;
+
+    /// In one restartable sequence: checks that `area`'s `cpu_id` is still `cpu`,
+    /// loads `*index`, and, when it is not 0, `rdpmc` of counter `index - 1`. Returns
+    /// `(RSEQ_OK, index, counter)`, `(RSEQ_ZERO, 0, _)` or `(RSEQ_ABORT, _, _)` (the
+    /// kernel restarted the sequence, or the thread was not on `cpu`).
+    ///
+    /// The descriptor (`struct rseq_cs`: version, flags, start, post-commit offset,
+    /// abort) is static, in a writable section of its own; the abort address is
+    /// preceded by the signature, inside a `ud1` (the kernel's selftests' encoding),
+    /// so that nothing ever executes it.
+    ///
+    /// # Safety
+    /// `area` is this thread's registered rseq area; `index` points into a mapped
+    /// user page of an event of this thread whose page allows user reads
+    /// (`cap_user_rdpmc`).
+    #[inline(never)]
+    pub unsafe fn rseq_read(
+        area: *const crate::sys::rseq::RseqArea,
+        index: *const u32,
+        cpu: u32,
+    ) -> (u32, u32, u64) {
+        let (status, idx, lo, hi): (u32, u64, u32, u32);
+        // SAFETY: the caller's guarantees; the sequence writes only the area's
+        // `rseq_cs` (as the rseq ABI asks) and reads `index` and the area.
+        unsafe {
+            core::arch::asm!(
+                ".pushsection __sampler_rseq_cs, \"aw\"",
+                ".balign 32",
+                "7:",
+                ".long 0, 0",
+                ".quad 2f, 3f - 2f, 4f",
+                ".popsection",
+                "lea {t}, [rip + 7b]",
+                "mov qword ptr [{area} + 8], {t}",
+                "2:",
+                "cmp dword ptr [{area} + 4], {cpu:e}",
+                "jne 4f",
+                "mov {idx:e}, dword ptr [{index}]",
+                "test {idx:e}, {idx:e}",
+                "jz 5f",
+                "lea ecx, [{idx} - 1]",
+                "rdpmc",
+                "3:",
+                "xor {st:e}, {st:e}",
+                "jmp 6f",
+                ".byte 0x0f, 0xb9, 0x3d",
+                ".long 0x53053053",
+                "4:",
+                "mov {st:e}, 1",
+                "jmp 6f",
+                "5:",
+                "mov {st:e}, 2",
+                "6:",
+                area = in(reg) area,
+                index = in(reg) index,
+                cpu = in(reg) cpu,
+                t = out(reg) _,
+                idx = out(reg) idx,
+                st = out(reg) status,
+                out("ecx") _,
+                out("eax") lo,
+                out("edx") hi,
+                options(nostack),
+            );
+        }
+        (status, idx as u32, (u64::from(hi) << 32) | u64::from(lo))
     }
 
     /// The TSC, the clock of the page's `time_*` fields on x86.
@@ -346,6 +551,97 @@ mod arch {
         }
     }
 
+    /// How [`rseq_read`] ended.
+    pub const RSEQ_OK: u32 = 0;
+    pub const RSEQ_ABORT: u32 = 1;
+    pub const RSEQ_ZERO: u32 = 2;
+
+    macro_rules! rseq_read_asm {
+        ($($n:literal),*) => {
+            /// In one restartable sequence: checks that `area`'s `cpu_id` is still
+            /// `cpu`, loads `*index`, and, when it names a counter (1-31: event counter
+            /// `index - 1` through a table of `mrs`, 32: the cycle counter), reads it.
+            /// Returns `(RSEQ_OK, index, counter)`, `(RSEQ_ZERO, index, _)` (0, or an
+            /// index no register has) or `(RSEQ_ABORT, _, _)` (the kernel restarted the
+            /// sequence, or the thread was not on `cpu`).
+            ///
+            /// The descriptor (`struct rseq_cs`) is static, in a writable section of its
+            /// own; the abort address is preceded by the signature (`brk #0x45e0`,
+            /// never executed).
+            ///
+            /// # Safety
+            /// `area` is this thread's registered rseq area; `index` points into a
+            /// mapped user page of an event of this thread whose page allows user reads
+            /// (`cap_user_rdpmc`).
+            #[inline(never)]
+            pub unsafe fn rseq_read(
+                area: *const crate::sys::rseq::RseqArea,
+                index: *const u32,
+                cpu: u32,
+            ) -> (u32, u32, u64) {
+                let (status, idx, counter): (u32, u32, u64);
+                // SAFETY: the caller's guarantees; the sequence writes only the area's
+                // `rseq_cs` (as the rseq ABI asks) and reads `index` and the area.
+                unsafe {
+                    core::arch::asm!(
+                        ".pushsection __sampler_rseq_cs, \"aw\"",
+                        ".balign 32",
+                        "7:",
+                        ".long 0, 0",
+                        ".quad 2f, 3f - 2f, 4f",
+                        ".popsection",
+                        "adrp {t}, 7b",
+                        "add {t}, {t}, :lo12:7b",
+                        "str {t}, [{area}, #8]",
+                        "2:",
+                        "ldr {t:w}, [{area}, #4]",
+                        "cmp {t:w}, {cpu:w}",
+                        "b.ne 4f",
+                        "ldr {idx:w}, [{index}]",
+                        "cbz {idx:w}, 5f",
+                        "cmp {idx:w}, #32",
+                        "b.eq 8f",
+                        "b.hi 5f",
+                        "adr {t}, 9f",
+                        "sub {c:w}, {idx:w}, #1",
+                        "add {t}, {t}, {c:w}, uxtw #3",
+                        "br {t}",
+                        "9:",
+                        $(
+                            concat!("mrs {c}, pmevcntr", $n, "_el0"),
+                            "b 3f",
+                        )*
+                        "8:",
+                        "mrs {c}, pmccntr_el0",
+                        "3:",
+                        "mov {st:w}, #0",
+                        "b 6f",
+                        ".inst 0xd428bc00",
+                        "4:",
+                        "mov {st:w}, #1",
+                        "b 6f",
+                        "5:",
+                        "mov {st:w}, #2",
+                        "6:",
+                        area = in(reg) area,
+                        index = in(reg) index,
+                        cpu = in(reg) cpu,
+                        t = out(reg) _,
+                        idx = out(reg) idx,
+                        c = out(reg) counter,
+                        st = out(reg) status,
+                        options(nostack),
+                    );
+                }
+                (status, idx, counter)
+            }
+        };
+    }
+    rseq_read_asm!(
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+        25, 26, 27, 28, 29, 30
+    );
+
     /// `CNTVCT_EL0`, the clock of the page's `time_*` fields on arm64.
     ///
     /// # Safety
@@ -370,6 +666,16 @@ mod arch {
     pub unsafe fn read_timestamp() -> u64 {
         0
     }
+    pub const RSEQ_OK: u32 = 0;
+    pub const RSEQ_ABORT: u32 = 1;
+    pub const RSEQ_ZERO: u32 = 2;
+    pub unsafe fn rseq_read(
+        _: *const crate::sys::rseq::RseqArea,
+        _: *const u32,
+        _: u32,
+    ) -> (u32, u32, u64) {
+        (2, 0, 0)
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +683,8 @@ mod tests {
     use std::{collections::HashMap, mem::offset_of, path::Path};
 
     use super::*;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    use crate::sys::rseq::Rseq;
 
     fn vectors() -> Vec<(String, HashMap<String, String>)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/userpage");
@@ -564,6 +872,179 @@ mod tests {
         let mut no_cap = f(48, 0);
         no_cap.capabilities = 0;
         assert_eq!(decode(&no_cap, 1, 0), None);
+    }
+
+    /// The sequence's own paths, without a PMU: an index of 0 reads nothing, and a
+    /// thread not on the CPU it names takes the abort path.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn rseq_sequence_reads_zero_and_aborts_off_its_cpu() {
+        std::thread::spawn(|| {
+            const CPU: u32 = 0;
+            crate::sys::pin_to_cpu(0, CPU).unwrap();
+            std::thread::yield_now();
+            let rseq = Rseq::current().expect("rseq on Linux 4.18+");
+            assert_eq!(rseq.cpu_id(), CPU);
+            let zero = 0u32;
+            let mut zeros = 0;
+            for _ in 0..1000 {
+                // SAFETY: `rseq` is this thread's area and the index is 0, so no
+                // counter is read.
+                let (status, index, _) = unsafe { arch::rseq_read(rseq.area(), &zero, CPU) };
+                assert_ne!(status, arch::RSEQ_OK);
+                if status == arch::RSEQ_ZERO {
+                    assert_eq!(index, 0);
+                    zeros += 1;
+                }
+            }
+            assert!(
+                zeros > 900,
+                "{zeros} of 1000 reads of index 0 were not restarted"
+            );
+            let nonzero = 3u32;
+            for other in [CPU + 1, u32::MAX] {
+                // SAFETY: `rseq` is this thread's area and the CPU named is not the
+                // thread's, so the sequence aborts before any counter is read.
+                let (status, _, _) = unsafe { arch::rseq_read(rseq.area(), &nonzero, other) };
+                assert_eq!(status, arch::RSEQ_ABORT, "on CPU {CPU}, not {other}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The kernel restarts a sequence in which the thread slept: the index is read
+    /// from a page that userfaultfd holds back until another thread supplies it, so
+    /// the load inside the sequence blocks, the thread is switched out, and on its
+    /// way back to user space the kernel moves it to the abort address. It does so
+    /// only when the descriptor is valid and the signature precedes that address
+    /// (else it kills the process with SIGSEGV).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn rseq_sequence_restarts_when_the_thread_sleeps_inside_it() {
+        let held = HeldPage::new();
+        let addr = held.addr;
+        let reader = std::thread::spawn(move || {
+            let rseq = Rseq::current().expect("rseq on Linux 4.18+");
+            let cpu = rseq.cpu_id();
+            // SAFETY: this thread's area; the page is supplied with zeroes, so the
+            // index read is 0 and no counter is read.
+            let first = unsafe { arch::rseq_read(rseq.area(), addr as *const u32, cpu) };
+            // SAFETY: as above; the page now holds zeroes.
+            let again = unsafe { arch::rseq_read(rseq.area(), addr as *const u32, rseq.cpu_id()) };
+            (first.0, again.0)
+        });
+        held.supply_one();
+        let (first, again) = reader.join().unwrap();
+        assert_eq!(
+            first,
+            arch::RSEQ_ABORT,
+            "a sequence that slept was not restarted"
+        );
+        assert_eq!(again, arch::RSEQ_ZERO, "the supplied page reads index 0");
+    }
+
+    /// An anonymous page registered with userfaultfd: a load from it blocks until
+    /// [`HeldPage::supply_one`] copies a page of zeroes in.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    struct HeldPage {
+        uffd: std::os::fd::OwnedFd,
+        addr: usize,
+        len: usize,
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    impl HeldPage {
+        // include/uapi/linux/userfaultfd.h: _IOWR(0xAA, nr, struct), same on both.
+        const UFFD_API: u64 = 0xAA;
+        const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as libc::Ioctl;
+        const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
+        const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
+        const REGISTER_MODE_MISSING: u64 = 1;
+        const USER_MODE_ONLY: libc::c_long = 1;
+
+        fn new() -> Self {
+            use std::os::fd::FromRawFd as _;
+            // SAFETY: plain system calls on memory and descriptors this function owns.
+            unsafe {
+                // User-mode faults only: allowed without privileges since 5.11;
+                // older kernels take the plain call as root.
+                let mut fd = libc::syscall(
+                    libc::SYS_userfaultfd,
+                    libc::O_CLOEXEC as libc::c_long | Self::USER_MODE_ONLY,
+                );
+                if fd < 0 {
+                    fd = libc::syscall(libc::SYS_userfaultfd, libc::c_long::from(libc::O_CLOEXEC));
+                }
+                assert!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+                let uffd = std::os::fd::OwnedFd::from_raw_fd(fd as i32);
+                let mut api = [Self::UFFD_API, 0, 0];
+                assert_eq!(
+                    libc::ioctl(fd as i32, Self::UFFDIO_API, api.as_mut_ptr()),
+                    0,
+                    "UFFDIO_API: {}",
+                    io::Error::last_os_error()
+                );
+                let len = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+                let p = libc::mmap(
+                    ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(p, libc::MAP_FAILED);
+                let mut register = [p as u64, len as u64, Self::REGISTER_MODE_MISSING, 0];
+                assert_eq!(
+                    libc::ioctl(fd as i32, Self::UFFDIO_REGISTER, register.as_mut_ptr()),
+                    0,
+                    "UFFDIO_REGISTER: {}",
+                    io::Error::last_os_error()
+                );
+                Self {
+                    uffd,
+                    addr: p as usize,
+                    len,
+                }
+            }
+        }
+
+        /// Waits for a fault on the page and supplies it.
+        fn supply_one(&self) {
+            use std::os::fd::AsRawFd as _;
+            let mut msg = [0u64; 4];
+            // SAFETY: reads one 32-byte `struct uffd_msg` into `msg`; copies a page of
+            // zeroes from `zeroes` into the registered page.
+            unsafe {
+                let n = libc::read(self.uffd.as_raw_fd(), msg.as_mut_ptr().cast(), 32);
+                assert_eq!(n, 32, "uffd read: {}", io::Error::last_os_error());
+                assert_eq!(msg[0] & 0xff, 0x12, "UFFD_EVENT_PAGEFAULT");
+                assert_eq!(msg[2] as usize & !(self.len - 1), self.addr);
+                let zeroes = vec![0u8; self.len];
+                let mut copy = [
+                    self.addr as u64,
+                    zeroes.as_ptr() as u64,
+                    self.len as u64,
+                    0,
+                    0,
+                ];
+                assert_eq!(
+                    libc::ioctl(self.uffd.as_raw_fd(), Self::UFFDIO_COPY, copy.as_mut_ptr()),
+                    0,
+                    "UFFDIO_COPY: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    impl Drop for HeldPage {
+        fn drop(&mut self) {
+            // SAFETY: unmaps the page mapped in `new`, after every user has finished.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+        }
     }
 
     #[cfg(target_arch = "aarch64")]
