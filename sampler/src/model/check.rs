@@ -33,8 +33,11 @@ use crate::{
     events::plan::{Mode, PlannedEvent},
     kernel::Error,
     kernel::session::is_unsupported_error,
-    kernel::userpage::{Counts, Method, UserPage, read_event, read_syscall},
-    sys::{self, PerfSys},
+    kernel::userpage::{
+        Counts, Method, ReadStats, RseqRead, UserPage, decode, read_event, read_event_rseq,
+        read_syscall,
+    },
+    sys::{self, PerfSys, rseq::Rseq},
 };
 
 /// One (CPU, event) of the check.
@@ -62,11 +65,28 @@ pub struct CheckRow {
     /// The page's counter index and width (0 when not readable).
     pub page_index: u32,
     pub pmc_width: u16,
+    /// The user-page reads the reader made of this event through its window, each in
+    /// a restartable sequence (see `kernel::userpage`), by outcome, and how many
+    /// read values disagreed with `read()`; `None` where the page was not mapped or
+    /// the thread has no rseq area (a note says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_reads: Option<PageReads>,
     /// With `--latency`: nanoseconds per user-page read (when the page allows it) and
     /// per `read()` syscall of this event on this CPU, and how many times faster the
     /// page is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
+}
+
+/// The reader's user-page reads of one event over its window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PageReads {
+    #[serde(flatten)]
+    pub outcomes: ReadStats,
+    /// Values read from the page below the one read before them, below `read()` at
+    /// the window's start or above `read()` at its end: counters only grow, so each
+    /// is a wrong value. Must be 0.
+    pub disagree: u64,
 }
 
 /// Events a count may differ by at the window's edges, whatever the tolerance: a
@@ -76,11 +96,13 @@ pub struct CheckRow {
 pub const EDGE_EVENTS: u64 = 2;
 
 impl CheckRow {
-    /// Within `tolerance_pct` percent, or within [`EDGE_EVENTS`] events.
+    /// Within `tolerance_pct` percent, or within [`EDGE_EVENTS`] events, and no
+    /// user-page read in the window disagreed with `read()`.
     pub fn passes(&self, tolerance_pct: f64) -> bool {
         let apart = |v: u64| v.abs_diff(self.read);
         let most = apart(self.bpf).max(self.userpage.map_or(0, apart));
-        self.rel_diff * 100.0 <= tolerance_pct || most <= EDGE_EVENTS
+        let close = self.rel_diff * 100.0 <= tolerance_pct || most <= EDGE_EVENTS;
+        close && self.page_reads.is_none_or(|p| p.disagree == 0)
     }
 }
 
@@ -114,6 +136,7 @@ pub struct Probe {
     pub page_index: u32,
     pub pmc_width: u16,
     pub note: Option<String>,
+    pub page_reads: Option<PageReads>,
 }
 
 /// The `config1` bits asking the PMU for user-space counter access: arm_pmu's
@@ -182,19 +205,26 @@ fn time_per_call(per_batch: u32, mut f: impl FnMut() -> Result<u64, Error>) -> O
     Some(batches[LATENCY_BATCHES / 2])
 }
 
-/// Times reading `fd` through `page` (when it allows user reads) and with `read()`.
+/// Times reading `fd` through `page` (when it allows user reads; in a restartable
+/// sequence where the thread has an area, as the check reads) and with `read()`.
 fn measure_latency(
     sys: &dyn PerfSys,
     fd: std::os::fd::BorrowedFd<'_>,
     page: Option<&UserPage>,
+    rseq: Option<&Rseq>,
     method: Method,
     per_batch: u32,
 ) -> Option<Latency> {
     let read_ns = time_per_call(per_batch, || Ok(read_syscall(sys, fd)?.value))?;
-    let userpage_ns = if method == Method::Read {
-        None
-    } else {
-        time_per_call(per_batch, || Ok(read_event(sys, fd, page)?.0.value))
+    let userpage_ns = match (method, page, rseq) {
+        (Method::Read, _, _) => None,
+        (_, Some(page), Some(rseq)) => {
+            let mut stats = ReadStats::default();
+            time_per_call(per_batch, || {
+                Ok(read_event_rseq(sys, fd, page, rseq, &mut stats)?.0.value)
+            })
+        }
+        _ => time_per_call(per_batch, || Ok(read_event(sys, fd, page)?.0.value)),
     };
     Some(Latency {
         userpage_ns,
@@ -328,18 +358,28 @@ pub fn measure_reader_latency(
 ) -> Result<Vec<(usize, Latency)>, Error> {
     sys::pin_to_cpu(0, cpu)?;
     let opened = open_events(sys, events, user_bits)?;
+    let rseq = Rseq::current().ok();
     let mut out = Vec::new();
     for (p, fd, page, _) in &opened {
         let (_, method) = read_event(sys, fd.as_fd(), page.as_ref())?;
-        if let Some(l) = measure_latency(sys, fd.as_fd(), page.as_ref(), method, per_batch) {
+        if let Some(l) = measure_latency(
+            sys,
+            fd.as_fd(),
+            page.as_ref(),
+            rseq.as_ref(),
+            method,
+            per_batch,
+        ) {
             out.push((p.index, l));
         }
     }
     Ok(out)
 }
 
-/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, spins until
-/// `stop`, then reads them through the page and with `read()`.
+/// Runs one reader: pins itself to `cpu`, opens its copies of `events`, and runs
+/// until `stop`, reading each event's page in a restartable sequence between bursts
+/// of work (each value checked against the ones before it and `read()` at the
+/// window's edges); then reads them through the page and with `read()`.
 pub fn run_reader(
     sys: &dyn PerfSys,
     cpu: u32,
@@ -358,10 +398,21 @@ pub fn run_reader(
             return Err(e);
         }
     };
+    // This thread's rseq area (the C library's, or one registered here and
+    // unregistered when it is dropped, before the thread ends).
+    let rseq = Rseq::current();
     let mut starts = Vec::new();
     for (_, fd, _, _) in &opened {
         starts.push(read_syscall(sys, fd.as_fd()).map_or(0, |c| c.value));
     }
+    // Hardware events only: a software event's page never names a counter.
+    let mut reads: Vec<Option<PageTrack>> = opened
+        .iter()
+        .zip(&starts)
+        .map(|((p, _, page, _), &start)| {
+            (p.hardware && page.is_some() && rseq.is_ok()).then(|| PageTrack::new(start))
+        })
+        .collect();
     // A switch: BPF has charged this thread up to here when the maps are read.
     window.pause();
     window.start.wait();
@@ -369,14 +420,76 @@ pub fn run_reader(
     // Run on this CPU for the interval, so that BPF attributes samples to this thread.
     let mut x = 0u64;
     while !window.stop.load(Ordering::Relaxed) {
-        for _ in 0..10_000 {
+        for _ in 0..2_000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
+        if let Ok(rseq) = &rseq {
+            for ((_, _, page, _), track) in opened.iter().zip(&mut reads) {
+                if let (Some(page), Some(track)) = (page, track) {
+                    track.read(page, rseq);
+                }
+            }
+        }
     }
-    let result = read_probes(sys, cpu, tid, &opened, &starts);
+    let result = read_probes(sys, cpu, tid, &opened, &starts, rseq.as_ref().ok(), reads);
     window.pause();
     window.end.wait();
-    result
+    let mut result = result?;
+    if let Err(e) = &rseq {
+        for p in &mut result.probes {
+            if p.method != Method::Read && p.note.is_none() {
+                p.note = Some(format!(
+                    "no restartable sequence for the page reads ({e}): the seqlock alone"
+                ));
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// One event's page reads in the window: outcomes, and each value against the
+/// last one.
+struct PageTrack {
+    stats: ReadStats,
+    last: u64,
+    disagree: u64,
+}
+
+impl PageTrack {
+    fn new(start: u64) -> Self {
+        Self {
+            stats: ReadStats::default(),
+            last: start,
+            disagree: 0,
+        }
+    }
+
+    /// One read in a restartable sequence. An abort or index 0 would fall back to
+    /// `read()`; here, in the window's loop, it is only counted.
+    fn read(&mut self, page: &UserPage, rseq: &Rseq) {
+        match page.read_rseq(rseq) {
+            Some(RseqRead::Read(f, counter, timestamp)) => match decode(&f, counter, timestamp) {
+                Some(c) => {
+                    self.stats.success += 1;
+                    if c.value < self.last {
+                        self.disagree += 1;
+                    }
+                    self.last = self.last.max(c.value);
+                }
+                None => self.stats.zero += 1,
+            },
+            Some(RseqRead::Abort) => self.stats.abort += 1,
+            Some(RseqRead::Zero) | None => self.stats.zero += 1,
+        }
+    }
+
+    /// With the final read: values above `read()` at the end disagree too.
+    fn finish(self, end: u64) -> PageReads {
+        PageReads {
+            outcomes: self.stats,
+            disagree: self.disagree + u64::from(self.last > end),
+        }
+    }
 }
 
 /// The readers' meeting points, and how they are told to stop.
@@ -418,14 +531,22 @@ fn read_probes(
     tid: u32,
     opened: &[Opened<'_>],
     starts: &[u64],
+    rseq: Option<&Rseq>,
+    tracks: Vec<Option<PageTrack>>,
 ) -> Result<ReaderResult, Error> {
     let mut probes = Vec::new();
-    for ((p, fd, page, note), start) in opened.iter().zip(starts) {
+    for (((p, fd, page, note), start), track) in opened.iter().zip(starts).zip(tracks) {
         let mut attempt = 0;
+        let mut last_reads = ReadStats::default();
         let probe = loop {
             attempt += 1;
             let before = sys::current_cpu();
-            let (first, method) = read_event(sys, fd.as_fd(), page.as_ref())?;
+            let (first, method) = match (page, rseq) {
+                (Some(page), Some(rseq)) => {
+                    read_event_rseq(sys, fd.as_fd(), page, rseq, &mut last_reads)?
+                }
+                _ => read_event(sys, fd.as_fd(), page.as_ref())?,
+            };
             let read = read_syscall(sys, fd.as_fd())?;
             let after = sys::current_cpu();
             if (before == Some(cpu) && after == Some(cpu)) || attempt >= 10 {
@@ -446,6 +567,15 @@ fn read_probes(
                             .to_owned()
                     });
                 }
+                let page_reads = track.map(|t| {
+                    let mut reads = t.finish(read.value);
+                    reads.outcomes.add(&last_reads);
+                    if method != Method::Read && (first.value < *start || first.value > read.value)
+                    {
+                        reads.disagree += 1;
+                    }
+                    reads
+                });
                 break Probe {
                     event: p.event.clone(),
                     index: p.index,
@@ -456,6 +586,7 @@ fn read_probes(
                     page_index,
                     pmc_width,
                     note,
+                    page_reads,
                 };
             }
         };
@@ -548,6 +679,7 @@ pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -
                 tid: r.tid,
                 page_index: p.page_index,
                 pmc_width: p.pmc_width,
+                page_reads: p.page_reads,
                 latency: None,
             });
         }
@@ -670,6 +802,7 @@ mod tests {
             page_index: if page.is_some() { 32 } else { 0 },
             pmc_width: 64,
             note: None,
+            page_reads: None,
         }
     }
 

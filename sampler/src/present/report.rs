@@ -285,11 +285,15 @@ pub fn check_table(
 ) -> String {
     let mut out = String::new();
     let latency = rows.iter().any(|r| r.latency.is_some());
+    let page_reads = rows.iter().any(|r| r.page_reads.is_some());
     let _ = write!(
         out,
         "{:>4} {:<20} {:<6} {:>16} {:>16} {:>16} {:>8} {:<4}",
         "CPU", "EVENT", "METHOD", "BPF", "READ", "USERPAGE", "DIFF", ""
     );
+    if page_reads {
+        let _ = write!(out, " {:>24}", "PAGE READS ok/abort/idx0");
+    }
     if latency {
         let _ = write!(out, " {:>9} {:>9} {:>7}", "PAGE ns", "READ ns", "GAIN");
     }
@@ -313,6 +317,13 @@ pub fn check_table(
             r.rel_diff * 100.0,
             if ok { "ok" } else { "FAIL" }
         );
+        if page_reads {
+            let cell = r.page_reads.map_or("-".to_owned(), |p| {
+                let o = p.outcomes;
+                format!("{}/{}/{}", o.success, o.abort, o.zero)
+            });
+            let _ = write!(out, " {cell:>24}");
+        }
         if let Some(l) = r.latency {
             let _ = write!(
                 out,
@@ -336,6 +347,24 @@ pub fn check_table(
             seen.push(n);
             let _ = writeln!(out, "note: {n}");
         }
+    }
+    for r in rows {
+        if let Some(p) = r.page_reads.filter(|p| p.disagree > 0) {
+            let _ = writeln!(
+                out,
+                "error: CPU {} {}: {} of {} user-page reads disagreed with read() (below \
+                 an earlier value, or outside read()'s window)",
+                r.cpu, r.event, p.disagree, p.outcomes.success
+            );
+        }
+    }
+    if page_reads {
+        let _ = writeln!(
+            out,
+            "note: PAGE READS: the reader's user-page reads through the window, each in a \
+             restartable sequence: read from the counter / restarted (preempted or \
+             migrated: read() instead) / index 0 (no counter to read here: read() instead)"
+        );
     }
     out
 }
