@@ -11,15 +11,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{Arch, build, cargo, display, vm};
 
-/// Builds the guest test binary (`tests/guest.rs`) for `arch`; returns its path.
-fn build_tests(arch: Arch) -> Result<PathBuf> {
-    let mut cmd = cargo([
-        "test",
-        "--release",
-        "--package",
-        "sampler",
-        "--test",
-        "guest",
+/// Builds a test binary of sampler for `arch` (`which`: `--test guest`, or `--lib`
+/// for the unit tests); returns its path.
+fn build_tests(arch: Arch, which: &[&str], name: &str) -> Result<PathBuf> {
+    let mut cmd = cargo(["test", "--release", "--package", "sampler"]);
+    cmd.args(which).args([
         "--no-run",
         "--message-format=json-render-diagnostics",
         "--target",
@@ -28,15 +24,20 @@ fn build_tests(arch: Arch) -> Result<PathBuf> {
     eprintln!("xtask: {}", display(&cmd));
     let out = cmd.stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
-        bail!("building the guest tests failed ({})", out.status);
+        bail!("building the {name} tests failed ({})", out.status);
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "guest")
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo reported no guest test executable")
+        .with_context(|| format!("cargo reported no {name} test executable"))
 }
+
+/// The unit tests of arm64-only code (the `mrs` table, restartable sequences with
+/// musl's own rseq registration), run in every guest before the guest tests; the
+/// others read the source tree's data and run on the host.
+const GUEST_UNIT_TESTS: &[&str] = &["rseq", "evcnt"];
 
 /// Builds the function view's test workload (`tests/workload/main.rs`) for `arch`
 /// (`None`: this machine) with rustc, as the host tests do: optimized, frame
@@ -63,23 +64,26 @@ pub fn build_workload(arch: Option<Arch>) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// What a guest run boots with: the static sampler, the guest test binary and the
-/// function view's workload.
+/// What a guest run boots with: the static sampler, the guest test binary, the
+/// library's unit tests and the function view's workload.
 pub struct GuestBinaries {
     pub sampler: PathBuf,
     pub tests: PathBuf,
+    pub unit_tests: PathBuf,
     pub workload: PathBuf,
 }
 
 /// Builds the guest binaries and checks the host tools, once for any number of runs.
 pub fn binaries() -> Result<GuestBinaries> {
     let sampler = build(Arch::Aarch64)?;
-    let tests = build_tests(Arch::Aarch64)?;
+    let tests = build_tests(Arch::Aarch64, &["--test", "guest"], "guest")?;
+    let unit_tests = build_tests(Arch::Aarch64, &["--lib"], "sampler")?;
     let workload = build_workload(Some(Arch::Aarch64))?;
     vm::ensure_host_tools()?;
     Ok(GuestBinaries {
         sampler,
         tests,
+        unit_tests,
         workload,
     })
 }
@@ -88,7 +92,9 @@ pub fn binaries() -> Result<GuestBinaries> {
 /// printed.
 pub fn run_tests(guest: &vm::Guest, bins: &GuestBinaries, filters: &[String]) -> Result<String> {
     let mut command = format!(
-        "{} /guest-tests --test-threads=1 --color=never",
+        "/unit-tests --test-threads=1 --color=never {} && {} /guest-tests --test-threads=1 \
+         --color=never",
+        GUEST_UNIT_TESTS.join(" "),
         guest_env(guest)
     );
     for f in filters {
@@ -137,6 +143,7 @@ fn payload(bins: &GuestBinaries, command: String) -> vm::Payload {
         files: vec![
             (bins.sampler.clone(), "sampler"),
             (bins.tests.clone(), "guest-tests"),
+            (bins.unit_tests.clone(), "unit-tests"),
             (bins.workload.clone(), "workload"),
         ],
         command,
