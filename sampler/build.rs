@@ -1,5 +1,7 @@
-//! Builds the BPF object (`sampler-ebpf`) with nightly + `-Z build-std=core` and
-//! bpf-linker, into `OUT_DIR`, where `src/bpf.rs` embeds it.
+//! Builds the BPF objects (`sampler-ebpf`: sampler's programs and the benchmarks'
+//! floor) with the pinned nightly (`sampler-ebpf/nightly-toolchain`) + `-Z
+//! build-std=core` and bpf-linker, into `OUT_DIR`, where `src/kernel/bpf.rs` embeds
+//! them.
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -8,12 +10,17 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = root.join("sampler-ebpf");
     let common_dir = root.join("sampler-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
+    let pin = ebpf_dir.join("nightly-toolchain");
+    println!("cargo:rerun-if-changed={}", pin.display());
+    let nightly =
+        std::fs::read_to_string(&pin).map_err(|e| anyhow::anyhow!("{}: {e}", pin.display()))?;
+    let nightly = nightly.trim();
     println!("cargo:rerun-if-env-changed=PATH");
 
     if let Err(err) = which::which("bpf-linker") {
         anyhow::bail!(
             "bpf-linker is not installed ({err}): the BPF programs cannot be linked. \
-             Run `cargo xtask setup` (it installs nightly rust-src, llvm-22-dev and bpf-linker)."
+             Run `cargo xtask setup` (it installs the pinned nightly with rust-src, llvm-22-dev and bpf-linker)."
         );
     }
     let ebpf_dir = ebpf_dir
@@ -25,6 +32,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: ebpf_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(nightly),
     )
 }

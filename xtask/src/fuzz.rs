@@ -13,7 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{display, setup::has_command, status};
+use crate::{
+    display,
+    setup::{has_command, plus_nightly},
+    status,
+};
 
 pub const TARGETS: [&str; 3] = ["event_syntax", "sysfs_values", "userpage"];
 
@@ -52,7 +56,7 @@ pub fn run(root: &Path, targets: &[String], seconds: u64) -> Result<Vec<Ran>> {
         let seeds = root.join("sampler/fuzz/seeds").join(t);
         let mut cmd = Command::new("cargo");
         cmd.current_dir(root.join("sampler"))
-            .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", t])
+            .args([&plus_nightly(), "fuzz", "run", "--fuzz-dir", "fuzz", t])
             .arg(&corpus)
             .arg(&seeds)
             .arg("--")
@@ -75,10 +79,11 @@ pub fn run(root: &Path, targets: &[String], seconds: u64) -> Result<Vec<Ran>> {
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
                 "fuzz target `{t}` failed ({}): the input is in {}; reproduce with `cd \
-                 sampler && cargo +nightly fuzz run --fuzz-dir fuzz {t} <input>`, fix it and \
+                 sampler && cargo {} fuzz run --fuzz-dir fuzz {t} <input>`, fix it and \
                  add the input as a unit test\n{}",
                 output.status,
                 artifacts.display(),
+                plus_nightly(),
                 tail.join("\n")
             );
         }

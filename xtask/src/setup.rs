@@ -18,6 +18,28 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The LLVM major bpf-linker is built against; must match the nightly's LLVM.
 pub const LLVM_MAJOR: u32 = 22;
 
+/// The nightly toolchain the BPF crate is built (and linted, and the fuzz targets run)
+/// with, pinned in `sampler-ebpf/nightly-toolchain` where `sampler/build.rs` reads it
+/// too: rustup's plain `nightly` moves on to a newer LLVM (23 since the autumn of
+/// 2026), whose bitcode bpf-linker built against Debian's LLVM 22 cannot read.
+pub const NIGHTLY: &str = trim_line(include_str!("../../sampler-ebpf/nightly-toolchain"));
+
+/// `s` without its trailing newline (a `const fn`, for [`NIGHTLY`]).
+const fn trim_line(s: &str) -> &str {
+    match s.as_bytes() {
+        [rest @ .., b'\n'] => match std::str::from_utf8(rest) {
+            Ok(t) => t,
+            Err(_) => s,
+        },
+        _ => s,
+    }
+}
+
+/// `cargo +NIGHTLY`'s first argument.
+pub fn plus_nightly() -> String {
+    format!("+{NIGHTLY}")
+}
+
 pub fn is_root() -> bool {
     // The effective uid is the 3rd field of `Uid:` in /proc/self/status.
     std::fs::read_to_string("/proc/self/status")
@@ -72,14 +94,14 @@ pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
 
 pub fn setup() -> Result<()> {
     let started = Instant::now();
-    // 1. The nightly toolchain with rust-src (build-std=core for bpfel-unknown-none)
-    //    and clippy (lints of the BPF crate).
+    // 1. The pinned nightly toolchain with rust-src (build-std=core for
+    //    bpfel-unknown-none) and clippy (lints of the BPF crate).
     let installed = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if !installed.lines().any(|l| l.starts_with("nightly")) {
+    if !installed.lines().any(|l| l.starts_with(NIGHTLY)) {
         status(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            NIGHTLY,
             "--profile",
             "minimal",
         ]))?;
@@ -88,7 +110,7 @@ pub fn setup() -> Result<()> {
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        NIGHTLY,
         "--installed",
     ]))
     .unwrap_or_default();
@@ -99,11 +121,11 @@ pub fn setup() -> Result<()> {
                 "add",
                 component,
                 "--toolchain",
-                "nightly",
+                NIGHTLY,
             ]))?;
         }
     }
-    let nightly_llvm = output(Command::new("rustc").args(["+nightly", "-vV"]))
+    let nightly_llvm = output(Command::new("rustc").args([&plus_nightly(), "-vV"]))
         .and_then(|v| {
             v.lines()
                 .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -111,10 +133,10 @@ pub fn setup() -> Result<()> {
         })
         .unwrap_or_default();
     if !nightly_llvm.starts_with(&format!("{LLVM_MAJOR}.")) {
-        eprintln!(
-            "xtask: warning: the nightly toolchain uses LLVM {nightly_llvm}, bpf-linker is \
-             built against LLVM {LLVM_MAJOR}; if linking the BPF object fails, install a \
-             nightly with LLVM {LLVM_MAJOR}"
+        anyhow::bail!(
+            "{NIGHTLY} uses LLVM {nightly_llvm}, but bpf-linker is built against LLVM \
+             {LLVM_MAJOR}: pin a nightly with LLVM {LLVM_MAJOR} in \
+             sampler-ebpf/nightly-toolchain"
         );
     }
 
@@ -145,7 +167,7 @@ pub fn setup() -> Result<()> {
         )?;
     }
     eprintln!(
-        "xtask: setup complete ({:.1} s): nightly rust-src, LLVM {LLVM_MAJOR}, bpf-linker {BPF_LINKER_VERSION}",
+        "xtask: setup complete ({:.1} s): {NIGHTLY} rust-src, LLVM {LLVM_MAJOR}, bpf-linker {BPF_LINKER_VERSION}",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -232,4 +254,29 @@ pub fn ensure_prometheus() -> Result<()> {
         .stderr(Stdio::null())
         .status();
     Ok(())
+}
+
+/// Installs Debian's bpftrace when missing: the peer of the BPF cost benchmark (the
+/// one-liners users would type instead of sampler).
+pub fn ensure_bpftrace() -> Result<()> {
+    if has_command("bpftrace", "--version") {
+        return Ok(());
+    }
+    apt_install(&["bpftrace"], "the peer of the BPF cost benchmark")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pinned_nightly_is_one_dated_toolchain_name() {
+        assert!(
+            NIGHTLY.starts_with("nightly-20") && NIGHTLY.len() == "nightly-2026-05-01".len(),
+            "sampler-ebpf/nightly-toolchain holds {NIGHTLY:?}"
+        );
+        assert!(!NIGHTLY.contains(char::is_whitespace));
+        assert_eq!(trim_line("a\n"), "a");
+        assert_eq!(trim_line("a"), "a");
+    }
 }

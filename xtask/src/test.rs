@@ -14,7 +14,8 @@ use crate::{
     Arch, bench, cargo, fuzz,
     guest::{self, GuestBinaries},
     setup::{
-        ensure_go, ensure_perf, ensure_prometheus, ensure_target, ensure_tmux, is_root, setup,
+        ensure_go, ensure_perf, ensure_prometheus, ensure_target, ensure_tmux, is_root,
+        plus_nightly, setup,
     },
     soak, status, vm, workspace_root,
 };
@@ -47,7 +48,7 @@ pub fn test(no_vm: bool) -> Result<()> {
     // The BPF crate, linted for the only target it is built for (on the host, feature
     // unification would link std into it through sampler-common's `user` feature).
     status(&mut cargo([
-        "+nightly",
+        plus_nightly().as_str(),
         "clippy",
         "--package",
         "sampler-ebpf",
