@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::{
     display, output,
-    setup::{ensure_perf, ensure_tmux, is_root},
+    setup::{ensure_bpftrace, ensure_perf, ensure_tmux, is_root},
     vm,
 };
 
@@ -211,6 +211,23 @@ impl Running {
             err,
             what,
         })
+    }
+
+    /// Whether the process has exited (it is not reaped: `finish` still can).
+    fn exited(&self) -> bool {
+        // SAFETY: an all-zero siginfo is valid to be overwritten.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child with WNOWAIT leaves it to be reaped later.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is set by waitid for a child that changed state.
+        r == 0 && unsafe { info.si_pid() } != 0
     }
 
     fn signal(&self, sig: i32) {
@@ -500,6 +517,95 @@ struct Bench {
     figures: Vec<Figure>,
 }
 
+/// `kernel.bpf_stats_enabled` on while alive, then back to what it was: the kernel's
+/// run-time statistics of every BPF program (bpftrace's too; sampler's own runs use
+/// `--bpf-stats`, which holds a reference of its own).
+struct BpfStatsOn(String);
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsOn {
+    fn new() -> Result<Self> {
+        let before = fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("turning on {BPF_STATS_SYSCTL} (needs root)"))?;
+        Ok(Self(before))
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS_SYSCTL, self.0.trim());
+    }
+}
+
+/// The run time (ns) and runs of the `perf_event` programs (`BPF_PROG_TYPE_PERF_EVENT`,
+/// 7) that process `pid` holds open, summed, from `/proc/PID/fdinfo`.
+fn perf_event_prog_stats(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return total;
+    };
+    for fd in fds.flatten() {
+        if fs::read_link(fd.path())
+            .ok()
+            .and_then(|l| l.to_str().map(str::to_owned))
+            != Some("anon_inode:bpf-prog".to_owned())
+        {
+            continue;
+        }
+        let Ok(info) = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        )) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if field("prog_type:") == Some(7) {
+            total.0 += field("run_time_ns:").unwrap_or(0);
+            total.1 += field("run_cnt:").unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// What bpftrace's program of `script` costs per run with every CPU busy, over `secs`
+/// once it runs, from the kernel's BPF statistics of the programs it holds.
+fn bpftrace_cost(script: &str, secs: f64, cpus: usize) -> Result<f64> {
+    let _load = Load::start(cpus);
+    let _stats = BpfStatsOn::new()?;
+    let running = Running::spawn(Command::new("bpftrace").args(["-e", script]))?;
+    let pid = running.child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut start = perf_event_prog_stats(pid);
+    while start.1 == 0 {
+        if Instant::now() > deadline || running.exited() {
+            running.signal(libc::SIGINT);
+            let m = running.finish()?;
+            bail!(
+                "`bpftrace -e '{script}'` ran no perf_event program within 60 s:\n{}",
+                m.stderr.trim_end()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+        start = perf_event_prog_stats(pid);
+    }
+    thread::sleep(Duration::from_secs_f64(secs));
+    let end = perf_event_prog_stats(pid);
+    running.signal(libc::SIGINT);
+    running.finish()?;
+    let (time, runs) = (end.0.saturating_sub(start.0), end.1.saturating_sub(start.1));
+    if runs == 0 || time == 0 {
+        bail!("`bpftrace -e '{script}'`: its program did not run while measured");
+    }
+    Ok(time as f64 / runs as f64)
+}
+
 fn json(text: &str) -> Result<Value> {
     serde_json::from_str(text.trim()).with_context(|| format!("not JSON: {text:.200}"))
 }
@@ -662,17 +768,20 @@ impl Bench {
         Ok(())
     }
 
-    /// The BPF program's cost per sample from the kernel's BPF statistics, without
-    /// and with counting members whose deltas are attributed per task, and with the
-    /// sampled function and the call stacks recorded (against task attribution alone,
-    /// measured in the same repetition).
+    /// The BPF program's cost per sample from the kernel's BPF statistics: the floor
+    /// (a bench-only program that bumps one per-CPU counter, attached to the same
+    /// events by `sampler stat --bench-floor`), sampler without and with counting
+    /// members whose deltas are attributed per task, with the sampled function and
+    /// with the call stacks, and bpftrace's one-liners that users would type instead,
+    /// all measured in the same repetition.
     fn bpf_cost(&mut self, hz: u64) -> Result<()> {
         let members = if self.machine.hardware() {
             "{cycles,instructions,cache-misses}"
         } else {
             "{cpu-clock,cpu-clock,context-switches}"
         };
-        let s = format!("{}", self.plan.secs.min(3.0));
+        let secs = self.plan.secs.min(3.0);
+        let s = format!("{secs}");
         let cost = |b: &Self, extra: &[&str]| -> Result<f64> {
             let _load = Load::start(b.machine.cpus);
             let mut cmd = b.sampler_cmd();
@@ -689,41 +798,105 @@ impl Bench {
             let doc = json(&run_measured(&mut cmd)?.stdout)?;
             Ok(doc["bpf"]["ns_per_sample"].as_f64().unwrap_or(f64::NAN))
         };
+        let bpftrace = |key: &str| format!("profile:hz:{hz} {{ @[{key}] = count(); }}");
         let group = "BPF program cost per sample (kernel BPF statistics)";
-        let note = format!(
-            "{} events; target ≤ 150 ns on this machine's software events",
-            self.machine.source
+        let source = format!("{} events", self.machine.source);
+        let case = |what: &str| format!("{what}, {hz} Hz, all CPUs busy");
+        let (floor_goal, located_goal) = if hz >= 10_000 {
+            ("goal ≤ 1.5×", "goal ≤ 3×")
+        } else {
+            ("goal ≤ 2×", "goal ≤ 3×")
+        };
+        let over_floor = |what: &str, goal: &str| {
+            let mut f = Figure::new(group, case(what), "ns")
+                .peer("the floor (same repetition)", "sampler / floor")
+                .note(format!("{source}; {goal}"));
+            f.inverted = true;
+            f
+        };
+        let mut floor = Figure::new(group, case("the floor: one per-CPU counter bumped"), "ns")
+            .note(format!(
+                "{source}; bench-only program on sampler's events (`stat --bench-floor`)"
+            ));
+        floor.subject = "floor program".to_owned();
+        let task_what = "task + cgroup + CPU attribution";
+        let mut task = over_floor(task_what, floor_goal);
+        let peer_key = |key: &str, goal: &str| {
+            Figure::new(group, case(task_what), "ns")
+                .peer(
+                    format!("bpftrace `@[{key}] = count()`"),
+                    "bpftrace / sampler",
+                )
+                .note(goal.to_owned())
+        };
+        let mut vs_cpu = peer_key("cpu", "goal > 1 (cheaper than counting per CPU)");
+        let mut vs_pid = peer_key("pid", "");
+        let mut vs_task = peer_key("pid, tid, cgroup, comm", "the same keys as sampler's");
+        let mut member = over_floor(
+            "the same + 2 member deltas",
+            "goal: each member read costs one bpf_perf_event_read_value",
         );
-        let mut task = Figure::new(
-            group,
-            format!("task + cgroup + CPU attribution, {hz} Hz, all CPUs busy"),
-            "ns",
-        )
-        .note(note.clone());
-        let mut member = Figure::new(
-            group,
-            format!("the same + 2 member deltas, {hz} Hz, all CPUs busy"),
-            "ns",
-        )
-        .note(note);
         let located = |what: &str| {
-            let mut f = Figure::new(group, format!("{what}, {hz} Hz, all CPUs busy"), "ns")
+            let mut f = Figure::new(group, case(what), "ns")
                 .peer("task attribution alone (same repetition)", "with / without");
             f.inverted = true;
             f
         };
-        let mut function = located("the same + the sampled function (--functions)");
-        let mut stacks = located("the same + kernel and user stacks (-g)");
+        let functions_what = "the same + the sampled function (--functions)";
+        let stacks_what = "the same + kernel and user stacks (-g)";
+        let mut function = located(functions_what);
+        let mut function_floor = over_floor(functions_what, located_goal);
+        let mut stacks = located(stacks_what);
+        let mut stacks_peer = Figure::new(group, case(stacks_what), "ns")
+            .peer(
+                "bpftrace `@[kstack, ustack, pid] = count()`",
+                "bpftrace / sampler",
+            )
+            .note("goal ≥ 2");
         for _ in 0..self.plan.reps {
+            let base = cost(self, &["--bench-floor"])?;
+            floor.ours.push(base);
             let alone = cost(self, &[])?;
             task.ours.push(alone);
+            task.peer.push(base);
+            for (fig, key) in [
+                (&mut vs_cpu, "cpu"),
+                (&mut vs_pid, "pid"),
+                (&mut vs_task, "pid, tid, cgroup, comm"),
+            ] {
+                fig.ours.push(alone);
+                fig.peer
+                    .push(bpftrace_cost(&bpftrace(key), secs, self.machine.cpus)?);
+            }
             member.ours.push(cost(self, &["-e", members])?);
-            function.ours.push(cost(self, &["--functions"])?);
+            member.peer.push(base);
+            let with_function = cost(self, &["--functions"])?;
+            function.ours.push(with_function);
             function.peer.push(alone);
-            stacks.ours.push(cost(self, &["-g"])?);
+            function_floor.ours.push(with_function);
+            function_floor.peer.push(base);
+            let with_stacks = cost(self, &["-g"])?;
+            stacks.ours.push(with_stacks);
             stacks.peer.push(alone);
+            stacks_peer.ours.push(with_stacks);
+            stacks_peer.peer.push(bpftrace_cost(
+                &bpftrace("kstack, ustack, pid"),
+                secs,
+                self.machine.cpus,
+            )?);
         }
-        self.figures.extend([task, member, function, stacks]);
+        self.figures.extend([
+            floor,
+            task,
+            vs_cpu,
+            vs_pid,
+            vs_task,
+            member,
+            function,
+            function_floor,
+            stacks,
+            stacks_peer,
+        ]);
         Ok(())
     }
 
@@ -1262,6 +1435,7 @@ pub fn run(
         );
     }
     ensure_perf()?;
+    ensure_bpftrace()?;
     let started = Instant::now();
     let tmp = std::env::temp_dir().join(format!("sampler-bench-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;

@@ -126,6 +126,7 @@ impl SamplingArgs {
             locations: Locations::Off,
             max_locations: Locations::Off,
             inlined: false,
+            bench_floor: false,
         }
     }
 }

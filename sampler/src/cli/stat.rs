@@ -23,6 +23,11 @@ pub struct StatArgs {
     /// Show only the N busiest tasks [default: 20 in the table, all in JSON].
     #[arg(long, value_name = "N")]
     pub top: Option<usize>,
+    /// For `cargo xtask bench`: attach the floor program (one per-CPU counter bumped
+    /// per sample) instead of sampler's and, with --bpf-stats, report its cost per
+    /// sample; no task is attributed.
+    #[arg(long, hide = true, requires = "bpf_stats", conflicts_with_all = ["functions", "call_graph"])]
+    pub bench_floor: bool,
 }
 
 pub async fn stat(args: StatArgs) -> Result<(), Error> {
@@ -31,6 +36,7 @@ pub async fn stat(args: StatArgs) -> Result<(), Error> {
     options.locations = args.locations.locations();
     options.max_locations = options.locations;
     options.inlined = args.locations.inlined;
+    options.bench_floor = args.bench_floor;
     let mut sampling = Sampling::start(&options)?;
     let snapshot = sampling.run_for(duration).await?;
     let text = if args.json {

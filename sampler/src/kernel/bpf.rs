@@ -23,6 +23,13 @@ use crate::kernel::Error;
 /// The BPF object built by `build.rs` from `sampler-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-ebpf"));
 
+/// The floor program's object (`sampler-ebpf/src/floor.rs`): loaded only for
+/// `--bench-floor`, which `cargo xtask bench` measures sampler's program against.
+static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-floor"));
+const FLOOR_PROGRAM_NAME: &str = "on_sample_floor";
+const FLOOR_MAP: &str = "FLOOR";
+
 /// The kernel's `finish_task_switch` in `/proc/kallsyms` text: its own name, or a
 /// compiler's clone of it (`finish_task_switch.isra.0`).
 pub fn switch_end_symbol(kallsyms: &str) -> Option<&str> {
@@ -111,6 +118,8 @@ pub struct Bpf {
     /// load time).
     locations: Locations,
     max_locations: Locations,
+    /// With [`Bpf::use_floor`]: the floor program, attached instead of `on_sample`.
+    floor: Option<Ebpf>,
 }
 
 /// The location map's entries and its per-CPU counters.
@@ -252,7 +261,45 @@ impl Bpf {
             btf_notice,
             locations: Locations::Off,
             max_locations,
+            floor: None,
         })
+    }
+
+    /// For benchmarks only: loads the floor program (one per-CPU counter bumped per
+    /// sample), which [`Bpf::with_fds`] then hands out instead of `on_sample` and whose
+    /// statistics [`Bpf::run_stats`] reports. The maps stay sampler's (nothing is
+    /// attributed to tasks then).
+    pub fn use_floor(&mut self) -> Result<(), Error> {
+        let mut floor = EbpfLoader::new()
+            .load(FLOOR_OBJECT)
+            .map_err(|e| Error::BpfLoad(format!("the floor object: {e}")))?;
+        let program: &mut PerfEvent = floor
+            .program_mut(FLOOR_PROGRAM_NAME)
+            .ok_or_else(|| Error::BpfLoad(format!("program {FLOOR_PROGRAM_NAME} missing")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        program.load().map_err(program_load_error)?;
+        self.floor = Some(floor);
+        Ok(())
+    }
+
+    /// The floor program's samples, summed over the CPUs (`None` without it).
+    pub fn floor_samples(&self) -> Option<u64> {
+        let map = self.floor.as_ref()?.map(FLOOR_MAP)?;
+        let array = PerCpuArray::<_, u64>::try_from(map).ok()?;
+        Some(array.get(&0, 0).ok()?.iter().sum())
+    }
+
+    /// The `perf_event` program samples are attached to: `on_sample`, or the floor.
+    fn sample_program(&self) -> Result<&PerfEvent, Error> {
+        let (ebpf, name) = match &self.floor {
+            Some(floor) => (floor, FLOOR_PROGRAM_NAME),
+            None => (&self.ebpf, PROGRAM_NAME),
+        };
+        ebpf.program(name)
+            .ok_or_else(|| Error::BpfLoad(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))
     }
 
     /// What the program records of the samples' locations from now on; at most what
@@ -365,12 +412,7 @@ impl Bpf {
         &self,
         f: impl FnOnce(BorrowedFd<'_>, [BorrowedFd<'_>; MAX_MEMBERS + 1]) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let program: &PerfEvent = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .ok_or_else(|| Error::BpfLoad(format!("program {PROGRAM_NAME} missing")))?
-            .try_into()
-            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        let program = self.sample_program()?;
         let fd = program
             .fd()
             .map_err(|e| Error::BpfLoad(format!("program {PROGRAM_NAME} has no fd: {e}")))?;
@@ -393,7 +435,7 @@ impl Bpf {
     /// only grow while statistics are on ([`enable_run_stats`] or the
     /// `kernel.bpf_stats_enabled` sysctl).
     pub fn run_stats(&self) -> Option<RunStats> {
-        let program: &PerfEvent = self.ebpf.program(PROGRAM_NAME)?.try_into().ok()?;
+        let program = self.sample_program().ok()?;
         let info = program.info().ok()?;
         Some(RunStats {
             run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),

@@ -66,6 +66,8 @@ pub struct Options {
     pub max_locations: Locations,
     /// Name inlined functions (from DWARF) instead of the functions they are in.
     pub inlined: bool,
+    /// Attach the benchmarks' floor program instead of sampler's ([`Bpf::use_floor`]).
+    pub bench_floor: bool,
 }
 
 impl Options {
@@ -207,8 +209,19 @@ impl Sampling {
         }
         let mut bpf = bpf;
         bpf.set_locations(args.locations)?;
-        bpf.with_fds(|prog, maps| session.attach(prog, maps))?;
-        bpf.attach_switch()?;
+        if args.bench_floor {
+            // The floor alone: no switch program either, so the run's BPF cost is
+            // the floor's.
+            eprintln!(
+                "sampler: --bench-floor: the benchmarks' floor program runs instead of \
+                 sampler's; no task is attributed"
+            );
+            bpf.use_floor()?;
+            bpf.with_fds(|prog, maps| session.attach(prog, maps))?;
+        } else {
+            bpf.with_fds(|prog, maps| session.attach(prog, maps))?;
+            bpf.attach_switch()?;
+        }
         session.enable()?;
         let info = RunInfo {
             cpus: session
