@@ -772,10 +772,12 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     // counters show 2-13e9 cycles in one second of a 1 GHz virtual CPU (measured); at
     // 10 Hz a row is hit now and then. Without the race, QEMU's cycles are its virtual
     // nanoseconds (1 GHz), so on each side (BPF's attribution, the reader's read()) a
-    // thread's cycles equal its task clock: a side where they differ by more than 1 %
-    // was hit. Such a CPU is reported and left out; every other CPU's cycles and task
-    // clock must agree across BPF, read() and the page within 1 %. Up to three runs,
-    // until every CPU has had a run the race left alone.
+    // thread's cycles equal its task clock (within 0.3 %, measured): a side where they
+    // differ by more than 0.5 % was hit. (At 1 %, a small hit on one side passed as
+    // clean and put that CPU's BPF and read() 1.04 % apart.) Such a CPU is reported
+    // and left out; every other CPU's cycles and task clock must agree across BPF,
+    // read() and the page within 1 %. Up to three runs, until every CPU has had a run
+    // the race left alone.
     let mut valid = std::collections::BTreeSet::new();
     for _ in 0..3 {
         let doc = check_doc(&["-e", "{cycles,task-clock}", "-c", "100000000", "-d", "2"]);
@@ -795,7 +797,7 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
                     cycles[side].as_f64().unwrap(),
                     clock[side].as_f64().unwrap(),
                 );
-                (c - t).abs() > 0.01 * t
+                (c - t).abs() > 0.005 * t
             });
             if let Some(side) = hit {
                 eprintln!("QEMU's PMU race hit CPU {cpu} ({side}): {cycles} {clock}");
