@@ -184,25 +184,31 @@ impl UserPage {
         Ok(Self { page, len })
     }
 
+    /// The page's fields, each read once (volatile); consistent only inside a seqlock
+    /// pass.
+    fn fields(&self) -> PageFields {
+        PageFields {
+            index: field!(self, index),
+            offset: field!(self, offset),
+            time_enabled: field!(self, time_enabled),
+            time_running: field!(self, time_running),
+            capabilities: field!(self, capabilities),
+            pmc_width: field!(self, pmc_width),
+            time_shift: field!(self, time_shift),
+            time_mult: field!(self, time_mult),
+            time_offset: field!(self, time_offset),
+            time_cycles: field!(self, time_cycles),
+            time_mask: field!(self, time_mask),
+        }
+    }
+
     /// The fields of one consistent seqlock pass, and the counter and timestamp read
     /// inside it (only where allowed). `None` after too many torn passes.
     pub fn snapshot(&self) -> Option<(PageFields, u64, u64)> {
         for _ in 0..1000 {
             let seq = field!(self, lock);
             compiler_fence(Ordering::SeqCst);
-            let f = PageFields {
-                index: field!(self, index),
-                offset: field!(self, offset),
-                time_enabled: field!(self, time_enabled),
-                time_running: field!(self, time_running),
-                capabilities: field!(self, capabilities),
-                pmc_width: field!(self, pmc_width),
-                time_shift: field!(self, time_shift),
-                time_mult: field!(self, time_mult),
-                time_offset: field!(self, time_offset),
-                time_cycles: field!(self, time_cycles),
-                time_mask: field!(self, time_mask),
-            };
+            let f = self.fields();
             let (counter, timestamp) = if f.readable() {
                 // SAFETY: the page allows user counter reads for this event on this
                 // thread right now (index != 0, cap_user_rdpmc), so the instruction
@@ -234,19 +240,7 @@ impl UserPage {
         for _ in 0..1000 {
             let seq = field!(self, lock);
             compiler_fence(Ordering::SeqCst);
-            let f = PageFields {
-                index: field!(self, index),
-                offset: field!(self, offset),
-                time_enabled: field!(self, time_enabled),
-                time_running: field!(self, time_running),
-                capabilities: field!(self, capabilities),
-                pmc_width: field!(self, pmc_width),
-                time_shift: field!(self, time_shift),
-                time_mult: field!(self, time_mult),
-                time_offset: field!(self, time_offset),
-                time_cycles: field!(self, time_cycles),
-                time_mask: field!(self, time_mask),
-            };
+            let f = self.fields();
             let read = if f.readable() {
                 let cpu = rseq.cpu_id();
                 // SAFETY: `rseq` is this thread's registered area (not Send) and the

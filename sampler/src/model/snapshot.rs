@@ -10,7 +10,7 @@ use crate::{
     events::plan::{Encoding, Rate},
     kernel::bpf::{MapContents, RunStats},
     kernel::counter,
-    kernel::session::{EventCount, Source},
+    kernel::session::{EventCount, OpenEvent, Source},
     model::locations::{FunctionRow, LocationStats, Site, StackRow},
 };
 
@@ -34,6 +34,31 @@ pub struct RunInfo {
     /// The sampling group's counting members, in the order the BPF program counts
     /// them (at most `MAX_MEMBERS` are attributed per task).
     pub members: Vec<String>,
+}
+
+impl RunInfo {
+    /// The run of an opened session: its sampling leaders (`Session::leaders`), the
+    /// rate and the sampling group's counting members.
+    pub fn of<'a>(
+        leaders: impl Iterator<Item = &'a OpenEvent>,
+        rate: Rate,
+        members: Vec<String>,
+    ) -> Self {
+        Self {
+            cpus: leaders
+                .map(|e| CpuRun {
+                    cpu: e.cpu,
+                    event: e.event.clone(),
+                    pmu: e.pmu.clone(),
+                    encoding: e.encoding,
+                    hardware: e.hardware,
+                    fell_back: e.fallback_reason.is_some(),
+                })
+                .collect(),
+            rate,
+            members,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

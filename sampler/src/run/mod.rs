@@ -29,7 +29,7 @@ use crate::{
     },
     model::{
         functions,
-        snapshot::{self, CpuRun, RunInfo, Snapshot, delta, delta_counts},
+        snapshot::{self, RunInfo, Snapshot, delta, delta_counts},
     },
     symbolize::Symbols,
     sys::{self, RealSys},
@@ -223,21 +223,11 @@ impl Sampling {
             bpf.attach_switch()?;
         }
         session.enable()?;
-        let info = RunInfo {
-            cpus: session
-                .leaders()
-                .map(|e| CpuRun {
-                    cpu: e.cpu,
-                    event: e.event.clone(),
-                    pmu: e.pmu.clone(),
-                    encoding: e.encoding,
-                    hardware: e.hardware,
-                    fell_back: e.fallback_reason.is_some(),
-                })
-                .collect(),
+        let info = RunInfo::of(
+            session.leaders(),
             rate,
-            members: sp.members.into_iter().take(MAX_MEMBERS).collect(),
-        };
+            sp.members.into_iter().take(MAX_MEMBERS).collect(),
+        );
         Ok(Self {
             session,
             bpf,
