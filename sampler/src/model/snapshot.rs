@@ -235,7 +235,17 @@ impl Snapshot {
         run: &RunInfo,
         duration_s: f64,
     ) -> Self {
-        let selected = |cpu: u32| run.cpus.iter().any(|c| c.cpu == cpu);
+        // A lookup table, not a search of the run's CPUs for each of the (up to
+        // hundreds of thousands of) entries.
+        let mut is_selected = Vec::new();
+        for c in &run.cpus {
+            let i = c.cpu as usize;
+            if is_selected.len() <= i {
+                is_selected.resize(i + 1, false);
+            }
+            is_selected[i] = true;
+        }
+        let selected = |cpu: u32| is_selected.get(cpu as usize).copied().unwrap_or(false);
 
         // One row per (tgid, process start, tid, cpu): a task that moved between
         // cgroups is summed, under the cgroup where it had most samples.
