@@ -1478,12 +1478,20 @@ pub fn run(
     }
     eprintln!("xtask: bench: counter read latency");
     b.read_latency(guest_sampler.as_deref())?;
+    eprintln!("xtask: bench: the user-space half at scale (simulated)");
+    let plots = if o.quick {
+        root.join("target/bench-plots")
+    } else {
+        root.join("xtask/plots")
+    };
+    let scale = crate::scale::section(o.quick, &plots)?;
     let command = if o.quick {
         "cargo xtask bench --quick"
     } else {
         "cargo xtask bench"
     };
     let mut md = b.markdown(command);
+    md.push_str(&scale);
     let _ = writeln!(
         md,
         "\nTotal benchmark time: {:.0} s. Machines are noisy: compare ratios measured in \

@@ -25,6 +25,7 @@ mod bench;
 mod dts;
 mod fuzz;
 mod guest;
+mod scale;
 mod setup;
 mod soak;
 mod test;
