@@ -771,15 +771,19 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     // 10.0 alike, target/arm/helper-a64.c). At 100 Hz and more, most readers' own
     // counters show 2-13e9 cycles in one second of a 1 GHz virtual CPU (measured); at
     // 10 Hz a row is hit now and then. Without the race, QEMU's cycles are its virtual
-    // nanoseconds (1 GHz), so on each side (BPF's attribution, the reader's read()) a
-    // thread's cycles equal its task clock (within 0.3 %, measured): a side where they
-    // differ by more than 0.5 % was hit. (At 1 %, a small hit on one side passed as
-    // clean and put that CPU's BPF and read() 1.04 % apart.) Such a CPU is reported
-    // and left out; every other CPU's cycles and task clock must agree across BPF,
-    // read() and the page within 1 %. Up to three runs, until every CPU has had a run
-    // the race left alone.
+    // nanoseconds (1 GHz), and the race only ever adds to a counter. The reader's
+    // task clock, a member of the same sampling group, is the witness: software, it is
+    // never hit, so its rows must pass within 1 % on every CPU in every run, and how
+    // far BPF's side and read()'s side stand apart for the clock is how far they may
+    // stand apart for cycles. On a side the race hit, cycles / task clock moves away
+    // from the other side's: apart by more than 0.4 % (clean rows: 0.3 % at most,
+    // measured under CI load; cycles themselves lag the clock by 0.1-1 % there, so
+    // comparing cycles with the clock on one side alone flags clean rows), the CPU's
+    // cycles row is reported and left out. Every other CPU's cycles must agree across
+    // BPF, read() and the page within 1 %. Up to four runs, until every CPU has had a
+    // run the race left alone.
     let mut valid = std::collections::BTreeSet::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let doc = check_doc(&["-e", "{cycles,task-clock}", "-c", "100000000", "-d", "2"]);
         let checks = doc["checks"].as_array().unwrap();
         assert_eq!(checks.len(), 8, "{doc}");
@@ -792,20 +796,16 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
             };
             let (cycles, clock) = (row("cycles"), row("task-clock"));
             assert!(clock["read"].as_f64().unwrap() > 1e9, "{clock}");
-            let hit = ["bpf", "read"].into_iter().find(|side| {
-                let (c, t) = (
-                    cycles[side].as_f64().unwrap(),
-                    clock[side].as_f64().unwrap(),
-                );
-                (c - t).abs() > 0.005 * t
-            });
-            if let Some(side) = hit {
-                eprintln!("QEMU's PMU race hit CPU {cpu} ({side}): {cycles} {clock}");
+            assert!(clock["rel_diff"].as_f64().unwrap() <= 0.01, "{clock}");
+            let ratio = |side: &str| cycles[side].as_f64().unwrap() / clock[side].as_f64().unwrap();
+            if (ratio("bpf") - ratio("read")).abs() > 0.004 {
+                eprintln!("QEMU's PMU race hit CPU {cpu}: {cycles} {clock}");
                 continue;
             }
-            for c in [cycles, clock] {
-                assert!(c["rel_diff"].as_f64().unwrap() <= 0.01, "{c}");
-            }
+            assert!(
+                cycles["rel_diff"].as_f64().unwrap() <= 0.01,
+                "{cycles} {clock}"
+            );
             valid.insert(cpu);
         }
         if valid.len() == 4 {
