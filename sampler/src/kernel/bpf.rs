@@ -28,7 +28,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sa
 static FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-floor"));
 const FLOOR_PROGRAM_NAME: &str = "on_sample_floor";
-const FLOOR_MAP: &str = "FLOOR";
 
 /// The kernel's `finish_task_switch` in `/proc/kallsyms` text: its own name, or a
 /// compiler's clone of it (`finish_task_switch.isra.0`).
@@ -281,13 +280,6 @@ impl Bpf {
         program.load().map_err(program_load_error)?;
         self.floor = Some(floor);
         Ok(())
-    }
-
-    /// The floor program's samples, summed over the CPUs (`None` without it).
-    pub fn floor_samples(&self) -> Option<u64> {
-        let map = self.floor.as_ref()?.map(FLOOR_MAP)?;
-        let array = PerCpuArray::<_, u64>::try_from(map).ok()?;
-        Some(array.get(&0, 0).ok()?.iter().sum())
     }
 
     /// The `perf_event` program samples are attached to: `on_sample`, or the floor.

@@ -118,11 +118,6 @@ impl Rseq {
         // as `self`; the kernel updates the field, hence the volatile read.
         unsafe { ptr::read_volatile(&raw const (*self.area.as_ptr()).cpu_id) }
     }
-
-    /// Whether the area is sampler's own registration (else the C library's).
-    pub fn is_own(&self) -> bool {
-        self.owned.is_some()
-    }
 }
 
 impl Drop for Rseq {
