@@ -549,6 +549,41 @@ fn top_intervals_hold_per_interval_member_counts_and_bpf_cost() -> TestResult {
     Ok(())
 }
 
+/// A task that keeps its CPU adds its samples to the CPU's pending counts, which
+/// move to the task map only when it leaves: every live refresh must still show
+/// them, once. The busy loop's share of each interval's samples on its CPU stays
+/// near all of them (not 0 until a switch, not twice when a move meets a read), and
+/// the intervals add up to the CPU's samples.
+fn pending_counts_show_in_every_refresh_once() -> TestResult {
+    let _serial = require_root_and_cpu1()?;
+    let busy = Busy::pinned_to(1);
+    let out = sampler(&["top", "-i", "0.3", "-n", "6", "-C", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let doc: Value = serde_json::from_str(line).expect("one JSON document a line");
+        let cpu_samples = doc["samples"].as_f64().unwrap();
+        let rows: Vec<&Value> = doc["tasks"].as_array().unwrap().iter().collect();
+        let all: f64 = rows.iter().map(|t| t["samples"].as_f64().unwrap()).sum();
+        let busy_samples: f64 = rows
+            .iter()
+            .filter(|t| t["tgid"] == busy.pid())
+            .map(|t| t["samples"].as_f64().unwrap())
+            .sum();
+        assert!(
+            cpu_samples >= 150.0,
+            "{cpu_samples} samples on CPU 1 in 0.3 s at 999 Hz"
+        );
+        // Rows never add up to more than the CPU's samples (nothing twice) ...
+        assert!(all <= cpu_samples, "rows {all} > CPU {cpu_samples}: {doc}");
+        // ... and the busy loop, which hardly leaves its CPU, has nearly all.
+        assert!(
+            busy_samples >= 0.8 * cpu_samples,
+            "busy loop {busy_samples} of {cpu_samples} samples in one refresh: {doc}"
+        );
+    }
+    Ok(())
+}
+
 fn stat_with_bpf_stats_counts_one_run_per_sample() -> TestResult {
     let _serial = require_root()?;
     let out = sampler(&["stat", "-d", "0.5", "--bpf-stats", "--json"]);
@@ -717,5 +752,6 @@ crate::test_main!(
     check_agrees_three_ways_and_explains_the_read_fallback,
     top_intervals_hold_per_interval_member_counts_and_bpf_cost,
     stat_with_bpf_stats_counts_one_run_per_sample,
+    pending_counts_show_in_every_refresh_once,
     reused_pid_does_not_mix_two_processes,
 );

@@ -35,6 +35,40 @@ pub const NR_MEMBERS_GLOBAL: &str = "NR_MEMBERS";
 /// and then [`TaskKey::start`] is 0.
 pub const LEADER_OFFSET_GLOBAL: &str = "LEADER_OFFSET";
 pub const START_OFFSET_GLOBAL: &str = "START_OFFSET";
+/// Names of the globals holding the byte offsets of `bpf_perf_event_data_kern.event`
+/// and `perf_event.count` (from the kernel's BTF, set by the loader); 0 when unknown,
+/// and then the program reads the leader's count through a helper.
+pub const CTX_EVENT_OFFSET_GLOBAL: &str = "CTX_EVENT_OFFSET";
+pub const EVENT_COUNT_OFFSET_GLOBAL: &str = "EVENT_COUNT_OFFSET";
+
+/// Name of the global that takes pieces out of the sample program, for the
+/// benchmarks' breakdown only (`sampler stat --bench-skip`): a mask of `SKIP_*` bits,
+/// 0 in every real run. It is read-only data, so the verifier prunes what a run skips.
+pub const BENCH_SKIP_GLOBAL: &str = "BENCH_SKIP";
+/// Skip the leader's counter read (`bpf_perf_prog_read_value`).
+pub const SKIP_LEADER_READ: u32 = 1 << 0;
+/// Skip the members' counter reads (`bpf_perf_event_read_value` each).
+pub const SKIP_MEMBER_READS: u32 = 1 << 1;
+/// Skip the pid and tid helper (`bpf_get_current_pid_tgid`).
+pub const SKIP_PID: u32 = 1 << 2;
+/// Skip the cgroup helper (`bpf_get_current_cgroup_id`).
+pub const SKIP_CGROUP: u32 = 1 << 3;
+/// Skip the process start time (the task pointer and two kernel reads).
+pub const SKIP_START: u32 = 1 << 4;
+/// Skip the task attribution (the pending counts, and through them the task map).
+pub const SKIP_TASK_MAP: u32 = 1 << 5;
+/// Skip the location mode's lookup (and so the location half).
+pub const SKIP_LOC_MODE: u32 = 1 << 6;
+/// The names `--bench-skip` takes, with their bits.
+pub const SKIP_NAMES: [(&str, u32); 7] = [
+    ("leader-read", SKIP_LEADER_READ),
+    ("member-reads", SKIP_MEMBER_READS),
+    ("pid", SKIP_PID),
+    ("cgroup", SKIP_CGROUP),
+    ("start", SKIP_START),
+    ("task-map", SKIP_TASK_MAP),
+    ("loc-mode", SKIP_LOC_MODE),
+];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
 /// where in the code each sample landed, filled only when locations are asked for.
@@ -187,6 +221,39 @@ pub struct CpuStats {
     pub switch_dropped: u64,
 }
 
+/// What the samples of the task now running on one CPU added since it was switched
+/// in (one entry of the `PERCPU_ARRAY` [`PENDING_MAP`]): the sample program's fast
+/// path adds here, with no hash lookup and no helper for the task's identity; the
+/// switch program moves it into [`TASKS_MAP`] when the task leaves the CPU (as the
+/// sample program does when the task's key changed while it ran). User space adds it to the
+/// task map's entry when `seq` is even and the same before and after its read of the
+/// task map: no move ran meanwhile, so the task map holds none of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub key: TaskKey,
+    /// The counts so far, and the task's name (at the first sample, and every
+    /// [`COMM_REFRESH`] samples).
+    pub value: TaskValue,
+    /// The kernel's address of the task (`struct task_struct`) the last context
+    /// switch on this CPU switched to (0 before the first): only its samples start
+    /// pending counts.
+    pub task: u64,
+    /// Bumped before and after each move into the task map (odd while moving).
+    pub seq: u64,
+    /// 1 while `key` and `value` hold samples not yet moved.
+    pub valid: u64,
+}
+
+/// How often (in samples of one task on one CPU) the sample program fetches the
+/// task's name and identity again: a process that calls exec() gets its new name, a
+/// task moved to another cgroup (or an exec() by a thread, which takes the leader's
+/// tid) its new key, within this many samples, even when it never leaves the CPU.
+pub const COMM_REFRESH: u64 = 64;
+
+/// Name of the per-CPU array of one [`Pending`].
+pub const PENDING_MAP: &str = "PENDING";
+
 /// The counter values at the previous sample on one CPU: the sampling leader's and
 /// each member's.
 #[repr(C)]
@@ -194,6 +261,11 @@ pub struct CpuStats {
 pub struct LastValues {
     pub leader: u64,
     pub members: [u64; MAX_MEMBERS],
+    /// The kernel's address of this CPU's sampling leader (`struct perf_event`), as
+    /// the last sample read it from its context; 0 after every context switch, so
+    /// that an event reopened after CPU hotplug (the CPU switches on its way down
+    /// and up) is never read at its old address.
+    pub event: u64,
 }
 
 impl TaskValue {
@@ -210,8 +282,9 @@ impl TaskValue {
 
 const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
-const _: () = assert!(size_of::<LastValues>() == 8 * (1 + MAX_MEMBERS));
+const _: () = assert!(size_of::<LastValues>() == 8 * (2 + MAX_MEMBERS));
 const _: () = assert!(size_of::<CpuStats>() == 48);
+const _: () = assert!(size_of::<Pending>() == 120);
 const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
 const _: () = assert!(size_of::<LocStats>() == 48);
@@ -227,6 +300,8 @@ mod pod {
     unsafe impl aya::Pod for super::CpuStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LastValues {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocKey {}
     // SAFETY: as above.

@@ -16,10 +16,20 @@
 //! where the switch ends gives the switch itself to the idle row, as perf's per-task
 //! counters count it for neither task.
 //!
-//! Cost per sample is a product metric: two per-CPU array lookups, a few cheap helpers,
-//! one counter read for the leader and one per member, two kernel reads for the
-//! process's start time (which keeps a reused pid apart) and one hash lookup; the
-//! task's name is fetched when its entry is created and every 64th sample after.
+//! Cost per sample is a product metric, and the program is built around its common
+//! case: the task that the previous sample on this CPU interrupted is interrupted
+//! again. Each CPU keeps the counts of the task it runs since it was switched in
+//! (`PENDING`, a per-CPU array); a sample adds to them with no hash lookup and no
+//! helper for the task's identity, and the switch program moves them into the task
+//! map when the task leaves the CPU (user space adds what is still pending when it
+//! reads, see `Pending`). The leader's count is one kernel read at the event the
+//! last sample found in its context (cached until the next switch): the overflow has
+//! already brought it up to date. What remains per sample: a few per-CPU array
+//! lookups, that read, one `bpf_perf_event_read_value` per member, and a handful of
+//! additions. The first sample after a switch, and every 64th, also fetch the task's
+//! key (pid and tid, cgroup, two kernel reads for the process's start time, which
+//! keeps a reused pid apart) and name. `cargo xtask bench` measures each piece by
+//! taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
 //! call stacks) goes to a map of its own, and only when the loader asks for it
@@ -49,8 +59,10 @@ use aya_ebpf::{
     },
 };
 use sampler_common::{
-    COMM_LEN, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_OFF, LOCATIONS_STACKS,
-    LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK, TaskKey, TaskValue,
+    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_OFF,
+    LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK, Pending,
+    SKIP_CGROUP, SKIP_LEADER_READ, SKIP_LOC_MODE, SKIP_MEMBER_READS, SKIP_PID, SKIP_START,
+    SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -104,6 +116,11 @@ static MEMBER2: PerfEventArray<u32> = PerfEventArray::new(0);
 #[map(name = "MEMBER3")]
 static MEMBER3: PerfEventArray<u32> = PerfEventArray::new(0);
 
+/// The samples of the task running on each CPU since it was switched in, not yet in
+/// TASKS (see [`Pending`]).
+#[map(name = "PENDING")]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
 /// The leader's and the members' counter values at the previous sample, per CPU.
 #[map(name = "LAST")]
 static LAST: PerCpuArray<LastValues> = PerCpuArray::with_max_entries(1, 0);
@@ -119,8 +136,24 @@ static LEADER_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static START_OFFSET: Global<u32> = Global::new(0);
 
-/// How often (in samples of one entry) the task's name is fetched again.
-const COMM_REFRESH: u64 = 64;
+/// Byte offsets of `bpf_perf_event_data_kern.event` (the context's event) and of
+/// `perf_event.count` (from the kernel's BTF, set by the loader); 0: unknown, the
+/// leader's count is read through `bpf_perf_prog_read_value`.
+#[unsafe(no_mangle)]
+static CTX_EVENT_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static EVENT_COUNT_OFFSET: Global<u32> = Global::new(0);
+
+/// For the benchmarks' breakdown only: the `SKIP_*` pieces the sample program leaves
+/// out (0 in every real run). Read-only data, so the verifier prunes the skipped code.
+#[unsafe(no_mangle)]
+static BENCH_SKIP: Global<u32> = Global::new(0);
+
+/// Whether the benchmarks' breakdown takes `piece` out of this run.
+#[inline(always)]
+fn skip(piece: u32) -> bool {
+    BENCH_SKIP.load() & piece != 0
+}
 
 #[perf_event]
 pub fn on_sample(ctx: PerfEventContext) -> u32 {
@@ -131,51 +164,189 @@ pub fn on_sample(ctx: PerfEventContext) -> u32 {
 
 #[inline(always)]
 fn try_on_sample(ctx: &PerfEventContext) {
-    let (Some(stats), Some(last), Some(switching)) = (
+    let (Some(stats), Some(last), Some(pending), Some(switching)) = (
         CPU_STATS.get_ptr_mut(0),
         LAST.get_ptr_mut(0),
+        PENDING.get_ptr_mut(0),
         SWITCHING.get_ptr(0),
     ) else {
         return;
     };
     // SAFETY: per-CPU array slots. The only program that can be running on this CPU
-    // underneath this one is the switch program (this one interrupted it); it owns
-    // `last` while `switching` is set, so this one then leaves `last` alone.
-    let (stats, last, nested) = unsafe { (&mut *stats, &mut *last, *switching != 0) };
-    let (period, deltas) = if nested {
-        (0, [0; MAX_MEMBERS])
+    // underneath this one is a switch program (this one interrupted it); it owns
+    // `last` and `pending` while `switching` is set, so this one then leaves them
+    // alone.
+    let (stats, last, pending, nested) =
+        unsafe { (&mut *stats, &mut *last, &mut *pending, *switching != 0) };
+    if nested {
+        // The sample itself still counts, straight into the task map.
+        stats.samples += 1;
+        let key = current_key();
+        if !skip(SKIP_TASK_MAP) {
+            match charge(&key, 1, 0, &[0; MAX_MEMBERS], None) {
+                Charged::Updated => {}
+                Charged::Inserted => stats.inserted += 1,
+                Charged::Dropped => stats.dropped += 1,
+            }
+        }
+        locations(ctx, &key, 0, &[0; MAX_MEMBERS]);
+        return;
+    }
+    let period = if skip(SKIP_LEADER_READ) {
+        // SAFETY: as in leader_growth.
+        unsafe { (*ctx.ctx).sample_period }
     } else {
-        (
-            leader_growth(ctx, &mut last.leader),
-            member_deltas(&mut last.members),
-        )
+        leader_growth(ctx, last)
+    };
+    let deltas = if skip(SKIP_MEMBER_READS) {
+        [0; MAX_MEMBERS]
+    } else {
+        member_deltas(&mut last.members)
     };
     stats.samples += 1;
     stats.period_sum += period;
+    if skip(SKIP_TASK_MAP) {
+        let key = TaskKey {
+            // SAFETY: helper without arguments.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ..TaskKey::default()
+        };
+        locations(ctx, &key, period, &deltas);
+        return;
+    }
+    let key = add_sample(pending, stats, period, &deltas);
+    locations(ctx, &key, period, &deltas);
+}
+
+/// Adds a sample to this CPU's pending counts, and returns its task's key. The fast
+/// path, when the CPU's pending counts are the current task's: a few additions, no
+/// helper. Otherwise (the first sample since a switch, or every COMM_REFRESH
+/// samples to see a new name, tid or cgroup), the task's key from the helpers;
+/// another key's pending counts go to the task map first.
+///
+/// Valid pending counts are the current task's: the switch program empties them at
+/// every switch on this CPU (a task that exits leaves its CPU by a switch too), and
+/// they are only started by the task the last switch switched to (`pending.task`). A
+/// sample between a switch's tracepoint and its end (an NMI) is of the task that is
+/// leaving: it goes straight to the task map.
+#[inline(always)]
+fn add_sample(
+    pending: &mut Pending,
+    stats: &mut CpuStats,
+    period: u64,
+    deltas: &[u64; MAX_MEMBERS],
+) -> TaskKey {
+    if pending.valid != 0 && !(pending.value.samples + 1).is_multiple_of(COMM_REFRESH) {
+        add(&mut pending.value, 1, period, deltas);
+        return pending.key;
+    }
     let key = current_key();
-    match charge(&key, 1, period, &deltas) {
+    // SAFETY: helper without arguments; the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    if pending.task != 0 && pending.task != task {
+        match charge(&key, 1, period, deltas, None) {
+            Charged::Updated => {}
+            Charged::Inserted => stats.inserted += 1,
+            Charged::Dropped => stats.dropped += 1,
+        }
+        return key;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if pending.valid != 0 {
+        if pending.key == key {
+            add(&mut pending.value, 1, period, deltas);
+            pending.value.comm = comm;
+            return key;
+        }
+        flush(pending, stats, 0, &[0; MAX_MEMBERS], false);
+    }
+    pending.key = key;
+    pending.value = TaskValue {
+        samples: 1,
+        period_sum: period,
+        counts: *deltas,
+        comm,
+    };
+    pending.valid = 1;
+    key
+}
+
+/// Adds counts to a task's value.
+#[inline(always)]
+fn add(value: &mut TaskValue, samples: u64, period: u64, deltas: &[u64; MAX_MEMBERS]) {
+    value.samples += samples;
+    value.period_sum += period;
+    for (count, delta) in value.counts.iter_mut().zip(deltas) {
+        *count += *delta;
+    }
+}
+
+/// Moves this CPU's pending counts, plus `period` and `deltas` (what the counters
+/// gained since the last sample, at a switch), into the task map, and empties it;
+/// `seq` is odd meanwhile, which tells user space not to add what it read of it.
+#[inline(always)]
+fn flush(
+    pending: &mut Pending,
+    stats: &mut CpuStats,
+    period: u64,
+    deltas: &[u64; MAX_MEMBERS],
+    at_switch: bool,
+) {
+    pending.seq += 1;
+    add(&mut pending.value, 0, period, deltas);
+    let value = &pending.value;
+    match charge(
+        &pending.key,
+        value.samples,
+        value.period_sum,
+        &value.counts,
+        Some(&value.comm),
+    ) {
         Charged::Updated => {}
         Charged::Inserted => stats.inserted += 1,
-        Charged::Dropped => stats.dropped += 1,
+        Charged::Dropped => {
+            stats.dropped += pending.value.samples;
+            if at_switch {
+                stats.switch_dropped += 1;
+            }
+        }
     }
+    pending.valid = 0;
+    pending.value = TaskValue::default();
+    pending.seq += 1;
+}
 
+/// The location half, when the loader turned it on.
+#[inline(always)]
+fn locations(ctx: &PerfEventContext, key: &TaskKey, period: u64, deltas: &[u64; MAX_MEMBERS]) {
+    if skip(SKIP_LOC_MODE) {
+        return;
+    }
     let mode = LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF);
     if mode != LOCATIONS_OFF {
-        record_location(ctx, mode, &key, period, &deltas);
+        record_location(ctx, mode, key, period, deltas);
     }
 }
 
 /// The current task's key on this CPU.
 #[inline(always)]
 fn current_key() -> TaskKey {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = if skip(SKIP_PID) {
+        0
+    } else {
+        bpf_get_current_pid_tgid()
+    };
     TaskKey {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        // SAFETY: helpers without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        start: process_start(),
-        // SAFETY: as above.
+        cgroup_id: if skip(SKIP_CGROUP) {
+            0
+        } else {
+            // SAFETY: helper without arguments.
+            unsafe { bpf_get_current_cgroup_id() }
+        },
+        start: if skip(SKIP_START) { 0 } else { process_start() },
+        // SAFETY: helper without arguments.
         cpu: unsafe { bpf_get_smp_processor_id() },
         _pad: 0,
     }
@@ -189,27 +360,24 @@ enum Charged {
 }
 
 /// Adds `samples`, the leader's growth `period` and the members' `deltas` to the
-/// current task's entry, creating it when needed.
+/// entry of `key`, creating it when needed. Its name is `comm` when given (the
+/// pending counts' own, fetched while their task ran); otherwise the current task's,
+/// fetched when the entry is created.
 #[inline(always)]
-fn charge(key: &TaskKey, samples: u64, period: u64, deltas: &[u64; MAX_MEMBERS]) -> Charged {
+fn charge(
+    key: &TaskKey,
+    samples: u64,
+    period: u64,
+    deltas: &[u64; MAX_MEMBERS],
+    comm: Option<&[u8; COMM_LEN]>,
+) -> Charged {
     for _ in 0..2 {
         if let Some(value) = TASKS.get_ptr_mut(key) {
             // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
             let value = unsafe { &mut *value };
-            let before = value.samples;
-            value.samples += samples;
-            value.period_sum += period;
-            for (count, delta) in value.counts.iter_mut().zip(deltas) {
-                *count += *delta;
-            }
-            // A process that called exec() after its first sample has a new name:
-            // refetch it every COMM_REFRESH samples (cheap on average, and a busy task
-            // shows its new name within a few refreshes).
-            if samples > 0
-                && (before + samples).is_multiple_of(COMM_REFRESH)
-                && let Ok(comm) = bpf_get_current_comm()
-            {
-                value.comm = comm;
+            add(value, samples, period, deltas);
+            if let Some(comm) = comm {
+                value.comm = *comm;
             }
             return Charged::Updated;
         }
@@ -217,7 +385,10 @@ fn charge(key: &TaskKey, samples: u64, period: u64, deltas: &[u64; MAX_MEMBERS])
             samples,
             period_sum: period,
             counts: *deltas,
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            comm: match comm {
+                Some(comm) => *comm,
+                None => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            },
         };
         match TASKS.insert(key, value, u64::from(BPF_NOEXIST)) {
             Ok(()) => return Charged::Inserted,
@@ -234,8 +405,10 @@ fn charge(key: &TaskKey, samples: u64, period: u64, deltas: &[u64; MAX_MEMBERS])
 /// last sample or switch on this CPU goes to the task that leaves the CPU (still
 /// `current` when the tracepoint fires), with no sample.
 #[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn on_switch(_ctx: RawTracePointContext) -> i32 {
-    charge_switch(false);
+pub fn on_switch(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
+    let next: u64 = ctx.arg(2);
+    charge_switch(Some(next));
     0
 }
 
@@ -245,35 +418,48 @@ pub fn on_switch(_ctx: RawTracePointContext) -> i32 {
 /// task. The loader attaches it when the kernel has the symbol.
 #[kprobe]
 pub fn on_switch_end(_ctx: ProbeContext) -> u32 {
-    charge_switch(true);
+    charge_switch(None);
     0
 }
 
 /// The switch programs' common half: the growth since the last sample or switch on
-/// this CPU, to the current task, or with `to_idle` to the idle row.
+/// this CPU, to the current task, or without `next` (the switch's end) to the idle
+/// row. At the switch to `next`, the leaving task's pending counts go to the task
+/// map with it, and `next` is the task whose samples may start new ones.
 #[inline(always)]
-fn charge_switch(to_idle: bool) {
-    let (Some(stats), Some(last), Some(switching)) = (
+fn charge_switch(next: Option<u64>) {
+    let (Some(stats), Some(last), Some(pending), Some(switching)) = (
         CPU_STATS.get_ptr_mut(0),
         LAST.get_ptr_mut(0),
+        PENDING.get_ptr_mut(0),
         SWITCHING.get_ptr_mut(0),
     ) else {
         return;
     };
     // SAFETY: per-CPU array slots; both switch programs run with interrupts off, so
-    // only a sample's NMI can run on this CPU meanwhile, and it keeps off `last`
-    // while `switching` is set.
-    let (stats, last, switching) = unsafe { (&mut *stats, &mut *last, &mut *switching) };
+    // only a sample's NMI can run on this CPU meanwhile, and it keeps off `last` and
+    // `pending` while `switching` is set.
+    let (stats, last, pending, switching) =
+        unsafe { (&mut *stats, &mut *last, &mut *pending, &mut *switching) };
     *switching = 1;
-    // A CPU without a sampling leader fails the read and is left alone.
-    if let Some(counter) = read_counter((&raw const LEADER).cast_mut().cast()) {
-        let period = growth(counter, &mut last.leader);
-        let deltas = member_deltas(&mut last.members);
-        if period != 0 || deltas.iter().any(|d| *d != 0) {
-            stats.period_sum += period;
-            stats.switches += 1;
-            let key = if to_idle {
-                TaskKey {
+    last.event = 0;
+    // A CPU without a sampling leader fails the read: only pending counts move.
+    let (period, deltas) = match read_counter((&raw const LEADER).cast_mut().cast()) {
+        Some(counter) => (
+            growth(counter, &mut last.leader),
+            member_deltas(&mut last.members),
+        ),
+        None => (0, [0; MAX_MEMBERS]),
+    };
+    let grew = period != 0 || deltas.iter().any(|d| *d != 0);
+    if grew {
+        stats.period_sum += period;
+        stats.switches += 1;
+    }
+    match next {
+        None => {
+            if grew {
+                let key = TaskKey {
                     tgid: 0,
                     tid: 0,
                     cgroup_id: 0,
@@ -281,15 +467,25 @@ fn charge_switch(to_idle: bool) {
                     // SAFETY: helper without arguments.
                     cpu: unsafe { bpf_get_smp_processor_id() },
                     _pad: 0,
+                };
+                match charge(&key, 0, period, &deltas, None) {
+                    Charged::Updated => {}
+                    Charged::Inserted => stats.inserted += 1,
+                    Charged::Dropped => stats.switch_dropped += 1,
                 }
-            } else {
-                current_key()
-            };
-            match charge(&key, 0, period, &deltas) {
-                Charged::Updated => {}
-                Charged::Inserted => stats.inserted += 1,
-                Charged::Dropped => stats.switch_dropped += 1,
             }
+        }
+        Some(next) => {
+            if pending.valid != 0 {
+                flush(pending, stats, period, &deltas, true);
+            } else if grew {
+                match charge(&current_key(), 0, period, &deltas, None) {
+                    Charged::Updated => {}
+                    Charged::Inserted => stats.inserted += 1,
+                    Charged::Dropped => stats.switch_dropped += 1,
+                }
+            }
+            pending.task = next;
         }
     }
     *switching = 0;
@@ -420,8 +616,38 @@ fn process_start() -> u64 {
 /// How much the sampling leader counted since the previous sample on this CPU (from
 /// its value at `last`, which this updates); the nominal sample period when its value
 /// cannot be read.
+///
+/// The count is read where the event keeps it (`ctx->event->count`): every overflow
+/// path brings it up to date before the program runs (the PMU interrupt handlers
+/// update the overflowed counter, the software clocks' timer reads its clock, the
+/// other software events add before they overflow), so it is what
+/// `bpf_perf_prog_read_value` would return, without that helper's second reading of
+/// the counter and of the enabled and running times (half the program's cost on this
+/// VM). Without the offsets, the helper.
 #[inline(always)]
-fn leader_growth(ctx: &PerfEventContext, last: &mut u64) -> u64 {
+fn leader_growth(ctx: &PerfEventContext, last: &mut LastValues) -> u64 {
+    let (event_off, count_off) = (CTX_EVENT_OFFSET.load(), EVENT_COUNT_OFFSET.load());
+    if event_off != 0 && count_off != 0 {
+        if last.event == 0 {
+            // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling
+            // path: a bad address yields an error, never a fault. The context is the
+            // kernel's `bpf_perf_event_data_kern`, whose event is the one sampled.
+            last.event = unsafe {
+                bpf_probe_read_kernel((ctx.ctx as usize + event_off as usize) as *const u64)
+            }
+            .unwrap_or(0);
+        }
+        // SAFETY: as above; `last.event` is this CPU's leader, read from a context
+        // since the last context switch on this CPU.
+        let count = unsafe {
+            bpf_probe_read_kernel((last.event as usize + count_off as usize) as *const u64)
+        };
+        return match count {
+            Ok(count) if last.event != 0 => growth(count, &mut last.leader),
+            // SAFETY: as below.
+            _ => unsafe { (*ctx.ctx).sample_period },
+        };
+    }
     let mut value = bpf_perf_event_value {
         counter: 0,
         enabled: 0,
@@ -437,11 +663,12 @@ fn leader_growth(ctx: &PerfEventContext, last: &mut u64) -> u64 {
         )
     };
     if ret != 0 {
-        // SAFETY: as above; the verifier rewrites this read of `sample_period` into a
-        // read of the real sample data.
+        // SAFETY: the kernel passes a valid `bpf_perf_event_data` context; the
+        // verifier rewrites this read of `sample_period` into a read of the real
+        // sample data.
         return unsafe { (*ctx.ctx).sample_period };
     }
-    growth(value.counter, last)
+    growth(value.counter, &mut last.leader)
 }
 
 /// How much each member counted since the previous sample on this CPU.

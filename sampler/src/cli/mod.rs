@@ -127,6 +127,7 @@ impl SamplingArgs {
             max_locations: Locations::Off,
             inlined: false,
             bench_floor: false,
+            bench_skip: 0,
         }
     }
 }

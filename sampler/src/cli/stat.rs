@@ -28,6 +28,32 @@ pub struct StatArgs {
     /// sample; no task is attributed.
     #[arg(long, hide = true, requires = "bpf_stats", conflicts_with_all = ["functions", "call_graph"])]
     pub bench_floor: bool,
+    /// For `cargo xtask bench`'s breakdown: take these pieces out of sampler's
+    /// program (comma-separated: leader-read, member-reads, pid, cgroup, start,
+    /// task-map, loc-mode); what it attributes is then wrong.
+    #[arg(long, hide = true, value_name = "PIECES", value_parser = parse_skip, requires = "bpf_stats", conflicts_with = "bench_floor")]
+    pub bench_skip: Option<u32>,
+}
+
+/// The `SKIP_*` mask of a `--bench-skip` list.
+fn parse_skip(text: &str) -> Result<u32, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .try_fold(0, |mask, piece| {
+            sampler_common::SKIP_NAMES
+                .iter()
+                .find(|(name, _)| *name == piece)
+                .map(|(_, bit)| mask | bit)
+                .ok_or_else(|| {
+                    let names: Vec<_> =
+                        sampler_common::SKIP_NAMES.iter().map(|(n, _)| *n).collect();
+                    format!(
+                        "unknown piece `{piece}`; the pieces are {}",
+                        names.join(", ")
+                    )
+                })
+        })
 }
 
 pub async fn stat(args: StatArgs) -> Result<(), Error> {
@@ -37,6 +63,7 @@ pub async fn stat(args: StatArgs) -> Result<(), Error> {
     options.max_locations = options.locations;
     options.inlined = args.locations.inlined;
     options.bench_floor = args.bench_floor;
+    options.bench_skip = args.bench_skip.unwrap_or(0);
     let mut sampling = Sampling::start(&options)?;
     let snapshot = sampling.run_for(duration).await?;
     let text = if args.json {

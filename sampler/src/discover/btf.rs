@@ -1,7 +1,10 @@
-//! Two field offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`): where
-//! `task_struct.group_leader` and `task_struct.start_time` sit. The BPF program reads
+//! Field offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`): where
+//! `task_struct.group_leader` and `task_struct.start_time` sit (the BPF program reads
 //! the sampled process's start time through them, so that a process that reuses an
-//! exited process's pid gets map entries of its own.
+//! exited process's pid gets map entries of its own), and where a `perf_event`
+//! program's context keeps its event and the event its count (the program reads the
+//! sampling leader's count there, already brought up to date by the overflow, instead
+//! of through a helper that reads the counter and the clocks again).
 //!
 //! Only this lookup is needed, so the type section is walked in place over the raw
 //! bytes (the BTF format: `include/uapi/linux/btf.h`) instead of building the full
@@ -10,13 +13,19 @@
 
 use std::path::Path;
 
-/// Byte offsets inside `struct task_struct`; all 0 (the default) when unknown.
+/// Byte offsets of kernel fields the BPF program reads; all 0 (the default) when
+/// unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TaskOffsets {
-    /// `struct task_struct *group_leader`.
+pub struct KernelOffsets {
+    /// `task_struct`'s `struct task_struct *group_leader`.
     pub group_leader: u32,
-    /// `u64 start_time` (CLOCK_MONOTONIC nanoseconds at fork).
+    /// `task_struct`'s `u64 start_time` (CLOCK_MONOTONIC nanoseconds at fork).
     pub start_time: u32,
+    /// `bpf_perf_event_data_kern`'s `struct perf_event *event`, the event a
+    /// `perf_event` program runs for; with `event_count`, 0 when either is missing.
+    pub ctx_event: u32,
+    /// `perf_event`'s `local64_t count`.
+    pub event_count: u32,
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -45,16 +54,18 @@ const ENUM64: u32 = 19;
 
 /// Reads the offsets from the BTF file at `path`.
 ///
-/// The file (5 MB or more) is read into an anonymous mapping, not the heap: a heap
-/// block that large makes glibc raise its mmap and trim thresholds for the rest of the
-/// run, and the process then keeps ~10 MB more resident.
-pub fn task_offsets_from(path: &Path) -> Result<TaskOffsets, String> {
+/// The file (5 MB or more) is mapped where the kernel allows it (`/sys/kernel/btf/`
+/// files can be mapped since Linux 6.16: no copy, and its pages are the kernel's),
+/// else read into an anonymous mapping, not the heap: a heap block that large makes
+/// glibc raise its mmap and trim thresholds for the rest of the run, and the process
+/// then keeps ~10 MB more resident.
+pub fn task_offsets_from(path: &Path) -> Result<KernelOffsets, String> {
     let data = read_mapped(path).map_err(|e| format!("{}: {e}", path.display()))?;
     task_offsets(&data).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The whole file at `path`, in an anonymous mapping freed on drop.
-fn read_mapped(path: &Path) -> std::io::Result<memmap2::MmapMut> {
+/// The whole file at `path`, mapped or read into an anonymous mapping; freed on drop.
+fn read_mapped(path: &Path) -> std::io::Result<Blob> {
     use std::io::Read as _;
     let mut file = std::fs::File::open(path)?;
     // sysfs gives the BTF's real size; at most 256 MB is believed.
@@ -64,9 +75,35 @@ fn read_mapped(path: &Path) -> std::io::Result<memmap2::MmapMut> {
     if len == 0 {
         return Err(std::io::Error::other("empty file"));
     }
+    // SAFETY: a read-only private mapping of the kernel's BTF, which does not change
+    // while the kernel runs; another file is not changed under the mapping either
+    // while this function's caller walks it (tests pass files of their own).
+    if let Ok(map) = unsafe {
+        memmap2::MmapOptions::new()
+            .len(len)
+            .map_copy_read_only(&file)
+    } {
+        return Ok(Blob::Mapped(map));
+    }
     let mut buf = memmap2::MmapMut::map_anon(len)?;
     file.read_exact(&mut buf)?;
-    Ok(buf)
+    Ok(Blob::Read(buf))
+}
+
+/// A BTF file's bytes: mapped, or copied.
+enum Blob {
+    Mapped(memmap2::Mmap),
+    Read(memmap2::MmapMut),
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Read(m) => m,
+        }
+    }
 }
 
 /// One type of the type section: its header words and where its trailing data is.
@@ -254,30 +291,56 @@ impl<'a> Btf<'a> {
 }
 
 /// Finds the offsets in a BTF blob.
-pub fn task_offsets(data: &[u8]) -> Result<TaskOffsets, String> {
+///
+/// The task fields are required (an error says which is missing); the perf event
+/// fields are not: without them the program reads the count through a helper.
+pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
     let btf = Btf::parse(data)?;
-    let task = btf
-        .types()
-        .filter_map(Result::ok)
-        .find(|t| t.kind() == STRUCT && btf.name(t.name_off) == b"task_struct")
-        .ok_or("no struct task_struct")?;
-    let field = |name: &str, want: fn(Type) -> bool| -> Result<u32, String> {
+    // One walk over the types finds the three structs.
+    const STRUCTS: [&[u8]; 3] = [b"task_struct", b"bpf_perf_event_data_kern", b"perf_event"];
+    let mut found: [Option<Type>; 3] = [None; 3];
+    for t in btf.types().filter_map(Result::ok) {
+        if t.kind() != STRUCT {
+            continue;
+        }
+        if let Some(i) = STRUCTS.iter().position(|n| *n == btf.name(t.name_off))
+            && found[i].is_none()
+        {
+            found[i] = Some(t);
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    }
+    let field = |strukt: usize, name: &str, want: fn(Type) -> bool| -> Result<u32, String> {
+        let strukt_name = String::from_utf8_lossy(STRUCTS[strukt]);
+        let t = found[strukt].ok_or_else(|| format!("no struct {strukt_name}"))?;
         let (bits, ty) = btf
-            .member(task, name.as_bytes(), 0)
-            .ok_or_else(|| format!("struct task_struct has no member {name}"))?;
+            .member(t, name.as_bytes(), 0)
+            .ok_or_else(|| format!("struct {strukt_name} has no member {name}"))?;
         if bits % 8 != 0 || !want(ty) {
             return Err(format!(
-                "task_struct.{name} is not the field expected (bit offset {bits}, kind {})",
+                "{strukt_name}.{name} is not the field expected (bit offset {bits}, kind {})",
                 ty.kind()
             ));
         }
         Ok(bits / 8)
     };
-    Ok(TaskOffsets {
-        group_leader: field("group_leader", |t| t.kind() == PTR)?,
-        start_time: field("start_time", |t| {
+    let eight_bytes = |t: Type| matches!(t.kind(), INT | STRUCT) && t.size_type == 8;
+    let (ctx_event, event_count) = match (
+        field(1, "event", |t| t.kind() == PTR),
+        field(2, "count", eight_bytes),
+    ) {
+        (Ok(e), Ok(c)) => (e, c),
+        _ => (0, 0),
+    };
+    Ok(KernelOffsets {
+        group_leader: field(0, "group_leader", |t| t.kind() == PTR)?,
+        start_time: field(0, "start_time", |t| {
             matches!(t.kind(), INT | ENUM | ENUM64) && t.size_type == 8
         })?,
+        ctx_event,
+        event_count,
     })
 }
 
@@ -409,6 +472,29 @@ pub(crate) mod tests {
             false,
         );
         assert_eq!(task, 14);
+        // The perf event structs: `count` a one-word struct behind a typedef (as
+        // `local64_t`), the context's `event` a pointer.
+        let word = b.composite(STRUCT, "", 8, &[("a", int, 0)], false);
+        let local64 = b.ty("local64_t", TYPEDEF, 0, false, word, &[]);
+        b.composite(
+            STRUCT,
+            "perf_event",
+            1024,
+            &[("event_entry", int, 0), ("count", local64, 8 * 320)],
+            false,
+        );
+        let event_ptr = b.ty("", PTR, 0, false, int, &[]);
+        b.composite(
+            STRUCT,
+            "bpf_perf_event_data_kern",
+            24,
+            &[
+                ("regs", event_ptr, 0),
+                ("data", event_ptr, 64),
+                ("event", event_ptr, 128),
+            ],
+            false,
+        );
         b.finish()
     }
 
@@ -417,11 +503,40 @@ pub(crate) mod tests {
         let got = task_offsets(&sample()).unwrap();
         assert_eq!(
             got,
-            TaskOffsets {
+            KernelOffsets {
                 group_leader: 256,
-                start_time: 72
+                start_time: 72,
+                ctx_event: 16,
+                event_count: 320,
             }
         );
+    }
+
+    #[test]
+    fn missing_perf_event_fields_leave_the_helper_not_an_error() {
+        let mut b = Builder::new();
+        let int = b.ty("long long unsigned int", INT, 0, false, 8, &[64]);
+        let ptr = b.ty("", PTR, 0, false, int, &[]);
+        b.composite(
+            STRUCT,
+            "task_struct",
+            16,
+            &[("group_leader", ptr, 0), ("start_time", int, 64)],
+            false,
+        );
+        // `count` of the wrong size: unusable, so neither offset is given.
+        let small = b.ty("int", INT, 0, false, 4, &[32]);
+        b.composite(STRUCT, "perf_event", 8, &[("count", small, 0)], false);
+        b.composite(
+            STRUCT,
+            "bpf_perf_event_data_kern",
+            24,
+            &[("event", ptr, 128)],
+            false,
+        );
+        let got = task_offsets(&b.finish()).unwrap();
+        assert_eq!((got.group_leader, got.start_time), (0, 8));
+        assert_eq!((got.ctx_event, got.event_count), (0, 0));
     }
 
     #[test]

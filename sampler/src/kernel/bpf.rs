@@ -11,9 +11,10 @@ use aya::{
     programs::{KProbe, PerfEvent, ProgramError, RawTracePoint},
 };
 use sampler_common::{
-    CPU_STATS_MAP, CpuStats, DEFAULT_TASK_ENTRIES, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LocKey, LocStats,
-    LocValue, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PROGRAM_NAME, STACKS_MAP,
+    BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
+    EVENT_COUNT_OFFSET_GLOBAL, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP, LOC_STATS_MAP,
+    LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LocKey, LocStats, LocValue,
+    MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
     START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
     TaskValue,
 };
@@ -175,6 +176,19 @@ impl Bpf {
         members: u32,
         max_locations: Locations,
     ) -> Result<Self, Error> {
+        Self::load_skipping(btf_path, task_entries, members, max_locations, 0)
+    }
+
+    /// [`Bpf::load`], with the sample program's `SKIP_*` pieces in `bench_skip` taken
+    /// out: for the benchmarks' breakdown of its cost only, since a run that skips a
+    /// piece attributes nothing correctly.
+    pub fn load_skipping(
+        btf_path: &Path,
+        task_entries: u32,
+        members: u32,
+        max_locations: Locations,
+        bench_skip: u32,
+    ) -> Result<Self, Error> {
         let notice = |why: String| {
             format!(
                 "sampler: kernel BTF not usable at {} ({why}); loading the BPF programs \
@@ -190,7 +204,7 @@ impl Bpf {
         let (offsets, mut btf_notice) = match crate::discover::btf::task_offsets_from(btf_path) {
             Ok(o) => (o, None),
             Err(why) => (
-                crate::discover::btf::TaskOffsets::default(),
+                crate::discover::btf::KernelOffsets::default(),
                 Some(notice(why)),
             ),
         };
@@ -229,6 +243,9 @@ impl Bpf {
             .override_global(NR_MEMBERS_GLOBAL, &members, true)
             .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
             .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
+            .override_global(CTX_EVENT_OFFSET_GLOBAL, &offsets.ctx_event, true)
+            .override_global(EVENT_COUNT_OFFSET_GLOBAL, &offsets.event_count, true)
+            .override_global(BENCH_SKIP_GLOBAL, &bench_skip, true)
             .load(OBJECT)
             .map_err(|e| Error::BpfLoad(format!("{e}")))?;
         let program: &mut PerfEvent = ebpf
@@ -245,16 +262,7 @@ impl Bpf {
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
         switch.load().map_err(program_load_error)?;
-        let end: &mut KProbe = ebpf
-            .program_mut(SWITCH_END_PROGRAM_NAME)
-            .ok_or_else(|| {
-                Error::BpfLoad(format!(
-                    "program {SWITCH_END_PROGRAM_NAME} missing from object"
-                ))
-            })?
-            .try_into()
-            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
-        end.load().map_err(program_load_error)?;
+        // The switch end's kprobe is loaded by attach_switch, where it can attach.
         Ok(Self {
             ebpf,
             btf_notice,
@@ -378,6 +386,9 @@ impl Bpf {
             .ok_or_else(|| Error::BpfLoad(format!("program {SWITCH_END_PROGRAM_NAME} missing")))?
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+        // Loaded (verified) only here, where a kprobe can attach: the verifier's time
+        // is a good part of the start-up.
+        end.load().map_err(program_load_error)?;
         // The usual names first; the symbol table (tens of milliseconds to read) only
         // when neither is there.
         for name in ["finish_task_switch", "finish_task_switch.isra.0"] {
@@ -460,9 +471,11 @@ impl Bpf {
         } else {
             self.read_locations()?
         };
+        let mut cpu_stats = self.read_per_cpu(CPU_STATS_MAP)?;
+        let tasks = self.read_tasks(&mut cpu_stats)?;
         Ok(MapContents {
-            tasks: self.read_hash(TASKS_MAP)?,
-            cpu_stats: self.read_per_cpu(CPU_STATS_MAP)?,
+            tasks,
+            cpu_stats,
             locations,
             loc_stats,
             bpf: self.run_stats(),
@@ -470,6 +483,49 @@ impl Bpf {
             evicted: None,
             loc_evicted: None,
         })
+    }
+
+    /// The task map with each CPU's pending counts (see [`Pending`]) added to their
+    /// task's entry, never counted twice and never going back between readings.
+    ///
+    /// A CPU whose pending counts moved into the task map during the bulk read
+    /// (`seq` changed) may have had its task's entry read before or after the move:
+    /// its pending tasks' entries are looked up again, between two reads of the
+    /// pending counts that see no move; then the pending counts are added. A CPU
+    /// that keeps moving through [`SETTLE_TRIES`] such tries adds none (they show
+    /// in the next reading). `cpu_stats` is given one insert for each pending task
+    /// without an entry yet, whose entry the move will insert: evictions stay
+    /// inserts minus live entries.
+    fn read_tasks(&self, cpu_stats: &mut [CpuStats]) -> Result<Vec<(TaskKey, TaskValue)>, Error> {
+        let before: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
+        let mut tasks = self.read_hash(TASKS_MAP)?;
+        let after: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
+        let map = self
+            .ebpf
+            .map(TASKS_MAP)
+            .ok_or_else(|| Error::BpfLoad(format!("map {TASKS_MAP} missing")))?;
+        let hash: HashMap<&MapData, TaskKey, TaskValue> =
+            HashMap::try_from(map).map_err(|source| Error::MapRead {
+                map: TASKS_MAP,
+                source,
+            })?;
+        let mut failed = None;
+        settle(
+            &mut tasks,
+            cpu_stats,
+            &before,
+            after,
+            || {
+                self.read_per_cpu(PENDING_MAP)
+                    .map_err(|e| failed = Some(e))
+                    .ok()
+            },
+            |key| hash.get(key, 0).ok(),
+        );
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(tasks),
+        }
     }
 
     /// Reads the location map and its counters.
@@ -522,6 +578,104 @@ impl Bpf {
             .ok_or_else(|| Error::BpfLoad(format!("map {name} missing")))?;
         let array: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(map_err)?;
         Ok(array.get(&0, 0).map_err(map_err)?.iter().copied().collect())
+    }
+}
+
+/// Tries per reading to find a moment when a CPU's pending counts do not move.
+pub const SETTLE_TRIES: usize = 8;
+
+/// Whether a CPU's pending counts stood still from `a` to `b`: no move began or ran.
+fn still(a: &Pending, b: &Pending) -> bool {
+    a.seq == b.seq && a.seq.is_multiple_of(2)
+}
+
+/// [`Bpf::read_tasks`]'s logic, over the task map's bulk reading `tasks` and the
+/// pending counts read `before` and `after` it: `read_pending` reads them again
+/// (`None`: the read failed, and settling stops), `lookup` one task entry.
+pub fn settle(
+    tasks: &mut Vec<(TaskKey, TaskValue)>,
+    cpu_stats: &mut [CpuStats],
+    before: &[Pending],
+    mut after: Vec<Pending>,
+    mut read_pending: impl FnMut() -> Option<Vec<Pending>>,
+    mut lookup: impl FnMut(&TaskKey) -> Option<TaskValue>,
+) {
+    let cpus = before.len().min(after.len());
+    let mut settled: Vec<bool> = (0..cpus).map(|c| still(&before[c], &after[c])).collect();
+    // The keys of every pending task seen on an unsettled CPU so far.
+    let mut seen: Vec<TaskKey> = Vec::new();
+    fn note(p: &Pending, seen: &mut Vec<TaskKey>) {
+        if p.valid != 0 && !seen.contains(&p.key) {
+            seen.push(p.key);
+        }
+    }
+    for c in (0..cpus).filter(|&c| !settled[c]) {
+        note(&before[c], &mut seen);
+        note(&after[c], &mut seen);
+    }
+    for _ in 0..SETTLE_TRIES {
+        if settled.iter().all(|s| *s) {
+            break;
+        }
+        let Some(x) = read_pending() else { break };
+        for c in (0..cpus.min(x.len())).filter(|&c| !settled[c]) {
+            note(&x[c], &mut seen);
+        }
+        let fresh: Vec<(TaskKey, Option<TaskValue>)> =
+            seen.iter().map(|k| (*k, lookup(k))).collect();
+        let Some(y) = read_pending() else { break };
+        let mut took = false;
+        for c in 0..cpus.min(x.len()).min(y.len()) {
+            if settled[c] {
+                continue;
+            }
+            if still(&x[c], &y[c]) {
+                settled[c] = true;
+                after[c] = y[c];
+                took = true;
+            } else {
+                note(&y[c], &mut seen);
+            }
+        }
+        if took {
+            // The entries of the settled CPUs' keys as looked up (a key's CPU is
+            // in it, so a key belongs to one CPU).
+            for (key, value) in fresh {
+                let cpu = key.cpu as usize;
+                if cpu < cpus && settled[cpu] {
+                    match (tasks.iter_mut().find(|(k, _)| *k == key), value) {
+                        (Some(entry), Some(v)) => entry.1 = v,
+                        (None, Some(v)) => tasks.push((key, v)),
+                        _ => {}
+                    }
+                }
+            }
+            seen.retain(|k| (k.cpu as usize) < cpus && !settled[k.cpu as usize]);
+        }
+    }
+    // Add each settled CPU's pending counts to its task's entry.
+    let pending: Vec<&Pending> = (0..cpus)
+        .filter(|&c| settled[c] && after[c].valid != 0 && after[c].value.samples > 0)
+        .map(|c| &after[c])
+        .collect();
+    let mut found = vec![false; pending.len()];
+    for (key, value) in tasks.iter_mut() {
+        if let Some(i) = pending.iter().position(|p| p.key == *key) {
+            let p = &pending[i].value;
+            value.samples += p.samples;
+            value.period_sum += p.period_sum;
+            for (count, add) in value.counts.iter_mut().zip(p.counts) {
+                *count += add;
+            }
+            value.comm = p.comm;
+            found[i] = true;
+        }
+    }
+    for (p, _) in pending.iter().zip(found).filter(|(_, f)| !f) {
+        tasks.push((p.key, p.value));
+        if let Some(stats) = cpu_stats.get_mut(p.key.cpu as usize) {
+            stats.inserted += 1;
+        }
     }
 }
 
@@ -614,6 +768,145 @@ fn program_load_error(e: ProgramError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(tid: u32, cpu: u32) -> TaskKey {
+        TaskKey {
+            tgid: tid,
+            tid,
+            cpu,
+            ..TaskKey::default()
+        }
+    }
+
+    fn value(samples: u64) -> TaskValue {
+        TaskValue {
+            samples,
+            period_sum: samples * 1_000,
+            counts: [samples * 7, 0, 0, 0],
+            comm: *b"task\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    fn pending(k: Option<TaskKey>, samples: u64, seq: u64) -> Pending {
+        Pending {
+            key: k.unwrap_or_default(),
+            value: if k.is_some() {
+                value(samples)
+            } else {
+                TaskValue::default()
+            },
+            task: 0xffff_8880_0000_0000,
+            seq,
+            valid: u64::from(k.is_some()),
+        }
+    }
+
+    fn samples_of(tasks: &[(TaskKey, TaskValue)], k: TaskKey) -> Vec<u64> {
+        tasks
+            .iter()
+            .filter(|(t, _)| *t == k)
+            .map(|(_, v)| v.samples)
+            .collect()
+    }
+
+    #[test]
+    fn still_pending_counts_are_added_once_and_new_tasks_counted_as_inserts() {
+        let (a, b) = (key(10, 0), key(20, 1));
+        let mut tasks = vec![(a, value(5))];
+        let mut stats = vec![CpuStats::default(); 2];
+        let before = [pending(Some(a), 2, 4), pending(Some(b), 1, 6)];
+        let after = vec![pending(Some(a), 3, 4), pending(Some(b), 2, 6)];
+        let mut reads = 0;
+        settle(
+            &mut tasks,
+            &mut stats,
+            &before,
+            after,
+            || {
+                reads += 1;
+                None
+            },
+            |_| panic!("nothing to look up"),
+        );
+        assert_eq!(reads, 0, "every CPU stood still");
+        // The later reading of the pending counts, added to the entry.
+        assert_eq!(samples_of(&tasks, a), [8]);
+        assert_eq!(tasks[0].1.period_sum, 8_000);
+        assert_eq!(tasks[0].1.counts[0], 5 * 7 + 3 * 7);
+        // A task with pending counts only: a row of its own, and one insert.
+        assert_eq!(samples_of(&tasks, b), [2]);
+        assert_eq!((stats[0].inserted, stats[1].inserted), (0, 1));
+    }
+
+    #[test]
+    fn counts_moved_during_the_read_are_looked_up_again_not_counted_twice() {
+        let a = key(10, 0);
+        // The bulk read may have found the entry before the move (5) or after it
+        // (5 + 3): either way the result is the entry after the move, once.
+        for bulk in [5, 8] {
+            let mut tasks = vec![(a, value(bulk))];
+            let mut stats = vec![CpuStats::default()];
+            let before = [pending(Some(a), 3, 2)];
+            let after = vec![pending(None, 0, 4)];
+            let mut looked = Vec::new();
+            settle(
+                &mut tasks,
+                &mut stats,
+                &before,
+                after,
+                || Some(vec![pending(None, 0, 4)]),
+                |k| {
+                    looked.push(*k);
+                    Some(value(8))
+                },
+            );
+            assert_eq!(looked, [a]);
+            assert_eq!(samples_of(&tasks, a), [8], "bulk read {bulk}");
+        }
+    }
+
+    #[test]
+    fn a_cpu_that_keeps_moving_adds_nothing_and_stops_trying() {
+        let a = key(10, 0);
+        let mut tasks = vec![(a, value(5))];
+        let mut stats = vec![CpuStats::default()];
+        let mut seq = 2;
+        let mut reads = 0;
+        settle(
+            &mut tasks,
+            &mut stats,
+            &[pending(Some(a), 3, 1)],
+            vec![pending(Some(a), 4, 3)],
+            || {
+                reads += 1;
+                seq += 2;
+                Some(vec![pending(Some(a), 4, seq)])
+            },
+            |_| Some(value(6)),
+        );
+        assert_eq!(reads, 2 * SETTLE_TRIES);
+        // Neither the pending counts nor a lookup between moving reads.
+        assert_eq!(samples_of(&tasks, a), [5]);
+        assert_eq!(stats[0].inserted, 0);
+    }
+
+    #[test]
+    fn an_odd_sequence_is_a_move_in_progress() {
+        let a = key(10, 0);
+        let mut tasks = vec![(a, value(5))];
+        let mut stats = vec![CpuStats::default()];
+        // The same odd value before and after: a move began and has not ended.
+        let mut answers = vec![pending(None, 0, 4), pending(None, 0, 4)];
+        settle(
+            &mut tasks,
+            &mut stats,
+            &[pending(Some(a), 3, 3)],
+            vec![pending(Some(a), 3, 3)],
+            || answers.pop().map(|p| vec![p]),
+            |_| Some(value(8)),
+        );
+        assert_eq!(samples_of(&tasks, a), [8]);
+    }
 
     #[test]
     fn the_switch_end_symbol_is_found_under_its_names() {

@@ -68,6 +68,8 @@ pub struct Options {
     pub inlined: bool,
     /// Attach the benchmarks' floor program instead of sampler's ([`Bpf::use_floor`]).
     pub bench_floor: bool,
+    /// Take these `SKIP_*` pieces out of sampler's program ([`Bpf::load_skipping`]).
+    pub bench_skip: u32,
 }
 
 impl Options {
@@ -189,11 +191,12 @@ impl Sampling {
                 sp.members.len()
             );
         }
-        let bpf = Bpf::load(
+        let bpf = Bpf::load_skipping(
             Path::new(KERNEL_BTF),
             entries,
             sp.members.len() as u32,
             args.max_locations.max(args.locations),
+            args.bench_skip,
         )?;
         let stats = if args.bpf_stats {
             Some(bpf::enable_run_stats()?)
