@@ -853,6 +853,84 @@ impl Bench {
                 "bpftrace / sampler",
             )
             .note("goal ≥ 2");
+        // Where the time goes: each piece taken out in turn (`stat --bench-skip`), at
+        // the first rate only; a piece's cost is the whole's minus the program's
+        // without it, in the same repetition.
+        let breakdown = self.plan.rates.first() == Some(&hz);
+        let pieces_group = "Where the BPF program's time goes: each piece taken out in turn";
+        let piece = |what: &str, note: &str| {
+            let mut f = Figure::new(pieces_group, format!("{what}, {hz} Hz"), "ns")
+                .peer("the whole program (same repetition)", "piece / whole")
+                .note(format!("{source}; {note}"));
+            f.inverted = true;
+            f
+        };
+        // (piece, `--bench-skip` names or a whole run's flags, with members, note)
+        let mut pieces: Vec<(Figure, &str, bool)> = vec![
+            (
+                piece(
+                    "the leader's count (one kernel read at its cached event)",
+                    "`--bench-skip leader-read`",
+                ),
+                "leader-read",
+                false,
+            ),
+            (
+                piece(
+                    "2 member counts (bpf_perf_event_read_value each)",
+                    "`--bench-skip member-reads` with 2 members",
+                ),
+                "member-reads",
+                true,
+            ),
+            (
+                piece(
+                    "task attribution (per-CPU pending counts; at the first sample after a \
+                     switch the key's helpers, and a hash update when another key's counts \
+                     are pending)",
+                    "`--bench-skip task-map`",
+                ),
+                "task-map",
+                false,
+            ),
+            (
+                piece(
+                    "of which the pid helper (first sample after a switch)",
+                    "`--bench-skip pid`",
+                ),
+                "pid",
+                false,
+            ),
+            (
+                piece(
+                    "of which the cgroup helper (first sample after a switch)",
+                    "`--bench-skip cgroup`",
+                ),
+                "cgroup",
+                false,
+            ),
+            (
+                piece(
+                    "of which the process start time (two kernel reads, first sample after a switch)",
+                    "`--bench-skip start`",
+                ),
+                "start",
+                false,
+            ),
+            (
+                piece(
+                    "the location switch (one array lookup)",
+                    "`--bench-skip loc-mode`",
+                ),
+                "loc-mode",
+                false,
+            ),
+        ];
+        let mut rest = piece(
+            "the rest (per-CPU state lookups, statistics) over the floor",
+            "the program with every piece above taken out, minus the floor",
+        );
+        let all_pieces = "leader-read,member-reads,pid,cgroup,start,task-map,loc-mode";
         for _ in 0..self.plan.reps {
             let base = cost(self, &["--bench-floor"])?;
             floor.ours.push(base);
@@ -868,8 +946,26 @@ impl Bench {
                 fig.peer
                     .push(bpftrace_cost(&bpftrace(key), secs, self.machine.cpus)?);
             }
-            member.ours.push(cost(self, &["-e", members])?);
+            let with_members = cost(self, &["-e", members])?;
+            member.ours.push(with_members);
             member.peer.push(base);
+            if breakdown {
+                for (fig, skip, with) in &mut pieces {
+                    let mut args = vec!["--bench-skip", *skip];
+                    let whole = if *with {
+                        args.extend(["-e", members]);
+                        with_members
+                    } else {
+                        alone
+                    };
+                    let without = cost(self, &args)?;
+                    fig.ours.push(whole - without);
+                    fig.peer.push(whole);
+                }
+                let bare = cost(self, &["--bench-skip", all_pieces])?;
+                rest.ours.push(bare - base);
+                rest.peer.push(alone);
+            }
             let with_function = cost(self, &["--functions"])?;
             function.ours.push(with_function);
             function.peer.push(alone);
@@ -885,6 +981,32 @@ impl Bench {
                 self.machine.cpus,
             )?);
         }
+        // The location pieces from the runs above: the sampled function is
+        // --functions minus task attribution alone, the stack walks -g minus
+        // --functions.
+        let mut breakdown_figures = Vec::new();
+        if breakdown {
+            let difference = |what: &str, with: &Figure, without: &[f64], note: &str| {
+                let mut f = piece(what, note);
+                f.ours = with.ours.iter().zip(without).map(|(w, a)| w - a).collect();
+                f.peer = with.ours.clone();
+                f
+            };
+            let functions_piece = difference(
+                "the sampled function (a hash update per sample)",
+                &function,
+                &function.peer,
+                "`--functions` minus task attribution alone",
+            );
+            let stacks_piece = difference(
+                "the kernel and user stack walks",
+                &stacks,
+                &function.ours,
+                "`-g` minus `--functions`",
+            );
+            breakdown_figures.extend(pieces.into_iter().map(|(f, _, _)| f));
+            breakdown_figures.extend([rest, functions_piece, stacks_piece]);
+        }
         self.figures.extend([
             floor,
             task,
@@ -897,6 +1019,7 @@ impl Bench {
             stacks,
             stacks_peer,
         ]);
+        self.figures.extend(breakdown_figures);
         Ok(())
     }
 
