@@ -81,8 +81,14 @@ impl Run {
             let (progs, maps) = ours();
             run.progs = progs.difference(&progs0).copied().collect();
             run.maps = maps.difference(&maps0).copied().collect();
-            // The sampling program and the two switch programs.
-            if run.progs.len() >= 3 && run.maps.len() >= 2 {
+            // The sampling program and the switch program, and where a kprobe can
+            // attach the switch end's (loaded only there).
+            let want = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                3
+            } else {
+                2
+            };
+            if run.progs.len() >= want && run.maps.len() >= 2 {
                 // Let it open and attach its events, past the set-up.
                 sleep(Duration::from_millis(300));
                 return run;

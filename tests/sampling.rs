@@ -573,8 +573,14 @@ fn pending_counts_show_in_every_refresh_once() -> TestResult {
             cpu_samples >= 150.0,
             "{cpu_samples} samples on CPU 1 in 0.3 s at 999 Hz"
         );
-        // Rows never add up to more than the CPU's samples (nothing twice) ...
-        assert!(all <= cpu_samples, "rows {all} > CPU {cpu_samples}: {doc}");
+        // Rows never add up to more than the CPU's samples (nothing twice: a
+        // pending count added twice would be tens of samples; the CPU's counters
+        // are read just after the task map, so a sample or two can fall between
+        // the readings' edges) ...
+        assert!(
+            all <= cpu_samples + 2.0,
+            "rows {all} > CPU {cpu_samples}: {doc}"
+        );
         // ... and the busy loop, which hardly leaves its CPU, has nearly all.
         assert!(
             busy_samples >= 0.8 * cpu_samples,
