@@ -122,7 +122,10 @@ impl Figure {
         self.ours
             .iter()
             .zip(&self.peer)
-            .filter(|(o, p)| **o > 0.0 && **p > 0.0)
+            // An inverted ratio (ours / peer) keeps a figure of ours at or below 0: a
+            // breakdown piece's cost can come out negative within the noise, and
+            // leaving those repetitions out would bias its share upwards.
+            .filter(|(o, p)| o.is_finite() && **p > 0.0 && (self.inverted || **o > 0.0))
             .map(|(o, p)| if self.inverted { o / p } else { p / o })
             .collect()
     }
@@ -1662,6 +1665,13 @@ mod tests {
         f.ours = vec![10.0, 20.0, 0.0];
         f.peer = vec![100.0, 100.0, 5.0];
         assert_eq!(f.ratios(), vec![10.0, 5.0]);
+        // Inverted (ours / peer): a figure of ours at or below 0 stays (a breakdown
+        // piece within the noise); a failed measurement (NaN) or a peer of 0 does not.
+        let mut f = Figure::new("g", "w", "ns");
+        f.inverted = true;
+        f.ours = vec![50.0, -10.0, f64::NAN, 5.0];
+        f.peer = vec![100.0, 100.0, 100.0, 0.0];
+        assert_eq!(f.ratios(), vec![0.5, -0.1]);
     }
 
     #[test]
