@@ -649,40 +649,39 @@ pub fn settle(
         if took {
             // The entries of the settled CPUs' keys as looked up (a key's CPU is
             // in it, so a key belongs to one CPU).
-            for (key, value) in fresh {
-                let cpu = key.cpu as usize;
-                if cpu < cpus && settled[cpu] {
-                    match (tasks.iter_mut().find(|(k, _)| *k == key), value) {
-                        (Some(entry), Some(v)) => entry.1 = v,
-                        (None, Some(v)) => tasks.push((key, v)),
-                        _ => {}
-                    }
+            let mut fresh: std::collections::HashMap<TaskKey, TaskValue> = fresh
+                .into_iter()
+                .filter(|(k, _)| (k.cpu as usize) < cpus && settled[k.cpu as usize])
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            // One pass over the entries (a task map can hold 100,000).
+            for (key, value) in tasks.iter_mut() {
+                if let Some(v) = fresh.remove(key) {
+                    *value = v;
                 }
             }
+            tasks.extend(fresh);
             seen.retain(|k| (k.cpu as usize) < cpus && !settled[k.cpu as usize]);
         }
     }
     // Add each settled CPU's pending counts to its task's entry.
-    let pending: Vec<&Pending> = (0..cpus)
+    let mut pending: std::collections::HashMap<TaskKey, &TaskValue> = (0..cpus)
         .filter(|&c| settled[c] && after[c].valid != 0 && after[c].value.samples > 0)
-        .map(|c| &after[c])
+        .map(|c| (after[c].key, &after[c].value))
         .collect();
-    let mut found = vec![false; pending.len()];
     for (key, value) in tasks.iter_mut() {
-        if let Some(i) = pending.iter().position(|p| p.key == *key) {
-            let p = &pending[i].value;
+        if let Some(p) = pending.remove(key) {
             value.samples += p.samples;
             value.period_sum += p.period_sum;
             for (count, add) in value.counts.iter_mut().zip(p.counts) {
                 *count += add;
             }
             value.comm = p.comm;
-            found[i] = true;
         }
     }
-    for (p, _) in pending.iter().zip(found).filter(|(_, f)| !f) {
-        tasks.push((p.key, p.value));
-        pending_only.push(p.key.cpu);
+    for (key, value) in pending {
+        tasks.push((key, *value));
+        pending_only.push(key.cpu);
     }
 }
 
