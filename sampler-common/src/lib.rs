@@ -223,11 +223,15 @@ pub struct CpuStats {
 
 /// What the samples of the task now running on one CPU added since it was switched
 /// in (one entry of the `PERCPU_ARRAY` [`PENDING_MAP`]): the sample program's fast
-/// path adds here, with no hash lookup and no helper for the task's identity; the
-/// switch program moves it into [`TASKS_MAP`] when the task leaves the CPU (as the
-/// sample program does when the task's key changed while it ran). User space adds it to the
-/// task map's entry when `seq` is even and the same before and after its read of the
-/// task map: no move ran meanwhile, so the task map holds none of it.
+/// path adds here, with no hash lookup, no helper for the task's identity and no
+/// counter read; the switch program moves it into [`TASKS_MAP`] when the task leaves
+/// the CPU, with what the counters gained since the last move (as the sample program
+/// does when the task's key changed while it ran). With locations off, the counts
+/// here are the samples only, and what the counters gained since [`LAST_MAP`]'s
+/// values is the task's too. User space adds both to the task map's entry when
+/// `seq` is even and the same before and after its reads of the task map, of
+/// [`LAST_MAP`] and of the counters: no move, and no change of the last values, ran
+/// meanwhile, so the task map holds none of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
@@ -239,7 +243,8 @@ pub struct Pending {
     /// switch on this CPU switched to (0 before the first): only its samples start
     /// pending counts.
     pub task: u64,
-    /// Bumped before and after each move into the task map (odd while moving).
+    /// Bumped before and after each move into the task map and each change of
+    /// [`LAST_MAP`]'s values (odd meanwhile).
     pub seq: u64,
     /// 1 while `key` and `value` hold samples not yet moved.
     pub valid: u64,
@@ -254,8 +259,9 @@ pub const COMM_REFRESH: u64 = 64;
 /// Name of the per-CPU array of one [`Pending`].
 pub const PENDING_MAP: &str = "PENDING";
 
-/// The counter values at the previous sample on one CPU: the sampling leader's and
-/// each member's.
+/// The counter values where the program last read them on one CPU (a switch, a
+/// key change, or with locations on, a sample): the sampling leader's and each
+/// member's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LastValues {

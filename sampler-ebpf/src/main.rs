@@ -18,22 +18,27 @@
 //!
 //! Cost per sample is a product metric, and the program is built around its common
 //! case: the task that the previous sample on this CPU interrupted is interrupted
-//! again. Each CPU keeps the counts of the task it runs since it was switched in
-//! (`PENDING`, a per-CPU array); a sample adds to them with no hash lookup and no
-//! helper for the task's identity, and the switch program moves them into the task
-//! map when the task leaves the CPU (user space adds what is still pending when it
-//! reads, see `Pending`). The leader's count is one kernel read at the event the
-//! last sample found in its context (cached until the next switch): the overflow has
-//! already brought it up to date. What remains per sample: a few per-CPU array
-//! lookups, that read, one `bpf_perf_event_read_value` per member, and a handful of
-//! additions. The first sample after a switch, and every 64th, also fetch the task's
-//! key (pid and tid, cgroup, two kernel reads for the process's start time, which
-//! keeps a reused pid apart) and name. `cargo xtask bench` measures each piece by
-//! taking it out (`BENCH_SKIP`).
+//! again. Each CPU keeps the samples of the task it runs since it was switched in
+//! (`PENDING`, a per-CPU array); such a sample adds one there, with no hash lookup,
+//! no helper and no counter read. The counters are read where a task's counts end:
+//! the switch program reads them when the task leaves the CPU and moves the pending
+//! counts, with what the counters gained since the last move, into the task map.
+//! What the counters gained in between is the running task's, and user space adds
+//! it when it reads (see `Pending`): exact at every reading, with no read per sample.
+//! The first sample after a switch, and every 64th, fetch the task's key (pid and
+//! tid, cgroup, two kernel reads for the process's start time, which keeps a reused
+//! pid apart) and name; a key that changed (a cgroup move, an exec() by a thread)
+//! ends the old key's counts there, with a read of the counters. `cargo xtask bench`
+//! measures each piece by taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
 //! call stacks) goes to a map of its own, and only when the loader asks for it
-//! (`LOC_MODE`): with locations off, that half costs one load and one branch.
+//! (`LOC_MODE`): with locations off, that half costs one load and one branch. With
+//! locations on, each location gets what the counters gained since the previous
+//! sample, so they are read at every sample then: the leader's count is one kernel
+//! read at the event the last sample found in its context (cached until the next
+//! switch; the overflow has already brought it up to date), and one
+//! `bpf_perf_event_read_value` per member.
 #![no_std]
 #![no_main]
 
@@ -164,9 +169,8 @@ pub fn on_sample(ctx: PerfEventContext) -> u32 {
 
 #[inline(always)]
 fn try_on_sample(ctx: &PerfEventContext) {
-    let (Some(stats), Some(last), Some(pending), Some(switching)) = (
+    let (Some(stats), Some(pending), Some(switching)) = (
         CPU_STATS.get_ptr_mut(0),
-        LAST.get_ptr_mut(0),
         PENDING.get_ptr_mut(0),
         SWITCHING.get_ptr(0),
     ) else {
@@ -174,13 +178,12 @@ fn try_on_sample(ctx: &PerfEventContext) {
     };
     // SAFETY: per-CPU array slots. The only program that can be running on this CPU
     // underneath this one is a switch program (this one interrupted it); it owns
-    // `last` and `pending` while `switching` is set, so this one then leaves them
+    // `pending` (and `LAST`) while `switching` is set, so this one then leaves them
     // alone.
-    let (stats, last, pending, nested) =
-        unsafe { (&mut *stats, &mut *last, &mut *pending, *switching != 0) };
+    let (stats, pending, nested) = unsafe { (&mut *stats, &mut *pending, *switching != 0) };
+    stats.samples += 1;
     if nested {
         // The sample itself still counts, straight into the task map.
-        stats.samples += 1;
         let key = current_key();
         if !skip(SKIP_TASK_MAP) {
             match charge(&key, 1, 0, &[0; MAX_MEMBERS], None) {
@@ -192,6 +195,57 @@ fn try_on_sample(ctx: &PerfEventContext) {
         locations(ctx, &key, 0, &[0; MAX_MEMBERS]);
         return;
     }
+    let mode = if skip(SKIP_LOC_MODE) {
+        LOCATIONS_OFF
+    } else {
+        LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF)
+    };
+    if mode == LOCATIONS_OFF {
+        if skip(SKIP_TASK_MAP) {
+            return;
+        }
+        // The fast path: the task's counters are read when its pending counts move
+        // (see `Pending`), not at each of its samples.
+        if pending.valid != 0 && !(pending.value.samples + 1).is_multiple_of(COMM_REFRESH) {
+            pending.value.samples += 1;
+            return;
+        }
+        let Some(last) = LAST.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: as above.
+        add_sample(ctx, pending, stats, unsafe { &mut *last });
+        return;
+    }
+    let Some(last) = LAST.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as above.
+    let last = unsafe { &mut *last };
+    // Where the sample landed gets the counters' growth since the previous sample,
+    // so they are read at every sample, and the pending counts take it at once.
+    pending.seq += 1;
+    let (period, deltas) = read_growth(ctx, last);
+    stats.period_sum += period;
+    let key = if skip(SKIP_TASK_MAP) {
+        TaskKey {
+            // SAFETY: helper without arguments.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ..TaskKey::default()
+        }
+    } else if pending.valid != 0 && !(pending.value.samples + 1).is_multiple_of(COMM_REFRESH) {
+        add(&mut pending.value, 1, period, &deltas);
+        pending.key
+    } else {
+        add_sample_read(pending, stats, period, &deltas)
+    };
+    pending.seq += 1;
+    record_location(ctx, mode, &key, period, &deltas);
+}
+
+/// The leader's and the members' growth since `last` (which this moves on).
+#[inline(always)]
+fn read_growth(ctx: &PerfEventContext, last: &mut LastValues) -> (u64, [u64; MAX_MEMBERS]) {
     let period = if skip(SKIP_LEADER_READ) {
         // SAFETY: as in leader_growth.
         unsafe { (*ctx.ctx).sample_period }
@@ -203,46 +257,78 @@ fn try_on_sample(ctx: &PerfEventContext) {
     } else {
         member_deltas(&mut last.members)
     };
-    stats.samples += 1;
-    stats.period_sum += period;
-    if skip(SKIP_TASK_MAP) {
-        let key = TaskKey {
-            // SAFETY: helper without arguments.
-            cpu: unsafe { bpf_get_smp_processor_id() },
-            ..TaskKey::default()
-        };
-        locations(ctx, &key, period, &deltas);
-        return;
-    }
-    let key = add_sample(pending, stats, period, &deltas);
-    locations(ctx, &key, period, &deltas);
+    (period, deltas)
 }
 
-/// Adds a sample to this CPU's pending counts, and returns its task's key. The fast
-/// path, when the CPU's pending counts are the current task's: a few additions, no
-/// helper. Otherwise (the first sample since a switch, or every COMM_REFRESH
-/// samples to see a new name, tid or cgroup), the task's key from the helpers;
-/// another key's pending counts go to the task map first.
+/// The sample path with locations off, past the fast path: the first sample since a
+/// switch, or every COMM_REFRESH samples to see a new name, tid or cgroup. The
+/// task's key comes from the helpers. The counters are read only where counts must
+/// end here: a sample of the task that is leaving the CPU (between a switch's
+/// tracepoint and its end, an NMI) goes straight to the task map with what the
+/// counters gained since the switch's tracepoint; pending counts whose key changed
+/// go to the task map with what the counters gained since the last move.
 ///
-/// Valid pending counts are the current task's: the switch program empties them at
+/// Valid pending counts are the current task's: the switch program moves them at
 /// every switch on this CPU (a task that exits leaves its CPU by a switch too), and
-/// they are only started by the task the last switch switched to (`pending.task`). A
-/// sample between a switch's tracepoint and its end (an NMI) is of the task that is
-/// leaving: it goes straight to the task map.
+/// they are only started by the task the last switch switched to (`pending.task`).
 #[inline(always)]
 fn add_sample(
+    ctx: &PerfEventContext,
+    pending: &mut Pending,
+    stats: &mut CpuStats,
+    last: &mut LastValues,
+) {
+    // SAFETY: helper without arguments; the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let key = key_of(task);
+    if pending.task != 0 && pending.task != task {
+        pending.seq += 1;
+        let (period, deltas) = read_growth(ctx, last);
+        stats.period_sum += period;
+        match charge(&key, 1, period, &deltas, None) {
+            Charged::Updated => {}
+            Charged::Inserted => stats.inserted += 1,
+            Charged::Dropped => stats.dropped += 1,
+        }
+        pending.seq += 1;
+        return;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if pending.valid != 0 && pending.key == key {
+        pending.value.samples += 1;
+        pending.value.comm = comm;
+        return;
+    }
+    pending.seq += 1;
+    if pending.valid != 0 {
+        let (period, deltas) = read_growth(ctx, last);
+        stats.period_sum += period;
+        flush(pending, stats, period, &deltas, false);
+    }
+    pending.key = key;
+    pending.value = TaskValue {
+        samples: 1,
+        period_sum: 0,
+        counts: [0; MAX_MEMBERS],
+        comm,
+    };
+    pending.valid = 1;
+    pending.seq += 1;
+}
+
+/// [`add_sample`] with locations on, where the counters were read at this sample
+/// already (`period` and `deltas`): returns the task's key. The caller has made
+/// `seq` odd.
+#[inline(always)]
+fn add_sample_read(
     pending: &mut Pending,
     stats: &mut CpuStats,
     period: u64,
     deltas: &[u64; MAX_MEMBERS],
 ) -> TaskKey {
-    if pending.valid != 0 && !(pending.value.samples + 1).is_multiple_of(COMM_REFRESH) {
-        add(&mut pending.value, 1, period, deltas);
-        return pending.key;
-    }
-    let key = current_key();
     // SAFETY: helper without arguments; the current task's address.
     let task = unsafe { bpf_get_current_task() };
+    let key = key_of(task);
     if pending.task != 0 && pending.task != task {
         match charge(&key, 1, period, deltas, None) {
             Charged::Updated => {}
@@ -282,8 +368,8 @@ fn add(value: &mut TaskValue, samples: u64, period: u64, deltas: &[u64; MAX_MEMB
 }
 
 /// Moves this CPU's pending counts, plus `period` and `deltas` (what the counters
-/// gained since the last sample, at a switch), into the task map, and empties it;
-/// `seq` is odd meanwhile, which tells user space not to add what it read of it.
+/// gained since the last move or sample), into the task map, and empties it. The
+/// caller has made `seq` odd, which tells user space not to add what it read of it.
 #[inline(always)]
 fn flush(
     pending: &mut Pending,
@@ -292,7 +378,6 @@ fn flush(
     deltas: &[u64; MAX_MEMBERS],
     at_switch: bool,
 ) {
-    pending.seq += 1;
     add(&mut pending.value, 0, period, deltas);
     let value = &pending.value;
     match charge(
@@ -313,7 +398,6 @@ fn flush(
     }
     pending.valid = 0;
     pending.value = TaskValue::default();
-    pending.seq += 1;
 }
 
 /// The location half, when the loader turned it on.
@@ -331,6 +415,13 @@ fn locations(ctx: &PerfEventContext, key: &TaskKey, period: u64, deltas: &[u64; 
 /// The current task's key on this CPU.
 #[inline(always)]
 fn current_key() -> TaskKey {
+    // SAFETY: helper without arguments; the current task's address.
+    key_of(unsafe { bpf_get_current_task() })
+}
+
+/// The key of `task`, the current task (its address, from `bpf_get_current_task`).
+#[inline(always)]
+fn key_of(task: u64) -> TaskKey {
     let pid_tgid = if skip(SKIP_PID) {
         0
     } else {
@@ -345,7 +436,11 @@ fn current_key() -> TaskKey {
             // SAFETY: helper without arguments.
             unsafe { bpf_get_current_cgroup_id() }
         },
-        start: if skip(SKIP_START) { 0 } else { process_start() },
+        start: if skip(SKIP_START) {
+            0
+        } else {
+            process_start(task)
+        },
         // SAFETY: helper without arguments.
         cpu: unsafe { bpf_get_smp_processor_id() },
         _pad: 0,
@@ -442,6 +537,9 @@ fn charge_switch(next: Option<u64>) {
     let (stats, last, pending, switching) =
         unsafe { (&mut *stats, &mut *last, &mut *pending, &mut *switching) };
     *switching = 1;
+    // Odd while the counters' last values and the pending counts change (user space
+    // adds what the counters gained since `last` to the pending counts).
+    pending.seq += 1;
     last.event = 0;
     // A CPU without a sampling leader fails the read: only pending counts move.
     let (period, deltas) = match read_counter((&raw const LEADER).cast_mut().cast()) {
@@ -488,6 +586,7 @@ fn charge_switch(next: Option<u64>) {
             pending.task = next;
         }
     }
+    pending.seq += 1;
     *switching = 0;
 }
 
@@ -595,13 +694,12 @@ fn stack_id(ctx: &PerfEventContext, flags: u64, stats: &mut LocStats, user: bool
 /// the offsets the loader found in the kernel's BTF; 0 when they are unknown or a
 /// read fails.
 #[inline(always)]
-fn process_start() -> u64 {
+fn process_start(task: u64) -> u64 {
     let (leader_off, start_off) = (LEADER_OFFSET.load(), START_OFFSET.load());
     if start_off == 0 {
         return 0;
     }
-    // SAFETY: helper without arguments; returns the current task's address.
-    let task = unsafe { bpf_get_current_task() } as usize;
+    let task = task as usize;
     // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling path:
     // a bad address yields an error, never a fault.
     let Ok(leader) =

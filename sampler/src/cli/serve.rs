@@ -302,7 +302,7 @@ fn open_window(
         if sampling.bpf.locations() == Locations::Off {
             sampling.set_locations(mode.locations())?;
         }
-        Ok((sampling.bpf.read()?, sampling.session.read_counts()?))
+        Ok((sampling.read_maps()?, sampling.session.read_counts()?))
     })();
     match start {
         Ok((start, start_counts)) => {
@@ -327,7 +327,7 @@ fn open_window(
 /// the requester; locations off again.
 fn close_window(sampling: &mut Sampling, w: Window, names: &mut CgroupNames) {
     let answer = (|| -> Result<_, crate::run::Error> {
-        let cur = sampling.bpf.read()?;
+        let cur = sampling.read_maps()?;
         sampling.resolve(&cur)?;
         let counts = sampling.session.read_counts()?;
         let interval = snapshot::delta(&w.start, &cur);

@@ -12,11 +12,11 @@ use aya::{
 };
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
-    EVENT_COUNT_OFFSET_GLOBAL, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP, LOC_STATS_MAP,
-    LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LocKey, LocStats, LocValue,
-    MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
-    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
-    TaskValue,
+    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
+    LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
+    LocKey, LocStats, LocValue, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP,
+    PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
+    SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::kernel::Error;
@@ -120,6 +120,8 @@ pub struct Bpf {
     max_locations: Locations,
     /// With [`Bpf::use_floor`]: the floor program, attached instead of `on_sample`.
     floor: Option<Ebpf>,
+    /// The sampling group's members that the program attributes.
+    members: u32,
 }
 
 /// The location map's entries and its per-CPU counters.
@@ -269,6 +271,7 @@ impl Bpf {
             locations: Locations::Off,
             max_locations,
             floor: None,
+            members,
         })
     }
 
@@ -464,8 +467,23 @@ impl Bpf {
     }
 
     /// Reads the task map, the per-CPU statistics and, when locations were ever on,
-    /// the location map and its counters.
+    /// the location map and its counters, without what the counters gained since
+    /// the last move of each CPU's pending counts (see [`Bpf::read_with`]): enough
+    /// for the rows of tasks that are not running.
     pub fn read(&self) -> Result<MapContents, Error> {
+        self.read_with(|_| None)
+    }
+
+    /// [`Bpf::read`], with what each CPU's sampling leader and members gained since
+    /// the program last read them added to the task that runs there (the program
+    /// reads them when a task's pending counts move, not at its every sample, see
+    /// [`Pending`]) and to the CPU's `period_sum`. `values(cpu)` reads the CPU's
+    /// sampling group as `read()` gives it now: the leader's value, then each
+    /// member's (`None` where the CPU has none).
+    pub fn read_with(
+        &self,
+        mut values: impl FnMut(u32) -> Option<CounterValues>,
+    ) -> Result<MapContents, Error> {
         let (locations, loc_stats) = if self.locations == Locations::Off {
             (Vec::new(), Vec::new())
         } else {
@@ -474,11 +492,16 @@ impl Bpf {
         // The CPUs' counters after the tasks, as always: a sample that lands
         // between the two readings is then in the CPU's total, not in a row only.
         let mut pending_only = Vec::new();
-        let tasks = self.read_tasks(&mut pending_only)?;
+        let (tasks, period_sums) = self.read_tasks(&mut pending_only, &mut values)?;
         let mut cpu_stats: Vec<CpuStats> = self.read_per_cpu(CPU_STATS_MAP)?;
         for cpu in pending_only {
             if let Some(stats) = cpu_stats.get_mut(cpu as usize) {
                 stats.inserted += 1;
+            }
+        }
+        for (stats, sum) in cpu_stats.iter_mut().zip(period_sums) {
+            if let Some(sum) = sum {
+                stats.period_sum = sum;
             }
         }
         Ok(MapContents {
@@ -493,8 +516,34 @@ impl Bpf {
         })
     }
 
-    /// The task map with each CPU's pending counts (see [`Pending`]) added to their
-    /// task's entry, never counted twice and never going back between readings.
+    /// What the counters of the CPUs in `want` gained since the program last read
+    /// them (the `LAST` map), with each CPU's `period_sum`: read together, inside
+    /// a window that [`settle`] checks no move crossed.
+    fn read_live(
+        &self,
+        want: &[bool],
+        values: &mut impl FnMut(u32) -> Option<CounterValues>,
+    ) -> Result<Vec<Option<Live>>, Error> {
+        let last: Vec<LastValues> = self.read_per_cpu(LAST_MAP)?;
+        let stats: Vec<CpuStats> = self.read_per_cpu(CPU_STATS_MAP)?;
+        Ok(last
+            .iter()
+            .zip(&stats)
+            .enumerate()
+            .map(|(cpu, (last, stats))| {
+                if !want.get(cpu).copied().unwrap_or(false) {
+                    return None;
+                }
+                let now = values(cpu as u32)?;
+                Some(Live::of(last, &now, self.members, stats.period_sum))
+            })
+            .collect())
+    }
+
+    /// The task map with each CPU's pending counts (see [`Pending`]) and what its
+    /// counters gained since (see [`Bpf::read_with`]) added to their task's entry,
+    /// never counted twice and never going back between readings; and, per CPU,
+    /// its `period_sum` with that gain where it was added.
     ///
     /// A CPU whose pending counts moved into the task map during the bulk read
     /// (`seq` changed) may have had its task's entry read before or after the move:
@@ -504,8 +553,14 @@ impl Bpf {
     /// in the next reading). `pending_only` gets the CPU of each pending task
     /// without an entry yet, whose entry the move will insert: the caller counts it
     /// as an insert, so that evictions stay inserts minus live entries.
-    fn read_tasks(&self, pending_only: &mut Vec<u32>) -> Result<Vec<(TaskKey, TaskValue)>, Error> {
+    #[allow(clippy::type_complexity)]
+    fn read_tasks(
+        &self,
+        pending_only: &mut Vec<u32>,
+        values: &mut impl FnMut(u32) -> Option<CounterValues>,
+    ) -> Result<(Vec<(TaskKey, TaskValue)>, Vec<Option<u64>>), Error> {
         let before: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
+        let live = self.read_live(&vec![true; before.len()], values)?;
         let mut tasks = self.read_hash(TASKS_MAP)?;
         let after: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
         let map = self
@@ -517,22 +572,28 @@ impl Bpf {
                 map: TASKS_MAP,
                 source,
             })?;
-        let mut failed = None;
-        settle(
+        let failed = std::cell::RefCell::new(None);
+        let sums = settle(
             &mut tasks,
             pending_only,
             &before,
             after,
+            live,
             || {
                 self.read_per_cpu(PENDING_MAP)
-                    .map_err(|e| failed = Some(e))
+                    .map_err(|e| *failed.borrow_mut() = Some(e))
+                    .ok()
+            },
+            |want| {
+                self.read_live(want, values)
+                    .map_err(|e| *failed.borrow_mut() = Some(e))
                     .ok()
             },
             |key| hash.get(key, 0).ok(),
         );
-        match failed {
+        match failed.into_inner() {
             Some(e) => Err(e),
-            None => Ok(tasks),
+            None => Ok((tasks, sums)),
         }
     }
 
@@ -592,24 +653,59 @@ impl Bpf {
 /// Tries per reading to find a moment when a CPU's pending counts do not move.
 pub const SETTLE_TRIES: usize = 8;
 
+/// One CPU's sampling group as `read()` gives it: the leader's value, then each
+/// member's (`None` where the CPU has none).
+pub type CounterValues = [Option<u64>; 1 + MAX_MEMBERS];
+
+/// What one CPU's counters gained since the program last read them, and the CPU's
+/// `period_sum` (which that read brought up to date), read in one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    /// The leader's growth, then each member's.
+    pub growth: [u64; 1 + MAX_MEMBERS],
+    pub period_sum: u64,
+}
+
+impl Live {
+    /// From the program's last values and the counters' values now, for a group
+    /// whose first `members` members the program attributes. A value below the
+    /// last one (a counter read just before the program's own later read) adds
+    /// nothing.
+    pub fn of(last: &LastValues, now: &CounterValues, members: u32, period_sum: u64) -> Self {
+        let mut growth = [0; 1 + MAX_MEMBERS];
+        growth[0] = now[0].map_or(0, |v| v.saturating_sub(last.leader));
+        for (i, last) in last.members.iter().enumerate().take(members as usize) {
+            growth[i + 1] = now[i + 1].map_or(0, |v| v.saturating_sub(*last));
+        }
+        Self { growth, period_sum }
+    }
+}
+
 /// Whether a CPU's pending counts stood still from `a` to `b`: no move began or ran.
 fn still(a: &Pending, b: &Pending) -> bool {
     a.seq == b.seq && a.seq.is_multiple_of(2)
 }
 
-/// [`Bpf::read_tasks`]'s logic, over the task map's bulk reading `tasks` and the
-/// pending counts read `before` and `after` it: `read_pending` reads them again
-/// (`None`: the read failed, and settling stops), `lookup` one task entry; the CPU
-/// of each pending task that got a row of its own goes to `pending_only`.
+/// [`Bpf::read_tasks`]'s logic, over the task map's bulk reading `tasks`, the
+/// pending counts read `before` and `after` it and the counters' gain `live`, read
+/// between `before` and the bulk read: `read_pending` reads the pending counts
+/// again and `read_live` the gain of the CPUs it is given (`None`: the read failed,
+/// and settling stops), `lookup` one task entry; the CPU of each pending task that
+/// got a row of its own goes to `pending_only`. Returns each CPU's `period_sum`
+/// with its leader's gain, where that gain went to a task.
+#[allow(clippy::too_many_arguments)]
 pub fn settle(
     tasks: &mut Vec<(TaskKey, TaskValue)>,
     pending_only: &mut Vec<u32>,
     before: &[Pending],
     mut after: Vec<Pending>,
+    mut live: Vec<Option<Live>>,
     mut read_pending: impl FnMut() -> Option<Vec<Pending>>,
+    mut read_live: impl FnMut(&[bool]) -> Option<Vec<Option<Live>>>,
     mut lookup: impl FnMut(&TaskKey) -> Option<TaskValue>,
-) {
+) -> Vec<Option<u64>> {
     let cpus = before.len().min(after.len());
+    live.resize(cpus, None);
     let mut settled: Vec<bool> = (0..cpus).map(|c| still(&before[c], &after[c])).collect();
     // The keys of every pending task seen on an unsettled CPU so far.
     let mut seen: Vec<TaskKey> = Vec::new();
@@ -630,6 +726,11 @@ pub fn settle(
         for c in (0..cpus.min(x.len())).filter(|&c| !settled[c]) {
             note(&x[c], &mut seen);
         }
+        let want: Vec<bool> = settled.iter().map(|s| !s).collect();
+        let Some(mut gained) = read_live(&want) else {
+            break;
+        };
+        gained.resize(cpus, None);
         let fresh: Vec<(TaskKey, Option<TaskValue>)> =
             seen.iter().map(|k| (*k, lookup(k))).collect();
         let Some(y) = read_pending() else { break };
@@ -641,6 +742,7 @@ pub fn settle(
             if still(&x[c], &y[c]) {
                 settled[c] = true;
                 after[c] = y[c];
+                live[c] = gained[c];
                 took = true;
             } else {
                 note(&y[c], &mut seen);
@@ -664,11 +766,23 @@ pub fn settle(
             seen.retain(|k| (k.cpu as usize) < cpus && !settled[k.cpu as usize]);
         }
     }
-    // Add each settled CPU's pending counts to its task's entry.
-    let mut pending: std::collections::HashMap<TaskKey, &TaskValue> = (0..cpus)
-        .filter(|&c| settled[c] && after[c].valid != 0 && after[c].value.samples > 0)
-        .map(|c| (after[c].key, &after[c].value))
-        .collect();
+    // Add each settled CPU's pending counts, and what its counters gained since,
+    // to its task's entry.
+    let mut sums = vec![None; cpus];
+    let mut pending: std::collections::HashMap<TaskKey, TaskValue> =
+        std::collections::HashMap::new();
+    for c in (0..cpus).filter(|&c| settled[c] && after[c].valid != 0 && after[c].value.samples > 0)
+    {
+        let mut value = after[c].value;
+        if let Some(l) = live[c] {
+            value.period_sum += l.growth[0];
+            for (count, add) in value.counts.iter_mut().zip(&l.growth[1..]) {
+                *count += add;
+            }
+            sums[c] = Some(l.period_sum + l.growth[0]);
+        }
+        pending.insert(after[c].key, value);
+    }
     for (key, value) in tasks.iter_mut() {
         if let Some(p) = pending.remove(key) {
             value.samples += p.samples;
@@ -680,9 +794,10 @@ pub fn settle(
         }
     }
     for (key, value) in pending {
-        tasks.push((key, *value));
+        tasks.push((key, value));
         pending_only.push(key.cpu);
     }
+    sums
 }
 
 /// Entries read per batch.
@@ -828,10 +943,12 @@ mod tests {
             &mut pending_only,
             &before,
             after,
+            Vec::new(),
             || {
                 reads += 1;
                 None
             },
+            |_| panic!("nothing to read again"),
             |_| panic!("nothing to look up"),
         );
         assert_eq!(reads, 0, "every CPU stood still");
@@ -860,7 +977,9 @@ mod tests {
                 &mut pending_only,
                 &before,
                 after,
+                Vec::new(),
                 || Some(vec![pending(None, 0, 4)]),
+                |_| Some(Vec::new()),
                 |k| {
                     looked.push(*k);
                     Some(value(8))
@@ -883,11 +1002,13 @@ mod tests {
             &mut pending_only,
             &[pending(Some(a), 3, 1)],
             vec![pending(Some(a), 4, 3)],
+            Vec::new(),
             || {
                 reads += 1;
                 seq += 2;
                 Some(vec![pending(Some(a), 4, seq)])
             },
+            |_| Some(Vec::new()),
             |_| Some(value(6)),
         );
         assert_eq!(reads, 2 * SETTLE_TRIES);
@@ -908,10 +1029,87 @@ mod tests {
             &mut pending_only,
             &[pending(Some(a), 3, 3)],
             vec![pending(Some(a), 3, 3)],
+            Vec::new(),
             || answers.pop().map(|p| vec![p]),
+            |_| Some(Vec::new()),
             |_| Some(value(8)),
         );
         assert_eq!(samples_of(&tasks, a), [8]);
+    }
+
+    fn live(leader: u64, member: u64, period_sum: u64) -> Live {
+        Live {
+            growth: [leader, member, 0, 0, 0],
+            period_sum,
+        }
+    }
+
+    #[test]
+    fn the_counters_gain_since_the_last_move_goes_to_the_pending_task_and_its_cpu() {
+        let a = key(10, 0);
+        let mut tasks = vec![(a, value(5))];
+        let mut pending_only = Vec::new();
+        let before = [pending(Some(a), 2, 4), pending(None, 0, 6)];
+        let after = vec![pending(Some(a), 2, 4), pending(None, 0, 6)];
+        let sums = settle(
+            &mut tasks,
+            &mut pending_only,
+            &before,
+            after,
+            vec![Some(live(50, 3, 9_000)), Some(live(70, 1, 4_000))],
+            || None,
+            |_| None,
+            |_| None,
+        );
+        // The entry, the pending counts and the gain since the last move, once.
+        assert_eq!(tasks[0].1.period_sum, 5_000 + 2_000 + 50);
+        assert_eq!(tasks[0].1.counts[0], 5 * 7 + 2 * 7 + 3);
+        // The CPU's sum with the gain that went to its task; CPU 1 runs a task
+        // with no pending row, whose gain is in no row, so its sum stays as read.
+        assert_eq!(sums, [Some(9_050), None]);
+        assert_eq!(tasks.len(), 1);
+    }
+
+    #[test]
+    fn a_cpu_settled_on_a_later_try_takes_the_gain_read_in_that_try() {
+        let a = key(10, 0);
+        let mut tasks = vec![(a, value(5))];
+        let mut pending_only = Vec::new();
+        let mut asked = Vec::new();
+        let sums = settle(
+            &mut tasks,
+            &mut pending_only,
+            &[pending(Some(a), 3, 2)],
+            vec![pending(Some(a), 1, 4)],
+            vec![Some(live(500, 0, 1_000))],
+            || Some(vec![pending(Some(a), 1, 4)]),
+            |want| {
+                asked.push(want.to_vec());
+                Some(vec![Some(live(20, 0, 6_000))])
+            },
+            |_| Some(value(8)),
+        );
+        assert_eq!(asked, [vec![true]]);
+        // The entry looked up again (8 samples), the pending sample, the later gain.
+        assert_eq!(samples_of(&tasks, a), [9]);
+        assert_eq!(tasks[0].1.period_sum, 8_000 + 1_000 + 20);
+        assert_eq!(sums, [Some(6_020)]);
+    }
+
+    #[test]
+    fn the_gain_counts_only_attributed_members_and_never_goes_below_zero() {
+        let last = LastValues {
+            leader: 1_000,
+            members: [10, 20, 30, 40],
+            event: 0,
+        };
+        let now = [Some(1_500), Some(15), Some(19), Some(100), None];
+        let l = Live::of(&last, &now, 2, 77);
+        // Member 1 read below its last value (the program read it after us): 0;
+        // members 2 and 3 are not attributed by the program.
+        assert_eq!(l.growth, [500, 5, 0, 0, 0]);
+        assert_eq!(l.period_sum, 77);
+        assert_eq!(Live::of(&last, &[None; 5], 4, 0).growth, [0; 5]);
     }
 
     #[test]

@@ -452,6 +452,22 @@ impl<'s> Session<'s> {
         Ok(out)
     }
 
+    /// The sampling group of `cpu` as `read()` gives it now, by position (the
+    /// leader, then each member up to [`MAX_MEMBERS`]): what the BPF program's
+    /// leader and member slots of the CPU hold, not what events closed by CPU
+    /// hotplug carried. `None` when the CPU has no sampling group or it cannot be
+    /// read.
+    pub fn sampling_values(&self, cpu: u32) -> Option<[Option<u64>; 1 + MAX_MEMBERS]> {
+        let g = self.groups.iter().find(|g| g.cpu == cpu && g.sampling())?;
+        let mut out = [None; 1 + MAX_MEMBERS];
+        for c in self.read_group(g).ok()? {
+            if let Some(slot) = out.get_mut(c.index) {
+                *slot = Some(c.value);
+            }
+        }
+        Some(out)
+    }
+
     /// One group's counts, as `read()` gives them now.
     fn read_group(&self, g: &CpuGroup) -> Result<Vec<EventCount>, Error> {
         let mut buf = vec![0u8; group_read_size(g.events.len())];

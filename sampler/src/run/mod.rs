@@ -248,6 +248,14 @@ impl Sampling {
         Ok(self.bpf.set_locations(want)?)
     }
 
+    /// Reads the maps, with what each CPU's counters gained since the program last
+    /// read them added to the task running there (see [`Bpf::read_with`]).
+    pub fn read_maps(&self) -> Result<bpf::MapContents, Error> {
+        Ok(self
+            .bpf
+            .read_with(|cpu| self.session.sampling_values(cpu))?)
+    }
+
     /// Symbolizes the addresses of `maps` not seen before (while their processes
     /// still run).
     pub fn resolve(&mut self, maps: &bpf::MapContents) -> Result<(), Error> {
@@ -328,7 +336,7 @@ impl Sampling {
         }
         self.session.disable()?;
         let elapsed = started.elapsed().as_secs_f64();
-        let maps = self.bpf.read()?;
+        let maps = self.read_maps()?;
         self.resolve(&maps)?;
         let counts = self.session.read_counts()?;
         let mut snapshot = Snapshot::build(&maps, &counts, &self.info, elapsed);
@@ -374,7 +382,7 @@ pub struct Refresh {
 impl Refresh {
     pub fn new(sampling: &Sampling) -> Result<Self, Error> {
         Ok(Self {
-            prev: sampling.bpf.read()?,
+            prev: sampling.read_maps()?,
             prev_counts: sampling.session.read_counts()?,
             last: Instant::now(),
         })
@@ -382,7 +390,7 @@ impl Refresh {
 
     pub fn next(&mut self, sampling: &mut Sampling) -> Result<Snapshot, Error> {
         let hotplug = sampling.follow_hotplug();
-        let cur = sampling.bpf.read()?;
+        let cur = sampling.read_maps()?;
         sampling.resolve(&cur)?;
         let cur_counts = sampling.session.read_counts()?;
         let now = Instant::now();
