@@ -744,6 +744,51 @@ fn reused_pid_does_not_mix_two_processes() -> TestResult {
     Ok(())
 }
 
+/// Short-lived processes one after another on one CPU: the kernel often gives a
+/// new process the memory of the `task_struct` of one that exited, and the BPF
+/// program's cache of task keys is indexed by that address. Each process's samples
+/// still go to its own row.
+fn short_lived_processes_each_get_their_own_samples() -> TestResult {
+    let _serial = require_root_and_cpu1()?;
+    let stat = Command::new(sampler_bin())
+        .args(["stat", "--duration", "6", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let mut pids = Vec::new();
+    for _ in 0..40 {
+        let busy = Busy::pinned_to(1);
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        pids.push(busy.pid());
+    }
+    let out = stat.wait_with_output().unwrap();
+    assert!(out.status.success(), "sampler failed: {}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks = doc["tasks"].as_array().unwrap();
+    let samples = |pid: u32| -> u64 {
+        tasks
+            .iter()
+            .filter(|t| t["tgid"] == pid)
+            .map(|t| t["samples"].as_u64().unwrap())
+            .sum()
+    };
+    // 80 ms busy at 999 Hz is about 80 samples; a process whose samples went to
+    // another's key has next to none.
+    let starved: Vec<(u32, u64)> = pids
+        .iter()
+        .map(|&p| (p, samples(p)))
+        .filter(|&(_, n)| n < 10)
+        .collect();
+    assert!(
+        starved.is_empty(),
+        "processes with fewer than 10 samples in their own rows (pid, samples): {starved:?}"
+    );
+    Ok(())
+}
+
 crate::test_main!(
     busy_task_pinned_to_cpu1_gets_its_samples,
     json_reports_source_cpus_and_no_idle_task,
@@ -758,6 +803,7 @@ crate::test_main!(
     check_agrees_three_ways_and_explains_the_read_fallback,
     top_intervals_hold_per_interval_member_counts_and_bpf_cost,
     stat_with_bpf_stats_counts_one_run_per_sample,
+    short_lived_processes_each_get_their_own_samples,
     pending_counts_show_in_every_refresh_once,
     reused_pid_does_not_mix_two_processes,
 );

@@ -59,8 +59,11 @@ pub const SKIP_START: u32 = 1 << 4;
 pub const SKIP_TASK_MAP: u32 = 1 << 5;
 /// Skip the location mode's lookup (and so the location half).
 pub const SKIP_LOC_MODE: u32 = 1 << 6;
+/// Skip the per-CPU cache of task keys (every first sample after a switch fetches
+/// the key with the helpers).
+pub const SKIP_KEY_CACHE: u32 = 1 << 7;
 /// The names `--bench-skip` takes, with their bits.
-pub const SKIP_NAMES: [(&str, u32); 7] = [
+pub const SKIP_NAMES: [(&str, u32); 8] = [
     ("leader-read", SKIP_LEADER_READ),
     ("member-reads", SKIP_MEMBER_READS),
     ("pid", SKIP_PID),
@@ -68,6 +71,7 @@ pub const SKIP_NAMES: [(&str, u32); 7] = [
     ("start", SKIP_START),
     ("task-map", SKIP_TASK_MAP),
     ("loc-mode", SKIP_LOC_MODE),
+    ("key-cache", SKIP_KEY_CACHE),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
@@ -235,10 +239,17 @@ pub struct CpuStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
-    pub key: TaskKey,
+    /// 1 while the switch program runs on this CPU: a sample whose interrupt comes
+    /// in the middle of it (an NMI on x86) counts the sample and leaves the pending
+    /// counts and the last values to the switch program. (First, with `valid` and
+    /// `value.samples`: the fields every sample reads, in one cache line.)
+    pub switching: u64,
+    /// 1 while `key` and `value` hold samples not yet moved.
+    pub valid: u64,
     /// The counts so far, and the task's name (at the first sample, and every
     /// [`COMM_REFRESH`] samples).
     pub value: TaskValue,
+    pub key: TaskKey,
     /// The kernel's address of the task (`struct task_struct`) the last context
     /// switch on this CPU switched to (0 before the first): only its samples start
     /// pending counts.
@@ -246,14 +257,17 @@ pub struct Pending {
     /// Bumped before and after each move into the task map and each change of
     /// [`LAST_MAP`]'s values (odd meanwhile).
     pub seq: u64,
-    /// 1 while `key` and `value` hold samples not yet moved.
-    pub valid: u64,
 }
 
 /// How often (in samples of one task on one CPU) the sample program fetches the
 /// task's name and identity again: a process that calls exec() gets its new name, a
 /// task moved to another cgroup (or an exec() by a thread, which takes the leader's
 /// tid) its new key, within this many samples, even when it never leaves the CPU.
+/// The first sample after a switch takes the key from the program's per-CPU cache
+/// of recent tasks' keys when the task's thread start time and name still match
+/// (so an exec() and a new task at a reused address miss it), and at most this many
+/// times after the helpers gave it: a cgroup move shows within this many of the
+/// task's switches back onto the CPU.
 pub const COMM_REFRESH: u64 = 64;
 
 /// Name of the per-CPU array of one [`Pending`].
@@ -290,7 +304,7 @@ const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
 const _: () = assert!(size_of::<LastValues>() == 8 * (2 + MAX_MEMBERS));
 const _: () = assert!(size_of::<CpuStats>() == 48);
-const _: () = assert!(size_of::<Pending>() == 120);
+const _: () = assert!(size_of::<Pending>() == 128);
 const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
 const _: () = assert!(size_of::<LocStats>() == 48);

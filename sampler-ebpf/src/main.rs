@@ -66,8 +66,8 @@ use aya_ebpf::{
 use sampler_common::{
     COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_OFF,
     LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK, Pending,
-    SKIP_CGROUP, SKIP_LEADER_READ, SKIP_LOC_MODE, SKIP_MEMBER_READS, SKIP_PID, SKIP_START,
-    SKIP_TASK_MAP, TaskKey, TaskValue,
+    SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MODE, SKIP_MEMBER_READS, SKIP_PID,
+    SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -105,12 +105,6 @@ static CPU_STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "LEADER")]
 static LEADER: PerfEventArray<u32> = PerfEventArray::new(0);
 
-/// Set while the switch program runs on this CPU (one slot per CPU). A sample's
-/// interrupt that comes in the middle of it (an NMI on x86) counts the sample and
-/// leaves the counter values to the switch program.
-#[map(name = "SWITCHING")]
-static SWITCHING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
 /// The sampling group's counting members, one array per position, indexed by CPU.
 #[map(name = "MEMBER0")]
 static MEMBER0: PerfEventArray<u32> = PerfEventArray::new(0);
@@ -125,6 +119,36 @@ static MEMBER3: PerfEventArray<u32> = PerfEventArray::new(0);
 /// TASKS (see [`Pending`]).
 #[map(name = "PENDING")]
 static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots per CPU in KEY_CACHE (a power of two).
+const KEY_CACHE_SLOTS: usize = 4;
+
+/// A task's key as the helpers last gave it on this CPU.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct CachedKey {
+    /// The task's address (`struct task_struct`); 0: an empty slot.
+    task: u64,
+    /// The thread's own `start_time`: a task_struct reused by a new task, or a
+    /// thread whose exec() made it the leader, has another.
+    thread_start: u64,
+    key: TaskKey,
+    comm: [u8; COMM_LEN],
+    /// Times the slot answered since the helpers filled it.
+    uses: u64,
+}
+
+/// The keys of the tasks that ran on this CPU lately, by their address: the first
+/// sample after a switch back to one of them (a busy task that a kernel thread
+/// preempted) takes its key from here, checked with one kernel read and the name
+/// helper, instead of fetching it with five helpers.
+#[repr(C)]
+struct KeyCache {
+    slots: [CachedKey; KEY_CACHE_SLOTS],
+}
+
+#[map(name = "KEY_CACHE")]
+static KEY_CACHE: PerCpuArray<KeyCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// The leader's and the members' counter values at the previous sample, per CPU.
 #[map(name = "LAST")]
@@ -169,18 +193,15 @@ pub fn on_sample(ctx: PerfEventContext) -> u32 {
 
 #[inline(always)]
 fn try_on_sample(ctx: &PerfEventContext) {
-    let (Some(stats), Some(pending), Some(switching)) = (
-        CPU_STATS.get_ptr_mut(0),
-        PENDING.get_ptr_mut(0),
-        SWITCHING.get_ptr(0),
-    ) else {
+    let (Some(stats), Some(pending)) = (CPU_STATS.get_ptr_mut(0), PENDING.get_ptr_mut(0)) else {
         return;
     };
     // SAFETY: per-CPU array slots. The only program that can be running on this CPU
     // underneath this one is a switch program (this one interrupted it); it owns
     // `pending` (and `LAST`) while `switching` is set, so this one then leaves them
     // alone.
-    let (stats, pending, nested) = unsafe { (&mut *stats, &mut *pending, *switching != 0) };
+    let (stats, pending) = unsafe { (&mut *stats, &mut *pending) };
+    let nested = pending.switching != 0;
     stats.samples += 1;
     if nested {
         // The sample itself still counts, straight into the task map.
@@ -280,8 +301,8 @@ fn add_sample(
 ) {
     // SAFETY: helper without arguments; the current task's address.
     let task = unsafe { bpf_get_current_task() };
-    let key = key_of(task);
     if pending.task != 0 && pending.task != task {
+        let key = key_of(task);
         pending.seq += 1;
         let (period, deltas) = read_growth(ctx, last);
         stats.period_sum += period;
@@ -293,7 +314,21 @@ fn add_sample(
         pending.seq += 1;
         return;
     }
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let cached = if pending.valid == 0 {
+        cached_key(task)
+    } else {
+        // Every COMM_REFRESH samples: from the helpers, fresh.
+        None
+    };
+    let (key, comm) = match cached {
+        Some(found) => found,
+        None => {
+            let key = key_of(task);
+            let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            remember(task, &key, &comm);
+            (key, comm)
+        }
+    };
     if pending.valid != 0 && pending.key == key {
         pending.value.samples += 1;
         pending.value.comm = comm;
@@ -314,6 +349,75 @@ fn add_sample(
     };
     pending.valid = 1;
     pending.seq += 1;
+}
+
+/// The slot of KEY_CACHE for the task at `task`.
+#[inline(always)]
+fn slot_of(task: u64) -> usize {
+    // task_structs are slab objects of several KB: mix the bits above a cache line.
+    ((task >> 6) ^ (task >> 13)) as usize & (KEY_CACHE_SLOTS - 1)
+}
+
+/// The current task's key and name from KEY_CACHE, when its slot holds them and
+/// they still hold: the same task (its thread start time), the same name (an
+/// exec() changes it), and fewer than COMM_REFRESH answers since the helpers gave
+/// them (a task moved to another cgroup shows within that many). `task` is the
+/// current task's address.
+#[inline(always)]
+fn cached_key(task: u64) -> Option<(TaskKey, [u8; COMM_LEN])> {
+    let start_off = START_OFFSET.load();
+    if skip(SKIP_KEY_CACHE) || start_off == 0 {
+        return None;
+    }
+    let cache = KEY_CACHE.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array slot; only the sample program uses it, and it does
+    // not nest on one CPU.
+    let slot = unsafe { &mut (*cache).slots[slot_of(task)] };
+    if slot.task != task || slot.uses >= COMM_REFRESH {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling path:
+    // a bad address yields an error, never a fault.
+    let start =
+        unsafe { bpf_probe_read_kernel((task as usize + start_off as usize) as *const u64) }
+            .ok()?;
+    if start != slot.thread_start {
+        return None;
+    }
+    let comm = bpf_get_current_comm().ok()?;
+    if comm != slot.comm {
+        return None;
+    }
+    slot.uses += 1;
+    Some((slot.key, comm))
+}
+
+/// Puts the current task's key and name, fresh from the helpers, in its slot of
+/// KEY_CACHE.
+#[inline(always)]
+fn remember(task: u64, key: &TaskKey, comm: &[u8; COMM_LEN]) {
+    let start_off = START_OFFSET.load();
+    if skip(SKIP_KEY_CACHE) || start_off == 0 {
+        return;
+    }
+    let Some(cache) = KEY_CACHE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in cached_key.
+    let Ok(thread_start) =
+        (unsafe { bpf_probe_read_kernel((task as usize + start_off as usize) as *const u64) })
+    else {
+        return;
+    };
+    // SAFETY: as in cached_key.
+    let slot = unsafe { &mut (*cache).slots[slot_of(task)] };
+    *slot = CachedKey {
+        task,
+        thread_start,
+        key: *key,
+        comm: *comm,
+        uses: 0,
+    };
 }
 
 /// [`add_sample`] with locations on, where the counters were read at this sample
@@ -523,20 +627,18 @@ pub fn on_switch_end(_ctx: ProbeContext) -> u32 {
 /// map with it, and `next` is the task whose samples may start new ones.
 #[inline(always)]
 fn charge_switch(next: Option<u64>) {
-    let (Some(stats), Some(last), Some(pending), Some(switching)) = (
+    let (Some(stats), Some(last), Some(pending)) = (
         CPU_STATS.get_ptr_mut(0),
         LAST.get_ptr_mut(0),
         PENDING.get_ptr_mut(0),
-        SWITCHING.get_ptr_mut(0),
     ) else {
         return;
     };
     // SAFETY: per-CPU array slots; both switch programs run with interrupts off, so
     // only a sample's NMI can run on this CPU meanwhile, and it keeps off `last` and
     // `pending` while `switching` is set.
-    let (stats, last, pending, switching) =
-        unsafe { (&mut *stats, &mut *last, &mut *pending, &mut *switching) };
-    *switching = 1;
+    let (stats, last, pending) = unsafe { (&mut *stats, &mut *last, &mut *pending) };
+    pending.switching = 1;
     // Odd while the counters' last values and the pending counts change (user space
     // adds what the counters gained since `last` to the pending counts).
     pending.seq += 1;
@@ -587,7 +689,7 @@ fn charge_switch(next: Option<u64>) {
         }
     }
     pending.seq += 1;
-    *switching = 0;
+    pending.switching = 0;
 }
 
 /// Adds the sample to its location's entry: the sampled instruction and, with

@@ -778,6 +778,12 @@ impl Bench {
     /// with the call stacks, and bpftrace's one-liners that users would type instead,
     /// all measured in the same repetition.
     fn bpf_cost(&mut self, hz: u64) -> Result<()> {
+        /// The whole run a breakdown piece is taken out of.
+        enum Whole {
+            Alone,
+            Members,
+            Functions,
+        }
         let members = if self.machine.hardware() {
             "{cycles,instructions,cache-misses}"
         } else {
@@ -785,7 +791,7 @@ impl Bench {
         };
         let secs = self.plan.secs.min(3.0);
         let s = format!("{secs}");
-        let cost = |b: &Self, extra: &[&str]| -> Result<f64> {
+        let cost = |b: &Self, extra: &[&str]| -> Result<(f64, f64)> {
             let _load = Load::start(b.machine.cpus);
             let mut cmd = b.sampler_cmd();
             cmd.args([
@@ -799,8 +805,13 @@ impl Bench {
             ])
             .args(extra);
             let doc = json(&run_measured(&mut cmd)?.stdout)?;
-            Ok(doc["bpf"]["ns_per_sample"].as_f64().unwrap_or(f64::NAN))
+            Ok((
+                doc["bpf"]["ns_per_sample"].as_f64().unwrap_or(f64::NAN),
+                doc["bpf"]["switch_ns_per_run"].as_f64().unwrap_or(f64::NAN),
+            ))
         };
+        let cost_switch = |b: &Self, extra: &[&str]| cost(b, extra);
+        let cost = |b: &Self, extra: &[&str]| cost(b, extra).map(|(sample, _)| sample);
         let bpftrace = |key: &str| format!("profile:hz:{hz} {{ @[{key}] = count(); }}");
         let group = "BPF program cost per sample (kernel BPF statistics)";
         let source = format!("{} events", self.machine.source);
@@ -837,8 +848,23 @@ impl Bench {
         let mut vs_task = peer_key("pid, tid, cgroup, comm", "the same keys as sampler's");
         let mut member = over_floor(
             "the same + 2 member deltas",
-            "goal: each member read costs one bpf_perf_event_read_value",
+            "goal: each member read costs one bpf_perf_event_read_value; with locations \
+             off the members are read at context switches, not per sample",
         );
+        let switch_group = "The switch program's cost per context switch (kernel BPF statistics)";
+        let mut switch_members = Figure::new(
+            switch_group,
+            format!(
+                "at each switch: the leader and 2 members read, the pending counts moved, \
+                 {hz} Hz, all CPUs busy"
+            ),
+            "ns",
+        )
+        .peer("the same without members", "with / without")
+        .note(format!(
+            "{source}; what carries the counts between samples, so that a sample reads none"
+        ));
+        switch_members.inverted = true;
         let located = |what: &str| {
             let mut f = Figure::new(group, case(what), "ns")
                 .peer("task attribution alone (same repetition)", "with / without");
@@ -869,23 +895,24 @@ impl Bench {
             f.inverted = true;
             f
         };
-        // (piece, `--bench-skip` names or a whole run's flags, with members, note)
-        let mut pieces: Vec<(Figure, &str, bool)> = vec![
+        // (piece, `--bench-skip` names, the whole run it is taken out of)
+        let mut pieces: Vec<(Figure, &str, Whole)> = vec![
             (
                 piece(
-                    "the leader's count (one kernel read at its cached event)",
-                    "`--bench-skip leader-read`",
+                    "the leader's count with locations on (one kernel read per sample, at \
+                     its cached event)",
+                    "`--bench-skip leader-read` with `--functions`",
                 ),
                 "leader-read",
-                false,
+                Whole::Functions,
             ),
             (
                 piece(
-                    "2 member counts (bpf_perf_event_read_value each)",
+                    "2 member counts with locations off (read at switches only)",
                     "`--bench-skip member-reads` with 2 members",
                 ),
                 "member-reads",
-                true,
+                Whole::Members,
             ),
             (
                 piece(
@@ -895,7 +922,7 @@ impl Bench {
                     "`--bench-skip task-map`",
                 ),
                 "task-map",
-                false,
+                Whole::Alone,
             ),
             (
                 piece(
@@ -903,7 +930,7 @@ impl Bench {
                     "`--bench-skip pid`",
                 ),
                 "pid",
-                false,
+                Whole::Alone,
             ),
             (
                 piece(
@@ -911,7 +938,7 @@ impl Bench {
                     "`--bench-skip cgroup`",
                 ),
                 "cgroup",
-                false,
+                Whole::Alone,
             ),
             (
                 piece(
@@ -919,7 +946,7 @@ impl Bench {
                     "`--bench-skip start`",
                 ),
                 "start",
-                false,
+                Whole::Alone,
             ),
             (
                 piece(
@@ -927,14 +954,23 @@ impl Bench {
                     "`--bench-skip loc-mode`",
                 ),
                 "loc-mode",
-                false,
+                Whole::Alone,
+            ),
+            (
+                piece(
+                    "the cache of task keys (negative: what it saves at the first sample \
+                     after a switch back)",
+                    "`--bench-skip key-cache`",
+                ),
+                "key-cache",
+                Whole::Alone,
             ),
         ];
         let mut rest = piece(
             "the rest (per-CPU state lookups, statistics) over the floor",
             "the program with every piece above taken out, minus the floor",
         );
-        let all_pieces = "leader-read,member-reads,pid,cgroup,start,task-map,loc-mode";
+        let all_pieces = "leader-read,member-reads,pid,cgroup,start,task-map,loc-mode,key-cache";
         for _ in 0..self.plan.reps {
             let base = cost(self, &["--bench-floor"])?;
             floor.ours.push(base);
@@ -950,17 +986,26 @@ impl Bench {
                 fig.peer
                     .push(bpftrace_cost(&bpftrace(key), secs, self.machine.cpus)?);
             }
-            let with_members = cost(self, &["-e", members])?;
+            let (with_members, switch_with) = cost_switch(self, &["-e", members])?;
             member.ours.push(with_members);
             member.peer.push(base);
+            let (_, switch_without) = cost_switch(self, &[])?;
+            switch_members.ours.push(switch_with);
+            switch_members.peer.push(switch_without);
+            let with_function = cost(self, &["--functions"])?;
             if breakdown {
                 for (fig, skip, with) in &mut pieces {
                     let mut args = vec!["--bench-skip", *skip];
-                    let whole = if *with {
-                        args.extend(["-e", members]);
-                        with_members
-                    } else {
-                        alone
+                    let whole = match with {
+                        Whole::Alone => alone,
+                        Whole::Members => {
+                            args.extend(["-e", members]);
+                            with_members
+                        }
+                        Whole::Functions => {
+                            args.push("--functions");
+                            with_function
+                        }
                     };
                     let without = cost(self, &args)?;
                     fig.ours.push(whole - without);
@@ -970,7 +1015,6 @@ impl Bench {
                 rest.ours.push(bare - base);
                 rest.peer.push(alone);
             }
-            let with_function = cost(self, &["--functions"])?;
             function.ours.push(with_function);
             function.peer.push(alone);
             function_floor.ours.push(with_function);
@@ -1018,6 +1062,7 @@ impl Bench {
             vs_pid,
             vs_task,
             member,
+            switch_members,
             function,
             function_floor,
             stacks,

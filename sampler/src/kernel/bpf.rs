@@ -453,13 +453,14 @@ impl Bpf {
     /// context switches; the kprobe's, where attached, as many again).
     pub fn switch_run_stats(&self) -> Option<RunStats> {
         let raw: &RawTracePoint = self.ebpf.program(SWITCH_PROGRAM_NAME)?.try_into().ok()?;
-        let end: &KProbe = self
+        // The switch end's kprobe is loaded only where it can attach.
+        let end = self
             .ebpf
-            .program(SWITCH_END_PROGRAM_NAME)?
-            .try_into()
-            .ok()?;
+            .program(SWITCH_END_PROGRAM_NAME)
+            .and_then(|p| <&KProbe>::try_from(p).ok())
+            .and_then(|p| p.info().ok());
         let mut total = RunStats::default();
-        for info in [raw.info().ok()?, end.info().ok()?] {
+        for info in std::iter::once(raw.info().ok()?).chain(end) {
             total.run_time_ns += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
             total.run_count += info.run_count();
         }
@@ -919,6 +920,7 @@ mod tests {
             task: 0xffff_8880_0000_0000,
             seq,
             valid: u64::from(k.is_some()),
+            switching: 0,
         }
     }
 
