@@ -41,6 +41,10 @@ pub const START_OFFSET_GLOBAL: &str = "START_OFFSET";
 pub const CTX_EVENT_OFFSET_GLOBAL: &str = "CTX_EVENT_OFFSET";
 pub const EVENT_COUNT_OFFSET_GLOBAL: &str = "EVENT_COUNT_OFFSET";
 
+/// Name of the global holding the most that [`LOC_MODE_MAP`] may ask for (one of the
+/// `LOCATIONS_*` values, set by the loader): the verifier prunes what it rules out.
+pub const MAX_LOC_MODE_GLOBAL: &str = "MAX_LOC_MODE";
+
 /// Name of the global that takes pieces out of the sample program, for the
 /// benchmarks' breakdown only (`sampler stat --bench-skip`): a mask of `SKIP_*` bits,
 /// 0 in every real run. It is read-only data, so the verifier prunes what a run skips.

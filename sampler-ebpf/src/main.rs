@@ -64,10 +64,10 @@ use aya_ebpf::{
     },
 };
 use sampler_common::{
-    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_OFF,
-    LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK, Pending,
-    SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MODE, SKIP_MEMBER_READS, SKIP_PID,
-    SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_IP,
+    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK,
+    Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MODE, SKIP_MEMBER_READS,
+    SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -173,6 +173,11 @@ static CTX_EVENT_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static EVENT_COUNT_OFFSET: Global<u32> = Global::new(0);
 
+/// The most the loader lets LOC_MODE ask for (`LOCATIONS_OFF`, `_IP`, `_STACKS`):
+/// what the location map and stack map were sized for.
+#[unsafe(no_mangle)]
+static MAX_LOC_MODE: Global<u32> = Global::new(LOCATIONS_STACKS);
+
 /// For the benchmarks' breakdown only: the `SKIP_*` pieces the sample program leaves
 /// out (0 in every real run). Read-only data, so the verifier prunes the skipped code.
 #[unsafe(no_mangle)]
@@ -216,11 +221,7 @@ fn try_on_sample(ctx: &PerfEventContext) {
         locations(ctx, &key, 0, &[0; MAX_MEMBERS]);
         return;
     }
-    let mode = if skip(SKIP_LOC_MODE) {
-        LOCATIONS_OFF
-    } else {
-        LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF)
-    };
+    let mode = location_mode();
     if mode == LOCATIONS_OFF {
         if skip(SKIP_TASK_MAP) {
             return;
@@ -507,12 +508,26 @@ fn flush(
 /// The location half, when the loader turned it on.
 #[inline(always)]
 fn locations(ctx: &PerfEventContext, key: &TaskKey, period: u64, deltas: &[u64; MAX_MEMBERS]) {
-    if skip(SKIP_LOC_MODE) {
-        return;
-    }
-    let mode = LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF);
+    let mode = location_mode();
     if mode != LOCATIONS_OFF {
         record_location(ctx, mode, key, period, deltas);
+    }
+}
+
+/// What to record of this sample's location: LOC_MODE, at most MAX_LOC_MODE. The
+/// latter is read-only data, so when the loader sets it to LOCATIONS_OFF (or
+/// LOCATIONS_IP) the verifier prunes the location half (or the stack walks)
+/// without walking it: that is most of a plain run's load time.
+#[inline(always)]
+fn location_mode() -> u32 {
+    let max = MAX_LOC_MODE.load();
+    if skip(SKIP_LOC_MODE) || max == LOCATIONS_OFF {
+        return LOCATIONS_OFF;
+    }
+    match LOC_MODE.get(0).copied().unwrap_or(LOCATIONS_OFF) {
+        LOCATIONS_OFF => LOCATIONS_OFF,
+        LOCATIONS_STACKS if max == LOCATIONS_STACKS => LOCATIONS_STACKS,
+        _ => LOCATIONS_IP,
     }
 }
 

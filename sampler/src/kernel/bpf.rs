@@ -14,8 +14,8 @@ use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
     EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
     LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
-    LocKey, LocStats, LocValue, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP,
-    PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
+    LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
+    PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
     SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
@@ -248,6 +248,7 @@ impl Bpf {
             .override_global(CTX_EVENT_OFFSET_GLOBAL, &offsets.ctx_event, true)
             .override_global(EVENT_COUNT_OFFSET_GLOBAL, &offsets.event_count, true)
             .override_global(BENCH_SKIP_GLOBAL, &bench_skip, true)
+            .override_global(MAX_LOC_MODE_GLOBAL, &max_locations.mode(), true)
             .load(OBJECT)
             .map_err(|e| Error::BpfLoad(format!("{e}")))?;
         let program: &mut PerfEvent = ebpf
