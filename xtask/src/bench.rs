@@ -1062,11 +1062,11 @@ impl Bench {
             vs_pid,
             vs_task,
             member,
-            switch_members,
             function,
             function_floor,
             stacks,
             stacks_peer,
+            switch_members,
         ]);
         self.figures.extend(breakdown_figures);
         Ok(())
