@@ -660,11 +660,21 @@ fn charge_switch(next: Option<u64>) {
     last.event = 0;
     // A CPU without a sampling leader fails the read: only pending counts move.
     let (period, deltas) = match read_counter((&raw const LEADER).cast_mut().cast()) {
-        Some(counter) => (
+        Ok(counter) => (
             growth(counter, &mut last.leader),
             member_deltas(&mut last.members),
         ),
-        None => (0, [0; MAX_MEMBERS]),
+        Err(ENOENT) => {
+            // An empty slot: the CPU's events were closed (it went offline; user
+            // space reopens them when it is back, and this runs in between, as the
+            // CPU switches before user space sees it). The events put in the slot
+            // count from 0: so do the last values, or the first read of a new event
+            // that has already passed the old one's last value would lose that much.
+            last.leader = 0;
+            last.members = [0; MAX_MEMBERS];
+            (0, [0; MAX_MEMBERS])
+        }
+        Err(_) => (0, [0; MAX_MEMBERS]),
     };
     let grew = period != 0 || deltas.iter().any(|d| *d != 0);
     if grew {
@@ -922,13 +932,24 @@ fn growth(now: u64, last: &mut u64) -> u64 {
 /// the CPU has no event there.
 #[inline(always)]
 fn read_member(map: *mut c_void, last: &mut u64) -> u64 {
-    read_counter(map).map_or(0, |now| growth(now, last))
+    match read_counter(map) {
+        Ok(now) => growth(now, last),
+        Err(ENOENT) => {
+            // An empty slot: a reopened event counts from 0 (see charge_switch).
+            *last = 0;
+            0
+        }
+        Err(_) => 0,
+    }
 }
 
-/// The value of this CPU's event in the PERF_EVENT_ARRAY `map`; `None` when the slot
-/// is empty or the read fails.
+/// `bpf_perf_event_read_value`'s error for an empty slot.
+const ENOENT: i64 = -2;
+
+/// The value of this CPU's event in the PERF_EVENT_ARRAY `map`; the helper's error
+/// (`ENOENT`: the slot is empty) when the read fails.
 #[inline(always)]
-fn read_counter(map: *mut c_void) -> Option<u64> {
+fn read_counter(map: *mut c_void) -> Result<u64, i64> {
     let mut value = bpf_perf_event_value {
         counter: 0,
         enabled: 0,
@@ -944,7 +965,11 @@ fn read_counter(map: *mut c_void) -> Option<u64> {
             size_of::<bpf_perf_event_value>() as u32,
         )
     };
-    (ret == 0).then_some(value.counter)
+    if ret == 0 {
+        Ok(value.counter)
+    } else {
+        Err(ret)
+    }
 }
 
 #[panic_handler]
