@@ -809,12 +809,21 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
             };
             let (cycles, clock) = (row("cycles"), row("task-clock"));
             assert!(clock["read"].as_f64().unwrap() > 1e9, "{clock}");
-            // On 5.10 only, the BPF side of the clock comes out 1.2-2.0 % short now and
-            // then (measured: 2 of 6 runs with counters read at every sample, 3 of 11
-            // with reads at switches; never on 6.1 or 6.12). Such a run does not
-            // validate the CPU: another run must.
+            // Both sides' windows end at context switches, a few microseconds apart
+            // (BPF at the switch's tracepoint and end, perf's per-task events in
+            // between). The guest's 4 virtual CPUs share this machine's 2 cores: when
+            // the host preempts a virtual CPU inside that gap, milliseconds of virtual
+            // time land in one side's window only, and the clock and cycles move
+            // together by that much. On 5.10, whose switches take longer here, that
+            // comes to -0.6 to +1.3 % on a 2 s row now and then (measured, 9 runs: one
+            // row in 20 above 0.8 %; the same runs with 2 virtual CPUs, one per host
+            // core, stay within 0.16 %; 6.12 with 4 stays within 0.4 %). So on 5.10 a
+            // run whose clock or cycles row is 1-3 % apart does not validate the CPU,
+            // and another run must; on later kernels the clock must agree within 1 %
+            // in every run.
+            let jitter = g.kernel == "5.10";
             let clock_diff = clock["rel_diff"].as_f64().unwrap();
-            if g.kernel == "5.10" && clock_diff > 0.01 {
+            if jitter && clock_diff > 0.01 {
                 assert!(clock_diff <= 0.03, "{clock}");
                 eprintln!("5.10: task-clock check above 1 % on CPU {cpu}: {clock}");
                 continue;
@@ -825,10 +834,14 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
                 eprintln!("QEMU's PMU race hit CPU {cpu}: {cycles} {clock}");
                 continue;
             }
-            assert!(
-                cycles["rel_diff"].as_f64().unwrap() <= 0.01,
-                "{cycles} {clock}"
-            );
+            // Cycles / clock agree on both sides here: the clock vouches for the window.
+            let cycles_diff = cycles["rel_diff"].as_f64().unwrap();
+            if jitter && cycles_diff > 0.01 {
+                assert!(cycles_diff <= 0.03, "{cycles} {clock}");
+                eprintln!("5.10: cycles check above 1 % on CPU {cpu}: {cycles} {clock}");
+                continue;
+            }
+            assert!(cycles_diff <= 0.01, "{cycles} {clock}");
             valid.insert(cpu);
         }
         if valid.len() == 4 {
@@ -838,7 +851,7 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     assert_eq!(
         valid.len(),
         4,
-        "CPUs with a run QEMU's race left alone: {valid:?}"
+        "CPUs with a run that validated them (QEMU's race and, on 5.10, the host's preemptions left them alone): {valid:?}"
     );
     Ok(())
 }
