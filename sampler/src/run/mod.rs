@@ -206,6 +206,11 @@ impl Sampling {
         if let Some(notice) = &bpf.btf_notice {
             eprintln!("{notice}");
         }
+        // Before the events are opened: the kernel may throttle at the first samples,
+        // as soon as they are enabled (the interrupts' running average of time is
+        // per CPU and outlives earlier runs), and read after that, it would seem to
+        // have been the rate all along.
+        let max_rate_at_start = sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok();
         let mut session = Session::open(&REAL_SYS, &sp.plan.plan, rate, sp.cpu_clock_fallback)?;
         for notice in session.notices() {
             eprintln!("{notice}");
@@ -235,7 +240,7 @@ impl Sampling {
             session,
             bpf,
             info,
-            max_rate_at_start: sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok(),
+            max_rate_at_start,
             plan: sp.plan.plan,
             pmus,
             _stats: stats,
