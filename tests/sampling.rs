@@ -660,13 +660,7 @@ fn reused_pid_does_not_mix_two_processes() -> TestResult {
     }
     let dir = std::env::temp_dir().join(format!("sampler-reuse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let stat = Command::new(sampler_bin())
-        .args(["stat", "--duration", "4", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let stat = stat_in_background("4");
     std::thread::sleep(std::time::Duration::from_millis(500));
 
     // (pid, start ticks of the first, of the second) once a reuse succeeded.
@@ -744,19 +738,25 @@ fn reused_pid_does_not_mix_two_processes() -> TestResult {
     Ok(())
 }
 
+/// `sampler stat --duration secs --json`, started and left running; its output
+/// comes with `wait_with_output`.
+fn stat_in_background(secs: &str) -> std::process::Child {
+    Command::new(sampler_bin())
+        .args(["stat", "--duration", secs, "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Short-lived processes one after another on one CPU: the kernel often gives a
 /// new process the memory of the `task_struct` of one that exited, and the BPF
 /// program's cache of task keys is indexed by that address. Each process's samples
 /// still go to its own row.
 fn short_lived_processes_each_get_their_own_samples() -> TestResult {
     let _serial = require_root_and_cpu1()?;
-    let stat = Command::new(sampler_bin())
-        .args(["stat", "--duration", "6", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let stat = stat_in_background("6");
     std::thread::sleep(std::time::Duration::from_millis(700));
     let mut pids = Vec::new();
     for _ in 0..40 {

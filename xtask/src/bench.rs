@@ -791,7 +791,8 @@ impl Bench {
         };
         let secs = self.plan.secs.min(3.0);
         let s = format!("{secs}");
-        let cost = |b: &Self, extra: &[&str]| -> Result<(f64, f64)> {
+        // Per sample, and the switch program's per context switch.
+        let costs = |b: &Self, extra: &[&str]| -> Result<(f64, f64)> {
             let _load = Load::start(b.machine.cpus);
             let mut cmd = b.sampler_cmd();
             cmd.args([
@@ -810,8 +811,7 @@ impl Bench {
                 doc["bpf"]["switch_ns_per_run"].as_f64().unwrap_or(f64::NAN),
             ))
         };
-        let cost_switch = |b: &Self, extra: &[&str]| cost(b, extra);
-        let cost = |b: &Self, extra: &[&str]| cost(b, extra).map(|(sample, _)| sample);
+        let cost = |b: &Self, extra: &[&str]| costs(b, extra).map(|(sample, _)| sample);
         let bpftrace = |key: &str| format!("profile:hz:{hz} {{ @[{key}] = count(); }}");
         let group = "BPF program cost per sample (kernel BPF statistics)";
         let source = format!("{} events", self.machine.source);
@@ -986,10 +986,10 @@ impl Bench {
                 fig.peer
                     .push(bpftrace_cost(&bpftrace(key), secs, self.machine.cpus)?);
             }
-            let (with_members, switch_with) = cost_switch(self, &["-e", members])?;
+            let (with_members, switch_with) = costs(self, &["-e", members])?;
             member.ours.push(with_members);
             member.peer.push(base);
-            let (_, switch_without) = cost_switch(self, &[])?;
+            let (_, switch_without) = costs(self, &[])?;
             switch_members.ours.push(switch_with);
             switch_members.peer.push(switch_without);
             let with_function = cost(self, &["--functions"])?;
