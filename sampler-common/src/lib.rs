@@ -66,8 +66,11 @@ pub const SKIP_LOC_MODE: u32 = 1 << 6;
 /// Skip the per-CPU cache of task keys (every first sample after a switch fetches
 /// the key with the helpers).
 pub const SKIP_KEY_CACHE: u32 = 1 << 7;
+/// Skip the location map's update (and, unless the stacks are walked for it, the
+/// location's key).
+pub const SKIP_LOC_MAP: u32 = 1 << 8;
 /// The names `--bench-skip` takes, with their bits.
-pub const SKIP_NAMES: [(&str, u32); 8] = [
+pub const SKIP_NAMES: [(&str, u32); 9] = [
     ("leader-read", SKIP_LEADER_READ),
     ("member-reads", SKIP_MEMBER_READS),
     ("pid", SKIP_PID),
@@ -76,6 +79,7 @@ pub const SKIP_NAMES: [(&str, u32); 8] = [
     ("task-map", SKIP_TASK_MAP),
     ("loc-mode", SKIP_LOC_MODE),
     ("key-cache", SKIP_KEY_CACHE),
+    ("loc-map", SKIP_LOC_MAP),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):

@@ -66,8 +66,8 @@ use aya_ebpf::{
 use sampler_common::{
     COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_IP,
     LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK,
-    Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MODE, SKIP_MEMBER_READS,
-    SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MAP, SKIP_LOC_MODE,
+    SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -755,6 +755,9 @@ fn record_location(
             stats,
             true,
         );
+    }
+    if skip(SKIP_LOC_MAP) {
+        return;
     }
     match LOCATIONS.get_ptr_mut(key) {
         Some(value) => {

@@ -908,6 +908,15 @@ impl Bench {
             ),
             (
                 piece(
+                    "the location's key and the location map's update (a hash lookup, and \
+                     an add to the entry)",
+                    "`--bench-skip loc-map` with `--functions`",
+                ),
+                "loc-map",
+                Whole::Functions,
+            ),
+            (
+                piece(
                     "2 member counts with locations off (read at switches only)",
                     "`--bench-skip member-reads` with 2 members",
                 ),
