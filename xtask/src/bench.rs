@@ -582,7 +582,12 @@ fn perf_event_prog_stats(pid: u32) -> (u64, u64) {
 fn bpftrace_cost(script: &str, secs: f64, cpus: usize) -> Result<f64> {
     let _load = Load::start(cpus);
     let _stats = BpfStatsOn::new()?;
-    let running = Running::spawn(Command::new("bpftrace").args(["-e", script]))?;
+    // bpftrace prints its maps when it ends: for `@[kstack, ustack, pid]`, every
+    // stack symbolized, which can take tens of minutes (it reopens each binary, a
+    // debug build of this xtask among them, for each stack). The END probe empties
+    // the map first; it is not a perf_event program, so it is not measured.
+    let full = format!("{script} END {{ clear(@); }}");
+    let running = Running::spawn(Command::new("bpftrace").args(["-e", &full]))?;
     let pid = running.child.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut start = perf_event_prog_stats(pid);
