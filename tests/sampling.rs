@@ -602,11 +602,39 @@ fn stat_with_bpf_stats_counts_one_run_per_sample() -> TestResult {
         "{}",
         String::from_utf8_lossy(&text.stdout)
     );
-    // Off unless asked for.
+    // Off unless asked for, also while the statistics are on host-wide (as while
+    // bpftop runs): the output does not change with another tool.
     let out = sampler(&["stat", "-d", "0.3", "--json"]);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["bpf"].is_null(), "{}", doc["bpf"]);
+    let _on = HostBpfStats::on();
+    let out = sampler(&["stat", "-d", "0.3", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["bpf"].is_null(),
+        "host-wide statistics on: {}",
+        doc["bpf"]
+    );
     Ok(())
+}
+
+/// `kernel.bpf_stats_enabled=1` until dropped, then its value before.
+struct HostBpfStats(String);
+
+impl HostBpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> Self {
+        let before = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "1").unwrap();
+        Self(before)
+    }
+}
+
+impl Drop for HostBpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
 }
 
 /// `/proc/PID/stat`'s start time (field 22, clock ticks since boot).

@@ -118,6 +118,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let mut sampling = Sampling::start(&options)?;
     // The program's cost: statistics on for this run (CAP_SYS_ADMIN), or already on
     // host-wide (kernel.bpf_stats_enabled=1).
+    sampling.report_bpf_cost = !args.no_bpf_stats;
     let _stats = if args.no_bpf_stats {
         None
     } else {

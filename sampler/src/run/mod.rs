@@ -159,6 +159,11 @@ pub struct Sampling {
     _stats: Option<std::os::fd::OwnedFd>,
     /// Names of the addresses the samples landed on, cached over the run.
     pub symbols: Symbols,
+    /// Whether readings carry the programs' run statistics: only when the command
+    /// asked for them (`--bpf-stats`, or `serve`'s default), not whenever they
+    /// happen to be on host-wide (`kernel.bpf_stats_enabled=1`, e.g. while bpftop
+    /// runs), so that output does not depend on another tool.
+    pub report_bpf_cost: bool,
 }
 
 static REAL_SYS: RealSys = RealSys;
@@ -244,6 +249,7 @@ impl Sampling {
             plan: sp.plan.plan,
             pmus,
             _stats: stats,
+            report_bpf_cost: args.bpf_stats,
             symbols: Symbols::new(args.inlined),
         })
     }
@@ -256,9 +262,13 @@ impl Sampling {
     /// Reads the maps, with what each CPU's counters gained since the program last
     /// read them added to the task running there (see [`Bpf::read_with`]).
     pub fn read_maps(&self) -> Result<bpf::MapContents, Error> {
-        Ok(self
+        let mut maps = self
             .bpf
-            .read_with(|cpu| self.session.sampling_values(cpu))?)
+            .read_with(|cpu| self.session.sampling_values(cpu))?;
+        if !self.report_bpf_cost {
+            (maps.bpf, maps.switch_bpf) = (None, None);
+        }
+        Ok(maps)
     }
 
     /// Symbolizes the addresses of `maps` not seen before (while their processes
