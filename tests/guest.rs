@@ -753,7 +753,7 @@ fn check_doc(args: &[&str]) -> Value {
 }
 
 fn the_cross_check_holds_at_one_percent() -> TestResult {
-    let g = guest_without_icount()?;
+    guest_without_icount()?;
     // The software clock at the default rate: BPF (samples, and the switch programs
     // at each context switch), read() and the window agree within the default 1 %.
     // TCG's slow context switches leave up to 1.6 % in a 1 s run now and then
@@ -786,9 +786,9 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     // 10 Hz a row is hit now and then. Without the race, QEMU's cycles are its virtual
     // nanoseconds (1 GHz), and the race only ever adds to a counter. The reader's
     // task clock, a member of the same sampling group, is the witness: software, it is
-    // never hit, so its rows must pass within 1 % on every CPU in every run, and how
-    // far BPF's side and read()'s side stand apart for the clock is how far they may
-    // stand apart for cycles. On a side the race hit, cycles / task clock moves away
+    // never hit, so its rows agree within 1 % (but for the host's preemptions, below),
+    // and how far BPF's side and read()'s side stand apart for the clock is how far
+    // they may stand apart for cycles. On a side the race hit, cycles / task clock moves away
     // from the other side's: apart by more than 0.4 % (clean rows: 0.3 % at most,
     // measured under CI load; cycles themselves lag the clock by 0.1-1 % there, so
     // comparing cycles with the clock on one side alone flags clean rows), the CPU's
@@ -814,22 +814,18 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
             // between). The guest's 4 virtual CPUs share this machine's 2 cores: when
             // the host preempts a virtual CPU inside that gap, milliseconds of virtual
             // time land in one side's window only, and the clock and cycles move
-            // together by that much. On 5.10, whose switches take longer here, that
-            // comes to -0.6 to +1.3 % on a 2 s row now and then (measured, 9 runs: one
-            // row in 20 above 0.8 %; the same runs with 2 virtual CPUs, one per host
-            // core, stay within 0.16 %; 6.12 with 4 stays within 0.4 %). So on 5.10 a
-            // run whose clock or cycles row is 1-3 % apart does not validate the CPU,
-            // and another run must; on later kernels the clock must agree within 1 %
-            // in every run.
-            // Whether a row agrees within 1 %; on 5.10 a row 1-3 % apart is reported
-            // and does not validate the CPU this run.
+            // together by that much. That comes to -0.6 to +1.3 % on a 2 s row now and
+            // then (measured on 5.10, 9 runs: one row in 20 above 0.8 %; the same runs
+            // with 2 virtual CPUs, one per host core, stay within 0.16 %), and CI saw
+            // +1.13 % on 6.1's task clock too: the host's scheduling, not the guest's
+            // kernel. So a run whose clock or cycles row is 1-3 % apart does not
+            // validate the CPU, and another run must; more than 3 % fails at once.
             let agrees = |what: &str, diff: f64, rows: String| {
-                if g.kernel == "5.10" && diff > 0.01 {
-                    assert!(diff <= 0.03, "{rows}");
-                    eprintln!("5.10: {what} check above 1 % on CPU {cpu}: {rows}");
+                assert!(diff <= 0.03, "{rows}");
+                if diff > 0.01 {
+                    eprintln!("{what} check above 1 % on CPU {cpu} this run: {rows}");
                     return false;
                 }
-                assert!(diff <= 0.01, "{rows}");
                 true
             };
             if !agrees(
@@ -858,7 +854,7 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     assert_eq!(
         valid.len(),
         4,
-        "CPUs with a run that validated them (QEMU's race and, on 5.10, the host's preemptions left them alone): {valid:?}"
+        "CPUs with a run that validated them (QEMU's race and the host's preemptions left them alone): {valid:?}"
     );
     Ok(())
 }
