@@ -912,14 +912,20 @@ mod tests {
     /// the load inside the sequence blocks, the thread is switched out, and on its
     /// way back to user space the kernel moves it to the abort address. It does so
     /// only when the descriptor is valid and the signature precedes that address
-    /// (else it kills the process with SIGSEGV).
+    /// (else it kills the process with SIGSEGV). The page is supplied only once the
+    /// reader has been switched out (its voluntary switches went up): supplied
+    /// sooner, the fault handler finds the page before it sleeps, nothing switches,
+    /// and there is nothing to restart (seen once in a 6.12 guest).
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn rseq_sequence_restarts_when_the_thread_sleeps_inside_it() {
         let held = HeldPage::new();
         let addr = held.addr;
+        let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let rseq = Rseq::current().expect("rseq on Linux 4.18+");
+            let tid = crate::sys::gettid();
+            tx.send((tid, voluntary_switches(tid))).unwrap();
             let cpu = rseq.cpu_id();
             // SAFETY: this thread's area; the page is supplied with zeroes, so the
             // index read is 0 and no counter is read.
@@ -928,7 +934,17 @@ mod tests {
             let again = unsafe { arch::rseq_read(rseq.area(), addr as *const u32, rseq.cpu_id()) };
             (first.0, again.0)
         });
-        held.supply_one();
+        let (tid, before) = rx.recv().unwrap();
+        held.wait_for_fault();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while voluntary_switches(tid) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader faulted on the held page but was not switched out in 10 s"
+            );
+            std::thread::yield_now();
+        }
+        held.supply();
         let (first, again) = reader.join().unwrap();
         assert_eq!(
             first,
@@ -938,8 +954,20 @@ mod tests {
         assert_eq!(again, arch::RSEQ_ZERO, "the supplied page reads index 0");
     }
 
+    /// How many times thread `tid` of this process gave up its CPU by sleeping
+    /// (`voluntary_ctxt_switches` in its status).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn voluntary_switches(tid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no voluntary_ctxt_switches in the status of {tid}"))
+    }
+
     /// An anonymous page registered with userfaultfd: a load from it blocks until
-    /// [`HeldPage::supply_one`] copies a page of zeroes in.
+    /// [`HeldPage::supply`] copies a page of zeroes in.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     struct HeldPage {
         uffd: std::os::fd::OwnedFd,
@@ -1004,32 +1032,33 @@ mod tests {
             }
         }
 
-        /// Waits for a fault on the page and supplies it.
-        fn supply_one(&self) {
+        /// Waits for a fault on the page.
+        fn wait_for_fault(&self) {
             use std::os::fd::AsRawFd as _;
             let mut msg = [0u64; 4];
-            // SAFETY: reads one 32-byte `struct uffd_msg` into `msg`; copies a page of
-            // zeroes from `zeroes` into the registered page.
-            unsafe {
-                let n = libc::read(self.uffd.as_raw_fd(), msg.as_mut_ptr().cast(), 32);
-                assert_eq!(n, 32, "uffd read: {}", io::Error::last_os_error());
-                assert_eq!(msg[0] & 0xff, 0x12, "UFFD_EVENT_PAGEFAULT");
-                assert_eq!(msg[2] as usize & !(self.len - 1), self.addr);
-                let zeroes = vec![0u8; self.len];
-                let mut copy = [
-                    self.addr as u64,
-                    zeroes.as_ptr() as u64,
-                    self.len as u64,
-                    0,
-                    0,
-                ];
-                assert_eq!(
-                    libc::ioctl(self.uffd.as_raw_fd(), Self::UFFDIO_COPY, copy.as_mut_ptr()),
-                    0,
-                    "UFFDIO_COPY: {}",
-                    io::Error::last_os_error()
-                );
-            }
+            // SAFETY: reads one 32-byte `struct uffd_msg` into `msg`.
+            let n = unsafe { libc::read(self.uffd.as_raw_fd(), msg.as_mut_ptr().cast(), 32) };
+            assert_eq!(n, 32, "uffd read: {}", io::Error::last_os_error());
+            assert_eq!(msg[0] & 0xff, 0x12, "UFFD_EVENT_PAGEFAULT");
+            assert_eq!(msg[2] as usize & !(self.len - 1), self.addr);
+        }
+
+        /// Supplies the page, a page of zeroes, and wakes the threads waiting on it.
+        fn supply(&self) {
+            use std::os::fd::AsRawFd as _;
+            let zeroes = vec![0u8; self.len];
+            let mut copy = [
+                self.addr as u64,
+                zeroes.as_ptr() as u64,
+                self.len as u64,
+                0,
+                0,
+            ];
+            // SAFETY: a `struct uffdio_copy` that copies the page of zeroes in `zeroes`
+            // into the registered page.
+            let rc =
+                unsafe { libc::ioctl(self.uffd.as_raw_fd(), Self::UFFDIO_COPY, copy.as_mut_ptr()) };
+            assert_eq!(rc, 0, "UFFDIO_COPY: {}", io::Error::last_os_error());
         }
     }
 
