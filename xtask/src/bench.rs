@@ -520,26 +520,43 @@ struct Bench {
     figures: Vec<Figure>,
 }
 
-/// `kernel.bpf_stats_enabled` on while alive, then back to what it was: the kernel's
-/// run-time statistics of every BPF program (bpftrace's too; sampler's own runs use
-/// `--bpf-stats`, which holds a reference of its own).
-struct BpfStatsOn(String);
-
-const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// The kernel's run-time statistics of every BPF program (bpftrace's too) on while
+/// alive: a `BPF_ENABLE_STATS` descriptor (Linux 5.8+), which the kernel lets go with
+/// the process, so a bench that is killed does not leave them on (the sysctl
+/// `kernel.bpf_stats_enabled` would stay at 1, and every BPF program on the machine
+/// would keep paying two clock reads per run). sampler's own runs use `--bpf-stats`,
+/// which holds a descriptor of its own.
+struct BpfStatsOn {
+    _fd: std::os::fd::OwnedFd,
+}
 
 impl BpfStatsOn {
     fn new() -> Result<Self> {
-        let before = fs::read_to_string(BPF_STATS_SYSCTL)
-            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
-        fs::write(BPF_STATS_SYSCTL, "1")
-            .with_context(|| format!("turning on {BPF_STATS_SYSCTL} (needs root)"))?;
-        Ok(Self(before))
-    }
-}
-
-impl Drop for BpfStatsOn {
-    fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS_SYSCTL, self.0.trim());
+        use std::os::fd::FromRawFd as _;
+        // include/uapi/linux/bpf.h: BPF_ENABLE_STATS is command 32; its attribute is
+        // `struct { __u32 type; }`, BPF_STATS_RUN_TIME = 0.
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        let attr = [0u32; 1];
+        // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of `attr`, which lives
+        // across the call; it returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                size_of_val(&attr),
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "turning on the kernel's BPF run-time statistics (BPF_ENABLE_STATS, needs \
+                 root and Linux 5.8+): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { _fd: fd })
     }
 }
 
