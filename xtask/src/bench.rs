@@ -233,6 +233,34 @@ impl Running {
         r == 0 && unsafe { info.si_pid() } != 0
     }
 
+    /// The process's CPU time so far (user + sys, every thread), from its CPU-time
+    /// clock (`clock_getcpuclockid`), in seconds, while it runs.
+    fn cpu_so_far(&self) -> Result<f64> {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: our own unreaped child's pid and a valid out-pointer.
+        let r = unsafe { libc::clock_getcpuclockid(self.child.id() as libc::pid_t, &mut clock) };
+        if r != 0 {
+            bail!(
+                "clock_getcpuclockid on `{}`: {}",
+                self.what,
+                std::io::Error::from_raw_os_error(r)
+            );
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a clock id the kernel just gave and a valid out-pointer.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            bail!(
+                "the CPU-time clock of `{}`: {}",
+                self.what,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid; it has not been reaped yet (only
         // `finish` reaps it), so the pid cannot have been reused.
@@ -270,6 +298,23 @@ impl Running {
             success,
         })
     }
+}
+
+/// The CPU time per second (ms/s) that `cmd` takes while it runs, past its first 2 s
+/// (start-up), over `secs` seconds; then it is interrupted and must exit cleanly.
+fn steady_cpu(cmd: &mut Command, secs: f64) -> Result<f64> {
+    let what = display(cmd);
+    let running = Running::spawn(cmd)?;
+    thread::sleep(Duration::from_secs(2));
+    let (c0, t0) = (running.cpu_so_far()?, Instant::now());
+    thread::sleep(Duration::from_secs_f64(secs));
+    let (c1, t1) = (running.cpu_so_far()?, Instant::now());
+    running.signal(libc::SIGINT);
+    let m = running.finish()?;
+    if !m.success {
+        bail!("`{what}` failed:\n{}", m.stderr.trim_end());
+    }
+    Ok((c1 - c0) * 1e3 / (t1 - t0).as_secs_f64())
 }
 
 fn run_measured(cmd: &mut Command) -> Result<Measured> {
@@ -689,6 +734,20 @@ impl Bench {
             .peer("perf record -a + perf report --sort pid", "perf / sampler");
         let mut top = Figure::new("Tool CPU time (user + sys) for the same job", &job, "ms")
             .peer("perf top --stdio --sort pid", "perf / sampler");
+        // Past start-up: what a top that keeps running costs per second (the issue's
+        // "per second of running"), one interval-long refresh a second each.
+        let steady_job = format!("{hz} Hz per CPU, {secs} s past the first 2 s, all CPUs busy");
+        let mut steady = Figure::new("Tool CPU time per second of running", &steady_job, "ms/s")
+            .peer("perf top --stdio --sort pid", "perf / sampler")
+            .note(
+                "sampler top -i 1 --json; both read every second; CPU time (user + sys, \
+                 every thread) from each process's CPU-time clock, read 2 s after start \
+                 and again after the seconds measured; start-up is in the figures above, \
+                 not here; either tool's work in the sample interrupt (sampler's BPF \
+                 aggregation, perf's ring-buffer writes) is charged to the interrupted \
+                 tasks, as in the slowdown and BPF cost tables",
+            );
+        steady.subject = "sampler top".to_owned();
         let mut lost = Figure::new("Samples lost at the same rate", &job, "samples")
             .peer("perf record (lost samples)", "");
         let mut share = Figure::new("Samples recorded at the same rate", &job, "samples")
@@ -716,27 +775,19 @@ impl Bench {
             let stats = run_measured(self.perf_report().arg("--stats"))?;
             share.peer.push(perf_samples(&stats.stdout) as f64);
 
-            let mut cmd = Command::new("perf");
-            cmd.args([
-                "top",
-                "--stdio",
-                "-a",
-                "--sort",
-                "pid",
-                "-F",
-                &hz.to_string(),
-            ])
-            .arg("-e")
-            .arg(&self.machine.event)
-            .args(["-d", "1"]);
-            let running = Running::spawn(&mut cmd)?;
+            let t = Running::spawn(&mut self.perf_top(hz))?;
             thread::sleep(Duration::from_secs_f64(secs));
-            running.signal(libc::SIGINT);
-            let t = running.finish()?;
-            top.peer.push(t.cpu_s * 1e3);
+            t.signal(libc::SIGINT);
+            top.peer.push(t.finish()?.cpu_s * 1e3);
+
+            let mut sampler_top = self.sampler_cmd();
+            sampler_top.args(["top", "-i", "1", "--json", "-F", &hz.to_string()]);
+            steady.ours.push(steady_cpu(&mut sampler_top, secs)?);
+            steady.peer.push(steady_cpu(&mut self.perf_top(hz), secs)?);
         }
         self.figures.push(cost);
         self.figures.push(top);
+        self.figures.push(steady);
         self.figures
             .push(share.note("perf: `SAMPLE events` of `perf report --stats`"));
         self.figures.push(lost.note(
@@ -744,6 +795,25 @@ impl Bench {
              perf: `Total Lost Samples`",
         ));
         Ok(())
+    }
+
+    /// `perf top --stdio -a --sort pid` at `hz` on the bench's event, refreshing each
+    /// second.
+    fn perf_top(&self, hz: u64) -> Command {
+        let mut cmd = Command::new("perf");
+        cmd.args([
+            "top",
+            "--stdio",
+            "-a",
+            "--sort",
+            "pid",
+            "-F",
+            &hz.to_string(),
+        ])
+        .arg("-e")
+        .arg(&self.machine.event)
+        .args(["-d", "1"]);
+        cmd
     }
 
     /// Slowdown of a fixed CPU-bound workload (one thread per CPU) under each tool.
