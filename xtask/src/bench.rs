@@ -261,6 +261,27 @@ impl Running {
         Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
     }
 
+    /// SIGINT, again each second until the process exits (SIGKILL after 60 s).
+    /// bpftrace 0.17 can miss one: a SIGINT that lands between its check of the exit
+    /// flag and its `epoll_wait` leaves it waiting for output that a map-only script
+    /// never prints (seen: 18 minutes asleep in `epoll_wait` after the signal).
+    fn interrupt_until_exit(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.exited() {
+            if Instant::now() > deadline {
+                self.signal(libc::SIGKILL);
+                return;
+            }
+            self.signal(libc::SIGINT);
+            for _ in 0..10 {
+                if self.exited() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid; it has not been reaped yet (only
         // `finish` reaps it), so the pid cannot have been reused.
@@ -667,7 +688,7 @@ fn bpftrace_cost(script: &str, secs: f64, cpus: usize) -> Result<f64> {
     }
     thread::sleep(Duration::from_secs_f64(secs));
     let end = perf_event_prog_stats(pid);
-    running.signal(libc::SIGINT);
+    running.interrupt_until_exit();
     running.finish()?;
     let (time, runs) = (end.0.saturating_sub(start.0), end.1.saturating_sub(start.1));
     if runs == 0 || time == 0 {
