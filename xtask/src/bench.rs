@@ -187,6 +187,30 @@ struct Running {
     what: String,
 }
 
+/// `cmd`'s process gets SIGKILL when the bench dies, however it dies (a killed
+/// bench left its workloads spinning, and could leave bpftrace attached). The
+/// signal follows the thread that spawned the child: every child here is spawned from
+/// the bench's main thread, which lives as long as the bench.
+fn dies_with_bench(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: getpid is async-signal-safe.
+    let bench = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The bench may have died before the prctl: then nobody will signal.
+            if libc::getppid() != bench {
+                return Err(std::io::Error::other("the bench exited"));
+            }
+            Ok(())
+        })
+    }
+}
+
 fn drain(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
     thread::spawn(move || {
         let mut s = Vec::new();
@@ -198,7 +222,7 @@ fn drain(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
 impl Running {
     fn spawn(cmd: &mut Command) -> Result<Self> {
         let what = display(cmd);
-        let mut child = cmd
+        let mut child = dies_with_bench(cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -367,7 +391,7 @@ impl Workloads {
         let mut v = Vec::new();
         for _ in 0..n {
             v.push(
-                Command::new(bin)
+                dies_with_bench(&mut Command::new(bin))
                     .args([mode, &secs.to_string()])
                     .stdin(Stdio::null())
                     .spawn()
@@ -1377,8 +1401,7 @@ impl Bench {
         .note("target: first sample within 200 ms");
         for _ in 0..self.plan.reps.max(3) {
             let started = Instant::now();
-            let mut child = self
-                .sampler_cmd()
+            let mut child = dies_with_bench(&mut self.sampler_cmd())
                 .args(["top", "-i", "0.02", "-n", "250", "--json"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
