@@ -117,6 +117,10 @@ pub fn features() -> &'static Features {
 #[derive(Debug)]
 pub struct EbpfLoader<'a> {
     btf: Option<Cow<'a, Btf>>,
+    // sampler's patch (see sampler/vendor/README.md): whether `btf()` chose the target
+    // BTF; when it did not, `load` reads the kernel's BTF only if the object has
+    // relocations to resolve against it.
+    btf_set: bool,
     default_map_pin_directory: Option<PathBuf>,
     globals: HashMap<&'a str, (&'a [u8], bool)>,
     // Max entries overrides the max_entries field of the map that matches the provided name
@@ -160,7 +164,8 @@ impl<'a> EbpfLoader<'a> {
     /// Creates a new loader instance.
     pub fn new() -> Self {
         Self {
-            btf: Btf::from_sys_fs().ok().map(Cow::Owned),
+            btf: None,
+            btf_set: false,
             default_map_pin_directory: None,
             globals: HashMap::new(),
             max_entries: HashMap::new(),
@@ -173,7 +178,9 @@ impl<'a> EbpfLoader<'a> {
 
     /// Sets the target [BTF](Btf) info.
     ///
-    /// The loader defaults to loading `BTF` info using [`Btf::from_sys_fs`].
+    /// The loader defaults to loading `BTF` info using [`Btf::from_sys_fs`], when the
+    /// object being loaded has BTF relocations to resolve (sampler's patch: aya 0.14
+    /// read and parsed it in [`EbpfLoader::new`], needed or not).
     /// Use this method if you want to load `BTF` from a custom location or
     /// pass `None` to disable `BTF` relocations entirely.
     /// # Example
@@ -190,6 +197,7 @@ impl<'a> EbpfLoader<'a> {
     /// ```
     pub fn btf(&mut self, btf: Option<&'a Btf>) -> &mut Self {
         self.btf = btf.map(Cow::Borrowed);
+        self.btf_set = true;
         self
     }
 
@@ -419,6 +427,7 @@ impl<'a> EbpfLoader<'a> {
     pub fn load(&mut self, data: &[u8]) -> Result<Ebpf, EbpfError> {
         let Self {
             btf,
+            btf_set,
             default_map_pin_directory,
             globals,
             max_entries,
@@ -492,6 +501,11 @@ impl<'a> EbpfLoader<'a> {
             None
         };
 
+        // sampler's patch: the kernel's BTF (5 MB or more, parsed into tens of MB) is read
+        // only when it has a use here.
+        if !*btf_set && obj.has_btf_relocations() {
+            *btf = Btf::from_sys_fs().ok().map(Cow::Owned);
+        }
         if let Some(btf) = &btf {
             obj.relocate_btf(btf)?;
         }
