@@ -106,6 +106,11 @@ impl std::ops::Deref for Blob {
     }
 }
 
+/// The kind in a type's `info` word.
+fn kind_of(info: u32) -> u32 {
+    (info >> 24) & 0x1f
+}
+
 /// One type of the type section: its header words and where its trailing data is.
 #[derive(Clone, Copy)]
 struct Type {
@@ -119,7 +124,7 @@ struct Type {
 
 impl Type {
     fn kind(self) -> u32 {
-        (self.info >> 24) & 0x1f
+        kind_of(self.info)
     }
     fn vlen(self) -> usize {
         (self.info & 0xffff) as usize
@@ -129,11 +134,14 @@ impl Type {
     }
 }
 
-/// The type and string sections, checked to be walkable end to end. Types are found
-/// by walking the section again (a handful of lookups; no index is kept).
+/// The type and string sections, checked to be walkable end to end, with where each
+/// type starts: the section is walked once (a vmlinux has 100,000 types or more, and
+/// resolving a member's type by walking again to its id cost several walks).
 struct Btf<'a> {
     types_data: &'a [u8],
     strings: &'a [u8],
+    /// Byte offset in `types_data` of type `id`, at `id - 1`.
+    starts: Vec<u32>,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
@@ -166,37 +174,27 @@ impl<'a> Btf<'a> {
                 _ => Err(format!("{what} section past the end of the data")),
             }
         };
-        let btf = Self {
-            types_data: section(type_off, type_len, "type")?,
-            strings: section(str_off, str_len, "string")?,
-        };
-        for t in btf.types() {
-            t?;
+        let types_data = section(type_off, type_len, "type")?;
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < types_data.len() {
+            // The section's length is a u32, so every offset in it is one.
+            starts.push(at as u32);
+            at = Self::type_at(types_data, at, starts.len() as u32)?.1;
         }
-        Ok(btf)
+        Ok(Self {
+            types_data,
+            strings: section(str_off, str_len, "string")?,
+            starts,
+        })
     }
 
-    /// Every type in id order (ids start at 1), or where the walk broke down.
-    fn types(&self) -> impl Iterator<Item = Result<Type, String>> + '_ {
-        let types_data = self.types_data;
-        let mut at = 0;
-        let mut id = 0u32;
-        std::iter::from_fn(move || {
-            if at >= types_data.len() {
-                return None;
-            }
-            id += 1;
-            let step = Self::type_at(types_data, at, id);
-            match step {
-                Ok((t, next)) => {
-                    at = next;
-                    Some(Ok(t))
-                }
-                Err(e) => {
-                    at = types_data.len();
-                    Some(Err(e))
-                }
-            }
+    /// Every struct in id order, found by their `info` word alone.
+    fn structs(&self) -> impl Iterator<Item = Type> + '_ {
+        (1..=self.starts.len() as u32).filter_map(|id| {
+            let at = self.starts[id as usize - 1] as usize;
+            let info = u32_at(self.types_data, at + 4)?;
+            (kind_of(info) == STRUCT).then(|| self.get(id))?
         })
     }
 
@@ -236,7 +234,8 @@ impl<'a> Btf<'a> {
     }
 
     fn get(&self, id: u32) -> Option<Type> {
-        self.types().nth((id as usize).checked_sub(1)?)?.ok()
+        let at = *self.starts.get((id as usize).checked_sub(1)?)?;
+        Some(Self::type_at(self.types_data, at as usize, id).ok()?.0)
     }
 
     /// The type behind typedefs and qualifiers.
@@ -299,10 +298,7 @@ pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
     // One walk over the types finds the three structs.
     const STRUCTS: [&[u8]; 3] = [b"task_struct", b"bpf_perf_event_data_kern", b"perf_event"];
     let mut found: [Option<Type>; 3] = [None; 3];
-    for t in btf.types().filter_map(Result::ok) {
-        if t.kind() != STRUCT {
-            continue;
-        }
+    for t in btf.structs() {
         if let Some(i) = STRUCTS.iter().position(|n| *n == btf.name(t.name_off))
             && found[i].is_none()
         {
