@@ -24,6 +24,13 @@ use crate::kernel::Error;
 /// The BPF object built by `build.rs` from `sampler-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-ebpf"));
 
+/// Whether [`OBJECT`] has BTF (CO-RE) relocations, which aya resolves against its full
+/// parse of the kernel's BTF (tens of MB at its peak). It has none: the kernel field
+/// offsets it needs come as globals from [`crate::discover::btf`]. A unit test checks
+/// this against the object, so that the object need not be parsed an extra time at
+/// each start to find out.
+const OBJECT_NEEDS_BTF: bool = false;
+
 /// The floor program's object (`sampler-ebpf/src/floor.rs`): loaded only for
 /// `--bench-floor`, which `cargo xtask bench` measures sampler's program against.
 static FLOOR_OBJECT: &[u8] =
@@ -210,11 +217,9 @@ impl Bpf {
                 Some(notice(why)),
             ),
         };
-        // aya's full parse of the BTF only serves CO-RE relocations and costs tens of
-        // MB at its peak (5 MB of type data), so it runs only when the object has
-        // relocations to resolve; ours has none today.
-        let needs_btf = aya_obj::Object::parse(OBJECT).map_or(true, |o| o.has_btf_relocations());
-        let btf = if needs_btf {
+        // aya's full parse of the BTF only serves CO-RE relocations, so it runs only
+        // when the object has relocations to resolve; ours has none today.
+        let btf = if OBJECT_NEEDS_BTF {
             match Btf::parse_file(btf_path, Endianness::default()) {
                 Ok(btf) => Some(btf),
                 Err(err) => {
@@ -891,6 +896,17 @@ fn program_load_error(e: ProgramError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_object_needs_the_kernels_btf_exactly_when_the_loader_thinks_so() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the built BPF object parses");
+        assert_eq!(
+            object.has_btf_relocations(),
+            OBJECT_NEEDS_BTF,
+            "the BPF object's BTF relocations changed: set OBJECT_NEEDS_BTF to match, \
+             or the loader skips (or needlessly parses) the kernel's BTF"
+        );
+    }
 
     fn key(tid: u32, cpu: u32) -> TaskKey {
         TaskKey {
