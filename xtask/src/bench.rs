@@ -1440,10 +1440,7 @@ impl Bench {
             );
         let mut peak = Figure::new("Resident memory", format!("{what}: peak"), "MiB")
             .peer("perf record -a + perf report --sort pid", "perf / sampler")
-            .note(
-                "VmHWM; sampler's peak is at start-up, where aya parses the kernel's \
-                 BTF (5 MB of type data) whether or not the object needs it",
-            );
+            .note("VmHWM, start-up included");
         let mut seen = Figure::new("Tasks attributed", what.clone(), "tasks").note(
             "distinct threads of the benchmark process in sampler's refreshes (a thread \
              that spins between two samples can go unseen)",
