@@ -144,7 +144,8 @@ pub struct MapContents {
     pub locations: Vec<(LocKey, LocValue)>,
     /// The location half's counters per possible CPU (empty as `locations`).
     pub loc_stats: Vec<LocStats>,
-    /// The program's run statistics at the time of the read.
+    /// The program's run statistics at the time of the read ([`Bpf::read`] gives
+    /// them, [`Bpf::read_with`] does not).
     pub bpf: Option<RunStats>,
     /// The switch programs' (summed), likewise.
     pub switch_bpf: Option<RunStats>,
@@ -477,8 +478,11 @@ impl Bpf {
     /// the location map and its counters, without what the counters gained since
     /// the last move of each CPU's pending counts (see [`Bpf::read_with`]): enough
     /// for the rows of tasks that are not running.
+    /// With the programs' run statistics (which [`Bpf::read_with`] leaves out).
     pub fn read(&self) -> Result<MapContents, Error> {
-        self.read_with(|_| None)
+        let mut maps = self.read_with(|_| None)?;
+        (maps.bpf, maps.switch_bpf) = (self.run_stats(), self.switch_run_stats());
+        Ok(maps)
     }
 
     /// [`Bpf::read`], with what each CPU's sampling leader and members gained since
@@ -486,7 +490,9 @@ impl Bpf {
     /// reads them when a task's pending counts move, not at its every sample, see
     /// [`Pending`]) and to the CPU's `period_sum`. `values(cpu)` reads the CPU's
     /// sampling group as `read()` gives it now: the leader's value, then each
-    /// member's (`None` where the CPU has none).
+    /// member's (`None` where the CPU has none). The programs' run statistics are
+    /// left out (`None`): reading them takes a system call per program, which a
+    /// refresh that does not show them need not make.
     pub fn read_with(
         &self,
         mut values: impl FnMut(u32) -> Option<CounterValues>,
@@ -516,8 +522,8 @@ impl Bpf {
             cpu_stats,
             locations,
             loc_stats,
-            bpf: self.run_stats(),
-            switch_bpf: self.switch_run_stats(),
+            bpf: None,
+            switch_bpf: None,
             evicted: None,
             loc_evicted: None,
         })

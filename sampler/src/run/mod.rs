@@ -265,8 +265,8 @@ impl Sampling {
         let mut maps = self
             .bpf
             .read_with(|cpu| self.session.sampling_values(cpu))?;
-        if !self.report_bpf_cost {
-            (maps.bpf, maps.switch_bpf) = (None, None);
+        if self.report_bpf_cost {
+            (maps.bpf, maps.switch_bpf) = (self.bpf.run_stats(), self.bpf.switch_run_stats());
         }
         Ok(maps)
     }
