@@ -40,6 +40,8 @@ use crate::{
 pub const DEFAULT_EVENT: &str = "cycles";
 /// The kernel's ceiling on sampling frequency.
 const MAX_SAMPLE_RATE: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
+/// The online CPU list, under the sysfs root.
+const ONLINE_CPUS: &str = "devices/system/cpu/online";
 
 /// What to sample and how: the options `stat`, `top`, `check` and `serve` share.
 #[derive(Debug, Clone)]
@@ -152,6 +154,9 @@ pub struct Sampling {
     pub info: RunInfo,
     /// `kernel.perf_event_max_sample_rate` when sampling started.
     max_rate_at_start: Option<u64>,
+    /// That sysctl and the online CPU list, kept open: both are read at each refresh.
+    max_rate_file: Option<sys::KeptFile>,
+    online_file: Option<sys::KeptFile>,
     /// The plan opened, and the PMUs it was made from.
     pub plan: Vec<plan::PlannedEvent>,
     pub pmus: PmuSet,
@@ -215,7 +220,10 @@ impl Sampling {
         // as soon as they are enabled (the interrupts' running average of time is
         // per CPU and outlives earlier runs), and read after that, it would seem to
         // have been the rate all along.
-        let max_rate_at_start = sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok();
+        let max_rate_file = sys::KeptFile::open(Path::new(MAX_SAMPLE_RATE)).ok();
+        let max_rate_at_start = max_rate_file
+            .as_ref()
+            .and_then(|f| f.read_u64(Path::new(MAX_SAMPLE_RATE)).ok());
         let mut session = Session::open(&REAL_SYS, &sp.plan.plan, rate, sp.cpu_clock_fallback)?;
         for notice in session.notices() {
             eprintln!("{notice}");
@@ -246,6 +254,8 @@ impl Sampling {
             bpf,
             info,
             max_rate_at_start,
+            max_rate_file,
+            online_file: sys::KeptFile::open(&pmus.root.join(ONLINE_CPUS)).ok(),
             plan: sp.plan.plan,
             pmus,
             _stats: stats,
@@ -364,7 +374,11 @@ impl Sampling {
     /// Follows CPU hotplug (see [`Session::follow_online`]); each change is also
     /// printed to standard error.
     pub fn follow_hotplug(&mut self) -> Vec<String> {
-        let Ok(online) = CpuList::read(&self.pmus.root.join("devices/system/cpu/online")) else {
+        let online = match &self.online_file {
+            Some(file) => file.read().ok().and_then(|text| CpuList::parse(&text).ok()),
+            None => CpuList::read(&self.pmus.root.join(ONLINE_CPUS)).ok(),
+        };
+        let Some(online) = online else {
             return Vec::new();
         };
         let notes = self.session.follow_online(&online);
@@ -377,7 +391,11 @@ impl Sampling {
     /// Whether the kernel throttled sampling since the start (it lowers the maximum
     /// sample rate when sampling interrupts take too long).
     pub fn throttled(&self) -> Option<String> {
-        let now = sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)).ok();
+        let now = match &self.max_rate_file {
+            Some(file) => file.read_u64(Path::new(MAX_SAMPLE_RATE)),
+            None => sys::read_sysctl_u64(Path::new(MAX_SAMPLE_RATE)),
+        }
+        .ok();
         snapshot::throttle_warning(
             self.max_rate_at_start,
             now,

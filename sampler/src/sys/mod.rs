@@ -190,20 +190,73 @@ pub const SYSFS_FILE_MAX: u64 = 64 * 1024;
 /// a hang or a huge allocation: a FIFO (opened without blocking, then refused), a
 /// device such as `/dev/zero` behind a symlink, a directory.
 pub fn read_sysfs_file(path: &Path) -> io::Result<String> {
-    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+    KeptFile::open(path)?.read()
+}
+
+/// A sysfs attribute or `/proc/sys` file kept open, for a value polled at every
+/// refresh: each [`KeptFile::read`] reads it again from its start (`pread` at offset
+/// 0, for which the kernel generates the text anew), without the path walk and
+/// permission checks of opening it again (an eighth of a live view's refresh).
+pub struct KeptFile {
+    file: std::fs::File,
+}
+
+impl KeptFile {
+    /// Opens `path` as [`read_sysfs_file`] does: without blocking, and only a regular
+    /// file.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(Self { file })
     }
-    let mut s = String::new();
-    file.take(SYSFS_FILE_MAX).read_to_string(&mut s)?;
-    Ok(s)
+
+    /// The file's text now: at most [`SYSFS_FILE_MAX`] bytes of it, from its start.
+    pub fn read(&self) -> io::Result<String> {
+        use std::os::unix::fs::FileExt as _;
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while (text.len() as u64) < SYSFS_FILE_MAX {
+            let n = match self.file.read_at(&mut chunk, text.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            text.extend_from_slice(&chunk[..n]);
+        }
+        text.truncate(SYSFS_FILE_MAX as usize);
+        // The words std's read_to_string uses.
+        String::from_utf8(text).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        })
+    }
+
+    /// The file's text as an integer (a sysctl's value).
+    pub fn read_u64(&self, path: &Path) -> io::Result<u64> {
+        parse_u64(&self.read()?, path)
+    }
+}
+
+/// A sysctl file's text as an integer; errors name `path`.
+fn parse_u64(text: &str, path: &Path) -> io::Result<u64> {
+    text.trim().parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// One `BPF_MAP_LOOKUP_BATCH` call on a hash map: copies up to `keys.len()` entries
@@ -357,13 +410,7 @@ pub fn current_cpu() -> Option<u32> {
 
 /// Reads an integer sysctl file such as `/proc/sys/kernel/perf_event_max_sample_rate`.
 pub fn read_sysctl_u64(path: &Path) -> io::Result<u64> {
-    let text = std::fs::read_to_string(path)?;
-    text.trim().parse().map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
-        )
-    })
+    parse_u64(&std::fs::read_to_string(path)?, path)
 }
 
 /// Drops every capability for good once programs are loaded and events are open:
@@ -498,6 +545,30 @@ impl Drop for StderrRedirect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_file_is_read_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("online");
+        std::fs::write(&path, "0-1\n").unwrap();
+        let kept = KeptFile::open(&path).unwrap();
+        assert_eq!(kept.read().unwrap(), "0-1\n");
+        // Rewritten in place (as the kernel regenerates an attribute's text): the
+        // same descriptor sees the new text, all of it, not what follows the old.
+        std::fs::write(&path, "0-3,5\n").unwrap();
+        assert_eq!(kept.read().unwrap(), "0-3,5\n");
+        assert_eq!(kept.read().unwrap(), "0-3,5\n");
+        std::fs::write(&path, "7\n").unwrap();
+        assert_eq!(kept.read_u64(&path).unwrap(), 7);
+        std::fs::write(&path, "x\n").unwrap();
+        let err = kept.read_u64(&path).unwrap_err().to_string();
+        assert!(err.contains("online"), "{err}");
+        // At most SYSFS_FILE_MAX bytes, as read_sysfs_file.
+        std::fs::write(&path, vec![b'1'; SYSFS_FILE_MAX as usize + 10]).unwrap();
+        assert_eq!(kept.read().unwrap().len(), SYSFS_FILE_MAX as usize);
+        // Only regular files are kept: a directory is refused at the open.
+        assert!(KeptFile::open(dir.path()).is_err());
+    }
 
     #[test]
     fn errno_names() {
