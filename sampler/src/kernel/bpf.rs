@@ -3,6 +3,7 @@
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
     path::Path,
+    sync::Mutex,
 };
 
 use aya::{
@@ -129,6 +130,27 @@ pub struct Bpf {
     floor: Option<Ebpf>,
     /// The sampling group's members that the program attributes.
     members: u32,
+    /// The buffers of the task map's and the location map's batched reads, kept
+    /// from one reading to the next.
+    task_batch: Mutex<Batch<TaskKey, TaskValue>>,
+    loc_batch: Mutex<Batch<LocKey, LocValue>>,
+}
+
+/// The buffers one batched map read copies into: allocated at the first reading
+/// and kept, as a refresh would otherwise allocate and zero some 400 KB for each
+/// map (a tenth of a `sampler top` refresh's CPU, measured).
+struct Batch<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K, V> Default for Batch<K, V> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
 }
 
 /// The location map's entries and its per-CPU counters.
@@ -279,6 +301,8 @@ impl Bpf {
             max_locations,
             floor: None,
             members,
+            task_batch: Mutex::default(),
+            loc_batch: Mutex::default(),
         })
     }
 
@@ -574,7 +598,7 @@ impl Bpf {
     ) -> Result<(Vec<(TaskKey, TaskValue)>, Vec<Option<u64>>), Error> {
         let before: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
         let live = self.read_live(&vec![true; before.len()], values)?;
-        let mut tasks = self.read_hash(TASKS_MAP)?;
+        let mut tasks = self.read_hash(TASKS_MAP, &self.task_batch)?;
         let after: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
         let map = self
             .ebpf
@@ -613,7 +637,7 @@ impl Bpf {
     /// Reads the location map and its counters.
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
         Ok((
-            self.read_hash(LOCATIONS_MAP)?,
+            self.read_hash(LOCATIONS_MAP, &self.loc_batch)?,
             self.read_per_cpu(LOC_STATS_MAP)?,
         ))
     }
@@ -623,6 +647,7 @@ impl Bpf {
     fn read_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
         &self,
         name: &'static str,
+        batch: &Mutex<Batch<K, V>>,
     ) -> Result<Vec<(K, V)>, Error> {
         let map_err = |source| Error::MapRead { map: name, source };
         let map = self
@@ -632,7 +657,12 @@ impl Bpf {
         let Map::LruHashMap(data) = map else {
             return Err(Error::BpfLoad(format!("map {name} is not an LRU hash")));
         };
-        let mut entries = match read_batched(data.fd().as_fd()) {
+        // A reading that panicked while holding the buffers left nothing in them
+        // that the next one needs: it overwrites what it uses.
+        let mut batch = batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = match read_batched(data.fd().as_fd(), &mut batch) {
             Ok(entries) => entries,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let hash: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err)?;
@@ -820,15 +850,16 @@ const BATCH: usize = 4096;
 /// thousands of entries instead of two per entry.
 fn read_batched<K: aya::Pod + Default, V: aya::Pod + Default>(
     fd: BorrowedFd<'_>,
+    batch: &mut Batch<K, V>,
 ) -> std::io::Result<Vec<(K, V)>> {
-    let mut keys = vec![K::default(); BATCH];
-    let mut values = vec![V::default(); BATCH];
+    batch.keys.resize(BATCH, K::default());
+    batch.values.resize(BATCH, V::default());
+    let Batch { keys, values } = batch;
     let mut token = [0u64; 4];
     let mut out = Vec::new();
     let mut first = true;
     loop {
-        let (n, done) =
-            crate::sys::map_lookup_batch(fd, &mut token, first, &mut keys, &mut values)?;
+        let (n, done) = crate::sys::map_lookup_batch(fd, &mut token, first, keys, values)?;
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         if done {
             return Ok(out);
