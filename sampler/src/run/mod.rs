@@ -157,6 +157,10 @@ pub struct Sampling {
     /// That sysctl and the online CPU list, kept open: both are read at each refresh.
     max_rate_file: Option<sys::KeptFile>,
     online_file: Option<sys::KeptFile>,
+    /// The online CPUs as the file last listed them, while the thread's active
+    /// affinity (see [`sys::active_affinity`]) said the same: then a refresh that
+    /// finds the affinity unchanged skips the file.
+    online_seen: Option<Vec<u32>>,
     /// The plan opened, and the PMUs it was made from.
     pub plan: Vec<plan::PlannedEvent>,
     pub pmus: PmuSet,
@@ -256,6 +260,7 @@ impl Sampling {
             max_rate_at_start,
             max_rate_file,
             online_file: sys::KeptFile::open(&pmus.root.join(ONLINE_CPUS)).ok(),
+            online_seen: None,
             plan: sp.plan.plan,
             pmus,
             _stats: stats,
@@ -374,6 +379,19 @@ impl Sampling {
     /// Follows CPU hotplug (see [`Session::follow_online`]); each change is also
     /// printed to standard error.
     pub fn follow_hotplug(&mut self) -> Vec<String> {
+        // On the real sysfs, a thread allowed on every CPU sees a CPU go offline or
+        // come online in its active affinity, a system call that is a fraction of
+        // the file's read (a tenth of a refresh): while it is what the file last
+        // said, nothing changed. A CPU leaves the active set before it goes offline
+        // and joins it after it comes online, so the file is read until it agrees;
+        // and while a CPU that came back waits for its events to reopen.
+        let active = (self.pmus.root == Path::new("/sys")
+            && self.session.offline_cpus().is_empty())
+        .then(sys::active_affinity)
+        .and_then(Result::ok);
+        if active.is_some() && active == self.online_seen {
+            return Vec::new();
+        }
         let online = match &self.online_file {
             Some(file) => file.read().ok().and_then(|text| CpuList::parse(&text).ok()),
             None => CpuList::read(&self.pmus.root.join(ONLINE_CPUS)).ok(),
@@ -381,6 +399,7 @@ impl Sampling {
         let Some(online) = online else {
             return Vec::new();
         };
+        self.online_seen = active.filter(|a| a == online.as_slice());
         let notes = self.session.follow_online(&online);
         for n in &notes {
             eprintln!("{n}");

@@ -220,6 +220,8 @@ impl KeptFile {
     }
 
     /// The file's text now: at most [`SYSFS_FILE_MAX`] bytes of it, from its start.
+    /// A read that fills less than its buffer has reached the end (sysfs and procfs
+    /// hand out a whole attribute in one read), so a short file takes one `pread`.
     pub fn read(&self) -> io::Result<String> {
         use std::os::unix::fs::FileExt as _;
         let mut text = Vec::new();
@@ -232,6 +234,9 @@ impl KeptFile {
                 Err(e) => return Err(e),
             };
             text.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                break;
+            }
         }
         text.truncate(SYSFS_FILE_MAX as usize);
         // The words std's read_to_string uses.
@@ -395,6 +400,38 @@ pub fn pin_to_cpu(pid: i32, cpu: u32) -> io::Result<()> {
     check(unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
 }
 
+/// The CPUs the calling thread may run on that are active now, in order: the
+/// kernel's answer to `sched_getaffinity` is the thread's allowed CPUs among the
+/// active ones. A cheap call (no text, no allocation in the kernel) that changes
+/// when a CPU goes offline (it leaves the active set first) or comes online (it
+/// joins just after), for a thread allowed on every CPU.
+pub fn active_affinity() -> io::Result<Vec<u32>> {
+    // 8,192 CPUs; the kernel copies its mask's size (a multiple of 8 bytes).
+    let mut mask = [0u64; 128];
+    // SAFETY: the kernel writes at most `size_of_val(&mask)` bytes into `mask`.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            0,
+            size_of_val(&mask),
+            mask.as_mut_ptr(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let words = (n as usize / size_of::<u64>()).min(mask.len());
+    Ok(mask[..words]
+        .iter()
+        .enumerate()
+        .flat_map(|(w, bits)| {
+            (0..64u32)
+                .filter(move |b| bits >> b & 1 == 1)
+                .map(move |b| w as u32 * 64 + b)
+        })
+        .collect())
+}
+
 /// The calling thread's id.
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.
@@ -547,6 +584,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_active_affinity_holds_the_cpu_we_run_on() {
+        let cpus = active_affinity().unwrap();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
+        if let Some(cpu) = current_cpu() {
+            // The thread runs where it may (unless it was moved in between).
+            let again = current_cpu();
+            if again == Some(cpu) {
+                assert!(cpus.contains(&cpu), "CPU {cpu} not in {cpus:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_kept_file_is_read_again_from_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("online");
@@ -563,6 +614,9 @@ mod tests {
         std::fs::write(&path, "x\n").unwrap();
         let err = kept.read_u64(&path).unwrap_err().to_string();
         assert!(err.contains("online"), "{err}");
+        // A file longer than one read's buffer is read to its end.
+        std::fs::write(&path, vec![b'2'; 9000]).unwrap();
+        assert_eq!(kept.read().unwrap(), "2".repeat(9000));
         // At most SYSFS_FILE_MAX bytes, as read_sysfs_file.
         std::fs::write(&path, vec![b'1'; SYSFS_FILE_MAX as usize + 10]).unwrap();
         assert_eq!(kept.read().unwrap().len(), SYSFS_FILE_MAX as usize);
