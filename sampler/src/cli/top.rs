@@ -17,7 +17,7 @@ use crate::{
     kernel::bpf::Locations,
     model::snapshot::Snapshot,
     present::{report, tui},
-    run::{Refresh, SYMBOLIZE_EVERY, Sampling, Stop, wait},
+    run::{Refresh, SYMBOLIZE_EVERY, Sampling, Sleeper, Stop},
     sys,
 };
 
@@ -61,6 +61,7 @@ pub async fn top(args: TopArgs) -> Result<(), Error> {
     let mut names = CgroupNames::new();
     let mut refresh = Refresh::new(&sampling)?;
     let mut done = 0u64;
+    let sleeper = Sleeper::new();
     'refreshes: while args.iterations.is_none_or(|n| done < n) {
         // With locations, symbolize what is new every quarter second in between.
         let due = Instant::now() + interval;
@@ -74,7 +75,7 @@ pub async fn top(args: TopArgs) -> Result<(), Error> {
             } else {
                 left.min(SYMBOLIZE_EVERY)
             };
-            if wait(Some(step)).await? == Stop::Signal {
+            if sleeper.wait(Some(step)).await? == Stop::Signal {
                 break 'refreshes;
             }
             sampling.poll_symbols()?;

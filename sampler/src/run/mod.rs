@@ -354,11 +354,12 @@ impl Sampling {
             SYMBOLIZE_EVERY
         };
         let mut warnings = Vec::new();
+        let sleeper = Sleeper::new();
         while let Some(left) = duration
             .checked_sub(started.elapsed())
             .filter(|d| !d.is_zero())
         {
-            if wait(Some(left.min(step))).await? == Stop::Signal {
+            if sleeper.wait(Some(left.min(step))).await? == Stop::Signal {
                 break;
             }
             warnings.extend(self.follow_hotplug());
@@ -593,6 +594,60 @@ pub async fn stop_signal() -> Result<(), Error> {
     Ok(())
 }
 
+/// [`wait`] for a loop that waits again and again: on a timer descriptor kept in the
+/// runtime's poll set (a [`sys::TimerFd`]), which wakes the process once per wait,
+/// where tokio's sleep of a second wakes it twice. Falls back to [`wait`] where the
+/// timer cannot be made or armed.
+pub struct Sleeper {
+    timer: Option<tokio::io::unix::AsyncFd<sys::TimerFd>>,
+}
+
+impl Default for Sleeper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sleeper {
+    /// The timer registers with the current tokio runtime; outside of one, there is
+    /// none, and [`Sleeper::wait`] is [`wait`].
+    pub fn new() -> Self {
+        let timer = tokio::runtime::Handle::try_current()
+            .ok()
+            .and_then(|_| sys::TimerFd::new().and_then(sys::TimerFd::into_async).ok());
+        Self { timer }
+    }
+
+    /// Waits for `duration` or until SIGINT, SIGTERM or SIGHUP.
+    pub async fn wait(&self, duration: Option<Duration>) -> Result<Stop, Error> {
+        let (Some(timer), Some(d)) = (&self.timer, duration) else {
+            return wait(duration).await;
+        };
+        if timer.get_ref().arm(d).is_err() {
+            return wait(duration).await;
+        }
+        let fired = async {
+            loop {
+                let Ok(mut ready) = timer.readable().await else {
+                    // The poll set refused the timer: sleep as tokio does.
+                    return tokio::time::sleep(d).await;
+                };
+                // Not fired yet (a readiness left from an earlier arming): the
+                // guard clears it, and the loop waits for the next.
+                match ready.try_io(|t| t.get_ref().take()) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(_)) => return tokio::time::sleep(d).await,
+                    Err(_would_block) => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = fired => Ok(Stop::Elapsed),
+            r = stop_signal() => r.map(|()| Stop::Signal),
+        }
+    }
+}
+
 /// Waits for `duration` or until SIGINT, SIGTERM or SIGHUP.
 pub async fn wait(duration: Option<Duration>) -> Result<Stop, Error> {
     let sleep = async {
@@ -619,6 +674,48 @@ mod tests {
         let p = dir.join(name);
         fs::write(&p, content).unwrap();
         p
+    }
+
+    #[test]
+    fn a_sleeper_waits_each_time_it_is_asked() {
+        assert!(
+            Sleeper::new().timer.is_none(),
+            "outside a runtime, no timer"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = Sleeper::new();
+            assert!(s.timer.is_some());
+            for ms in [30, 10, 0, 30] {
+                let t = Instant::now();
+                assert_eq!(
+                    s.wait(Some(Duration::from_millis(ms))).await.unwrap(),
+                    Stop::Elapsed
+                );
+                let took = t.elapsed();
+                assert!(took >= Duration::from_millis(ms), "{ms} ms: {took:?}");
+                assert!(took < Duration::from_millis(ms + 500), "{ms} ms: {took:?}");
+            }
+            // A wait cut short (as by a signal) leaves its arming behind: the next
+            // wait still takes its own time.
+            let cut = tokio::time::timeout(
+                Duration::from_millis(5),
+                s.wait(Some(Duration::from_millis(20))),
+            )
+            .await;
+            assert!(cut.is_err());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let t = Instant::now();
+            s.wait(Some(Duration::from_millis(40))).await.unwrap();
+            assert!(
+                t.elapsed() >= Duration::from_millis(40),
+                "{:?}",
+                t.elapsed()
+            );
+        });
     }
 
     #[test]

@@ -193,6 +193,86 @@ pub fn read_sysfs_file(path: &Path) -> io::Result<String> {
     KeptFile::open(path)?.read()
 }
 
+/// A one-shot monotonic timer as a file descriptor (`timerfd`): readable once it has
+/// fired, so an event loop waits for it among its other descriptors and wakes once,
+/// at the deadline. (A tokio sleep of a second wakes twice: its timer wheel fires the
+/// coarse slot that holds the deadline, then the fine one.)
+#[derive(Debug)]
+pub struct TimerFd(OwnedFd);
+
+impl TimerFd {
+    /// A new, disarmed timer, non-blocking.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: no pointers; returns a new descriptor or -1.
+        let fd = check(unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `fd` was just created, and nothing else owns it.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The timer in the current tokio runtime's poll set, for reading only.
+    pub fn into_async(self) -> io::Result<tokio::io::unix::AsyncFd<Self>> {
+        // SAFETY: the descriptor is the `OwnedFd` inside, which stays open and the
+        // same for as long as the `AsyncFd` owns the timer, and `as_raw_fd` always
+        // gives it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)
+    }
+
+    /// Arms the timer to fire once, `after` from now (a zero `after` fires at once,
+    /// as a zero value would disarm it). Expirations not yet taken are dropped.
+    pub fn arm(&self, after: std::time::Duration) -> io::Result<()> {
+        let after = after.max(std::time::Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                // At most 68 years, which fits a 32-bit time_t too.
+                tv_sec: after.as_secs().min(i32::MAX as u64) as _,
+                tv_nsec: after.subsec_nanos() as _,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec for the call; the old value is not
+        // asked for (null).
+        check(unsafe {
+            libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+        })?;
+        Ok(())
+    }
+
+    /// Takes the timer's expirations: whether it fired since it was armed (an error
+    /// of kind `WouldBlock` when it has not).
+    pub fn take(&self) -> io::Result<()> {
+        let mut expirations = 0u64;
+        // SAFETY: reads at most 8 bytes into `expirations`, which has 8.
+        let n = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&raw mut expirations).cast(),
+                size_of::<u64>(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for TimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// A sysfs attribute or `/proc/sys` file kept open, for a value polled at every
 /// refresh: each [`KeptFile::read`] reads it again from its start (`pread` at offset
 /// 0, for which the kernel generates the text anew), without the path walk and
@@ -595,6 +675,24 @@ mod tests {
                 assert!(cpus.contains(&cpu), "CPU {cpu} not in {cpus:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_timer_fires_once_per_arming() {
+        let t = TimerFd::new().unwrap();
+        // Disarmed: nothing to take.
+        assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        t.arm(std::time::Duration::from_millis(20)).unwrap();
+        assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        t.take().unwrap();
+        assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // Zero fires at once instead of disarming; arming again drops an
+        // expiration not taken.
+        t.arm(std::time::Duration::ZERO).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        t.arm(std::time::Duration::from_secs(60)).unwrap();
+        assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]
