@@ -626,7 +626,7 @@ impl Sleeper {
         if timer.get_ref().arm(d).is_err() {
             return wait(duration).await;
         }
-        let fired = async {
+        stop_or(async {
             loop {
                 let Ok(mut ready) = timer.readable().await else {
                     // The poll set refused the timer: sleep as tokio does.
@@ -640,11 +640,8 @@ impl Sleeper {
                     Err(_would_block) => {}
                 }
             }
-        };
-        tokio::select! {
-            () = fired => Ok(Stop::Elapsed),
-            r = stop_signal() => r.map(|()| Stop::Signal),
-        }
+        })
+        .await
     }
 }
 
@@ -656,8 +653,13 @@ pub async fn wait(duration: Option<Duration>) -> Result<Stop, Error> {
             None => std::future::pending().await,
         }
     };
+    stop_or(sleep).await
+}
+
+/// Waits for `elapsed` or until SIGINT, SIGTERM or SIGHUP.
+async fn stop_or(elapsed: impl Future<Output = ()>) -> Result<Stop, Error> {
     tokio::select! {
-        () = sleep => Ok(Stop::Elapsed),
+        () = elapsed => Ok(Stop::Elapsed),
         r = stop_signal() => r.map(|()| Stop::Signal),
     }
 }
@@ -699,15 +701,15 @@ mod tests {
                 assert!(took >= Duration::from_millis(ms), "{ms} ms: {took:?}");
                 assert!(took < Duration::from_millis(ms + 500), "{ms} ms: {took:?}");
             }
-            // A wait cut short (as by a signal) leaves its arming behind: the next
-            // wait still takes its own time.
+            // A wait cut short (as by a signal) leaves its arming behind, which
+            // fires unwatched: the next wait still takes its own time.
             let cut = tokio::time::timeout(
                 Duration::from_millis(5),
-                s.wait(Some(Duration::from_millis(20))),
+                s.wait(Some(Duration::from_millis(200))),
             )
             .await;
             assert!(cut.is_err());
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let t = Instant::now();
             s.wait(Some(Duration::from_millis(40))).await.unwrap();
             assert!(

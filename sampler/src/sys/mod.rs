@@ -248,8 +248,8 @@ impl TimerFd {
         Ok(())
     }
 
-    /// Takes the timer's expirations: whether it fired since it was armed (an error
-    /// of kind `WouldBlock` when it has not).
+    /// Takes the timer's expirations: `Ok` once it fired since it was armed, an
+    /// error of kind `WouldBlock` before.
     pub fn take(&self) -> io::Result<()> {
         let mut expirations = 0u64;
         // SAFETY: reads at most 8 bytes into `expirations`, which has 8.
@@ -664,26 +664,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_active_affinity_holds_the_cpu_we_run_on() {
+    fn the_active_affinity_is_where_the_thread_may_run() {
         let cpus = active_affinity().unwrap();
         assert!(!cpus.is_empty());
         assert!(cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
-        if let Some(cpu) = current_cpu() {
-            // The thread runs where it may (unless it was moved in between).
-            let again = current_cpu();
-            if again == Some(cpu) {
-                assert!(cpus.contains(&cpu), "CPU {cpu} not in {cpus:?}");
-            }
-        }
+        // A thread of its own, pinned to the highest of those CPUs (so that bits
+        // past the first are decoded where there are several), sees that one only.
+        let last = *cpus.last().unwrap();
+        let pinned = std::thread::spawn(move || {
+            pin_to_cpu(gettid() as i32, last).unwrap();
+            active_affinity().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned, [last]);
     }
 
     #[test]
     fn a_timer_fires_once_per_arming() {
         let t = TimerFd::new().unwrap();
-        // Disarmed: nothing to take.
+        // Disarmed, or armed but not due: nothing to take.
+        assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        t.arm(std::time::Duration::from_secs(60)).unwrap();
         assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
         t.arm(std::time::Duration::from_millis(20)).unwrap();
-        assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
         std::thread::sleep(std::time::Duration::from_millis(40));
         t.take().unwrap();
         assert_eq!(t.take().unwrap_err().kind(), io::ErrorKind::WouldBlock);
