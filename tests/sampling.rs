@@ -459,6 +459,18 @@ fn check_agrees_three_ways_and_explains_the_read_fallback() -> TestResult {
         assert!(read > 1e9, "{c}");
         assert!((bpf - read).abs() <= 0.02 * read, "{c}");
         assert!(c["rel_diff"].as_f64().unwrap() <= 0.02);
+        // The scheduler's account of the reader's CPU time is the witness that its
+        // copy ran with it: a software clock runs whenever its thread does, so they
+        // agree closely (only the microseconds between the two clocks' reads apart).
+        let (running, thread) = (
+            c["running_ns"].as_f64().unwrap(),
+            c["thread_ns"].as_f64().unwrap(),
+        );
+        assert!(
+            thread > 1e9 && (running - thread).abs() <= 0.01 * thread,
+            "{c}"
+        );
+        assert!(!c["note"].as_str().unwrap().contains("no reference"), "{c}");
     }
 
     // With --latency: each row also times a read by each method; software events

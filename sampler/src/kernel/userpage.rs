@@ -89,7 +89,7 @@ impl PageFields {
 }
 
 /// Counts as `read()` gives them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub value: u64,
     pub enabled: u64,

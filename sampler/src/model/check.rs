@@ -62,6 +62,14 @@ pub struct CheckRow {
     pub note: Option<String>,
     /// The reader thread (the BPF attribution key).
     pub tid: u32,
+    /// Nanoseconds the reader's copy of the event ran over the window (`read()`'s
+    /// running time) ...
+    pub running_ns: u64,
+    /// ... and the CPU time the scheduler gave the reader thread over it
+    /// (`CLOCK_THREAD_CPUTIME_ID`), when known. A copy that ran far less than its
+    /// thread was not scheduled with it: its `read()` is no reference (a note says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_ns: Option<u64>,
     /// The page's counter index and width (0 when not readable).
     pub page_index: u32,
     pub pmc_width: u16,
@@ -120,6 +128,8 @@ pub struct Latency {
 pub struct ReaderResult {
     pub cpu: u32,
     pub tid: u32,
+    /// The thread's CPU time over the window, by the scheduler's account.
+    pub thread_ns: Option<u64>,
     pub probes: Vec<Probe>,
 }
 
@@ -129,9 +139,9 @@ pub struct Probe {
     /// Position in the sampling group (0: leader).
     pub index: usize,
     pub method: Method,
-    /// `read()` at the end of the reader's window, and its value at the start.
+    /// `read()` at the end of the reader's window, and at its start.
     pub read: Counts,
-    pub start: u64,
+    pub start: Counts,
     pub userpage: Option<Counts>,
     pub page_index: u32,
     pub pmc_width: u16,
@@ -403,14 +413,15 @@ pub fn run_reader(
     let rseq = Rseq::current();
     let mut starts = Vec::new();
     for (_, fd, _, _) in &opened {
-        starts.push(read_syscall(sys, fd.as_fd()).map_or(0, |c| c.value));
+        starts.push(read_syscall(sys, fd.as_fd()).unwrap_or_default());
     }
+    let thread_start = sys::thread_cpu_ns().ok();
     // Hardware events only: a software event's page never names a counter.
     let mut reads: Vec<Option<PageTrack>> = opened
         .iter()
         .zip(&starts)
         .map(|((p, _, page, _), &start)| {
-            (p.hardware && page.is_some() && rseq.is_ok()).then(|| PageTrack::new(start))
+            (p.hardware && page.is_some() && rseq.is_ok()).then(|| PageTrack::new(start.value))
         })
         .collect();
     // A switch: BPF has charged this thread up to here when the maps are read.
@@ -432,9 +443,13 @@ pub fn run_reader(
         }
     }
     let result = read_probes(sys, cpu, tid, &opened, &starts, rseq.as_ref().ok(), reads);
+    let thread_ns = thread_start
+        .zip(sys::thread_cpu_ns().ok())
+        .map(|(start, end)| end.saturating_sub(start));
     window.pause();
     window.end.wait();
     let mut result = result?;
+    result.thread_ns = thread_ns;
     if let Err(e) = &rseq {
         for p in &mut result.probes {
             if p.method != Method::Read && p.note.is_none() {
@@ -530,7 +545,7 @@ fn read_probes(
     cpu: u32,
     tid: u32,
     opened: &[Opened<'_>],
-    starts: &[u64],
+    starts: &[Counts],
     rseq: Option<&Rseq>,
     tracks: Vec<Option<PageTrack>>,
 ) -> Result<ReaderResult, Error> {
@@ -570,7 +585,8 @@ fn read_probes(
                 let page_reads = track.map(|t| {
                     let mut reads = t.finish(read.value);
                     reads.outcomes.add(&last_reads);
-                    if method != Method::Read && (first.value < *start || first.value > read.value)
+                    if method != Method::Read
+                        && (first.value < start.value || first.value > read.value)
                     {
                         reads.disagree += 1;
                     }
@@ -593,7 +609,12 @@ fn read_probes(
         probes.push(probe);
     }
 
-    Ok(ReaderResult { cpu, tid, probes })
+    Ok(ReaderResult {
+        cpu,
+        tid,
+        thread_ns: None,
+        probes,
+    })
 }
 
 /// Opens the reader's own copy of `p` (this thread, any CPU), walking the plan's
@@ -656,6 +677,14 @@ pub fn rel_diff(v: u64, reference: u64) -> f64 {
     }
 }
 
+/// Whether a reader's copy that ran `running_ns` over a window in which the
+/// scheduler gave its thread `thread_ns` ran with the thread: at least half of that
+/// time (the two clocks are read microseconds apart, and a thread that barely ran in
+/// a window, under 10 ms, says nothing).
+pub fn ran_with_its_thread(running_ns: u64, thread_ns: u64) -> bool {
+    thread_ns < 10_000_000 || running_ns.saturating_mul(2) >= thread_ns
+}
+
 /// The rows of the check: for each reader probe, BPF's attribution to the reader
 /// thread on that CPU (`bpf_of(tid, cpu, index)`) against `read()` and the page.
 pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -> Vec<CheckRow> {
@@ -664,9 +693,25 @@ pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -
         for p in &r.probes {
             // What each gained over the reader's window.
             let bpf = bpf_of(r.tid, r.cpu, p.index);
-            let read = p.read.value.saturating_sub(p.start);
-            let userpage = p.userpage.map(|c| c.value.saturating_sub(p.start));
+            let read = p.read.value.saturating_sub(p.start.value);
+            let userpage = p.userpage.map(|c| c.value.saturating_sub(p.start.value));
             let diff = rel_diff(bpf, read).max(userpage.map_or(0.0, |u| rel_diff(u, read)));
+            let running_ns = p.read.running.saturating_sub(p.start.running);
+            let mut note = p.note.clone();
+            if let Some(thread) = r.thread_ns.filter(|&t| !ran_with_its_thread(running_ns, t)) {
+                let ms = |ns: u64| ns as f64 / 1e6;
+                let why = format!(
+                    "the reader's copy ran {:.1} ms of the {:.1} ms its thread ran: the kernel \
+                     did not keep it on a counter with its thread (multiplexed, or not \
+                     scheduled in), so its read() is no reference here",
+                    ms(running_ns),
+                    ms(thread)
+                );
+                note = Some(match note {
+                    Some(n) => format!("{n}; {why}"),
+                    None => why,
+                });
+            }
             out.push(CheckRow {
                 cpu: r.cpu,
                 event: p.event.clone(),
@@ -675,8 +720,10 @@ pub fn rows(readers: &[ReaderResult], bpf_of: impl Fn(u32, u32, usize) -> u64) -
                 read,
                 userpage,
                 rel_diff: diff,
-                note: p.note.clone(),
+                note,
                 tid: r.tid,
+                running_ns,
+                thread_ns: r.thread_ns,
                 page_index: p.page_index,
                 pmc_width: p.pmc_width,
                 page_reads: p.page_reads,
@@ -797,7 +844,7 @@ mod tests {
                 Method::Read
             },
             read: c(read + 10),
-            start: 10,
+            start: c(10),
             userpage: page.map(|v| c(v + 10)),
             page_index: if page.is_some() { 32 } else { 0 },
             pmc_width: 64,
@@ -811,6 +858,7 @@ mod tests {
         let readers = [ReaderResult {
             cpu: 2,
             tid: 77,
+            thread_ns: None,
             probes: vec![probe(0, 1000, Some(1001)), probe(1, 500, None)],
         }];
         let rows = rows(&readers, |tid, cpu, i| {
@@ -833,6 +881,47 @@ mod tests {
         assert_eq!(rows[1].userpage, None);
         assert_eq!(rows[1].rel_diff, 0.0);
         assert_eq!(rows[1].method, Method::Read);
+    }
+
+    #[test]
+    fn a_copy_that_did_not_run_with_its_thread_is_no_reference() {
+        let ms = 1_000_000;
+        let mut ran = probe(0, 1000, None);
+        (ran.start.running, ran.read.running) = (5 * ms, 1_005 * ms);
+        let mut stopped = probe(1, 1000, None);
+        stopped.note = Some("software event".into());
+        (stopped.start.running, stopped.read.running) = (ms, ms + 300_000);
+        let readers = [ReaderResult {
+            cpu: 0,
+            tid: 9,
+            thread_ns: Some(1_010 * ms),
+            probes: vec![ran, stopped],
+        }];
+        let rows = rows(&readers, |_, _, _| 1000);
+        assert_eq!(
+            (rows[0].running_ns, rows[0].thread_ns),
+            (1_000 * ms, Some(1_010 * ms))
+        );
+        assert_eq!(rows[0].note, None);
+        assert_eq!(rows[1].running_ns, 300_000);
+        let note = rows[1].note.as_deref().unwrap();
+        assert!(
+            note.starts_with("software event; the reader's copy ran 0.3 ms of the 1010.0 ms"),
+            "{note}"
+        );
+        // Half the thread's time is enough, and a thread that hardly ran says nothing.
+        assert!(ran_with_its_thread(500 * ms, 1_000 * ms));
+        assert!(!ran_with_its_thread(499 * ms, 1_000 * ms));
+        assert!(ran_with_its_thread(0, 9 * ms));
+        // Without the thread's time, no judgement.
+        let mut alone = readers;
+        alone[0].thread_ns = None;
+        assert!(rows_of(&alone).iter().all(|r| r.thread_ns.is_none()));
+        assert_eq!(rows_of(&alone)[0].note, None);
+    }
+
+    fn rows_of(readers: &[ReaderResult]) -> Vec<CheckRow> {
+        rows(readers, |_, _, _| 1000)
     }
 
     #[test]

@@ -518,6 +518,18 @@ pub fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
+/// The CPU time the calling thread has used, in nanoseconds, by the scheduler's own
+/// account (`CLOCK_THREAD_CPUTIME_ID`), independent of perf.
+pub fn thread_cpu_ns() -> io::Result<u64> {
+    // SAFETY: timespec is plain integers; all zeroes is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec.
+    check(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) })?;
+    Ok((ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64))
+}
+
 /// The CPU the calling thread runs on now (`sched_getcpu`).
 pub fn current_cpu() -> Option<u32> {
     // SAFETY: sched_getcpu has no preconditions.
@@ -662,6 +674,27 @@ impl Drop for StderrRedirect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_cpu_time_grows_while_running_not_while_sleeping() {
+        use std::time::{Duration, Instant};
+        let wall = Instant::now();
+        let start = thread_cpu_ns().unwrap();
+        let mut now = start;
+        while now - start < 20_000_000 && wall.elapsed() < Duration::from_secs(10) {
+            std::hint::black_box((0..1000u64).sum::<u64>());
+            now = thread_cpu_ns().unwrap();
+        }
+        // One thread cannot run longer than the time that passed.
+        assert!(now - start >= 20_000_000, "{} ns in 10 s", now - start);
+        assert!(wall.elapsed() >= Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(100));
+        let slept = thread_cpu_ns().unwrap() - now;
+        assert!(
+            slept < 50_000_000,
+            "{slept} ns of CPU time in a 100 ms sleep"
+        );
+    }
 
     #[test]
     fn the_active_affinity_is_where_the_thread_may_run() {
