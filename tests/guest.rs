@@ -737,6 +737,23 @@ fn period_mode_samples_every_n_cycles() -> TestResult {
     Ok(())
 }
 
+/// Whether the reader's own copy of a check row's event ran with its thread (at least
+/// half of the thread's CPU time, as the scheduler gave it). CI saw, twice in many
+/// runs, a reader's copy count a fraction of a millisecond (or nothing) through a
+/// window its thread ran for seconds (BPF had the thread's full time): the kernel
+/// had not kept the copy scheduled with the thread. Such a row's read() is no
+/// reference, so it decides nothing; the row says so in its note.
+fn copy_ran_with_its_thread(row: &Value) -> bool {
+    let ran = sampler::model::check::ran_with_its_thread(
+        row["running_ns"].as_u64().unwrap(),
+        row["thread_ns"].as_u64().unwrap(),
+    );
+    if !ran {
+        eprintln!("the reader's copy did not run with its thread, another run decides: {row}");
+    }
+    ran
+}
+
 /// `sampler check --json` with `args`, as a document.
 fn check_doc(args: &[&str]) -> Value {
     let mut all = vec!["check"];
@@ -764,6 +781,9 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
         let checks = doc["checks"].as_array().unwrap();
         assert_eq!(checks.len(), 4, "{doc}");
         for c in checks {
+            if !copy_ran_with_its_thread(c) {
+                continue;
+            }
             let diff = c["rel_diff"].as_f64().unwrap();
             assert!(diff <= 0.03, "{c}");
             if diff <= 0.01 {
@@ -808,6 +828,9 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
                     .unwrap_or_else(|| panic!("no {event} row for CPU {cpu}: {doc}"))
             };
             let (cycles, clock) = (row("cycles"), row("task-clock"));
+            if !copy_ran_with_its_thread(cycles) || !copy_ran_with_its_thread(clock) {
+                continue;
+            }
             assert!(clock["read"].as_f64().unwrap() > 1e9, "{clock}");
             // Both sides' windows end at context switches, a few microseconds apart
             // (BPF at the switch's tracepoint and end, perf's per-task events in
@@ -862,7 +885,33 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
 fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
     let g = guest_without_icount()?;
     // Page against read(): the same event, two ways, back to back (the BPF column is
-    // the test above's).
+    // the test above's). The page is read first, then read(): a syscall, whose
+    // exception returns are where QEMU's PMU race (see the test above) adds a random
+    // amount to a counter. At 200 Hz it lands inside that pair now and then (CI saw
+    // read() 25 % above the page read just before it). The race only ever adds, so a
+    // page above read() by more than 1 % fails at once; one below it by more than
+    // 1 % asks for another run, and each CPU must agree within 1 % in one of up to
+    // three runs.
+    let mut agreed = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        check_mrs_run(&g, &mut agreed);
+        if agreed.len() == 4 || !g.user_access() {
+            break;
+        }
+    }
+    if g.user_access() {
+        assert_eq!(
+            agreed.len(),
+            4,
+            "CPUs whose page and read() agreed: {agreed:?}"
+        );
+    }
+    Ok(())
+}
+
+/// One `sampler check` run of [`check_reads_counters_from_user_space_with_mrs`]: the
+/// CPUs whose page and `read()` agreed within 1 % go into `agreed`.
+fn check_mrs_run(g: &GuestEnv, agreed: &mut std::collections::BTreeSet<u64>) {
     let out = sampler(&[
         "check",
         "-e",
@@ -897,7 +946,7 @@ fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
                 .any(|n| n.contains("no kernel.perf_user_access")),
             "{notes:?}"
         );
-        return Ok(());
+        return;
     }
     for c in checks {
         // perf_user_access=1 and the PMU's rdpmc bit: read with mrs. The system-wide
@@ -916,12 +965,20 @@ fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
         } else {
             assert!(!note.contains("FEAT_PMUv3p5"), "{c}");
         }
+        if !copy_ran_with_its_thread(c) {
+            continue;
+        }
         let index = c["page_index"].as_u64().unwrap();
         assert!((1..=32).contains(&index), "{c}");
         assert_eq!(c["pmc_width"], if index == 32 { 64 } else { 32 }, "{c}");
         let (page, read) = (c["userpage"].as_f64().unwrap(), c["read"].as_f64().unwrap());
         assert!(read > 1e8, "{c}");
-        assert!((page - read).abs() <= 0.01 * read, "{c}");
+        assert!(page <= 1.01 * read, "the page read above read(): {c}");
+        if read - page <= 0.01 * read {
+            agreed.insert(c["cpu"].as_u64().unwrap());
+        } else {
+            eprintln!("read() above the page read by more than 1 % (QEMU's race?): {c}");
+        }
         // Both methods were timed: the page read and the read() syscall.
         let l = &c["latency"];
         assert!(l["userpage_ns"].as_f64().unwrap() > 0.0, "{c}");
@@ -929,8 +986,6 @@ fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
         assert!(l["speedup"].as_f64().unwrap() > 0.0, "{c}");
         eprintln!("latency cpu {}: {l}", c["cpu"]);
     }
-    let _ = g;
-    Ok(())
 }
 
 /// A per-thread event on this thread with `config1` user-access bits, mapped.
