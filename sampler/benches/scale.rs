@@ -326,7 +326,7 @@ fn measure(cpus: u32, tasks: usize, refreshes: usize, dir: &Path) -> Result<Stri
         rows = snapshot.tasks.len();
         s.snapshot = t.elapsed();
         let t = Instant::now();
-        let json = report::json(&snapshot, None).to_string();
+        let json = report::json(&snapshot);
         json_bytes = json.len();
         drop(json);
         s.json = t.elapsed();

@@ -99,7 +99,7 @@ pub async fn record(args: RecordArgs) -> Result<(), Error> {
             flame::svg(&folded, &flame::title(&snapshot, &weight), &weight)?
         }
         Format::Json => {
-            let mut s = report::json(&snapshot, None).to_string();
+            let mut s = report::json(&snapshot);
             s.push('\n');
             s.into_bytes()
         }

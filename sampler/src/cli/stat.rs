@@ -65,9 +65,12 @@ pub async fn stat(args: StatArgs) -> Result<(), Error> {
     options.bench_floor = args.bench_floor;
     options.bench_skip = args.bench_skip.unwrap_or(0);
     let mut sampling = Sampling::start(&options)?;
-    let snapshot = sampling.run_for(duration).await?;
+    let mut snapshot = sampling.run_for(duration).await?;
     let text = if args.json {
-        let mut s = report::json(&snapshot, args.top).to_string();
+        if let Some(top) = args.top {
+            snapshot.tasks.truncate(top);
+        }
+        let mut s = report::json(&snapshot);
         s.push('\n');
         s
     } else {

@@ -81,11 +81,18 @@ pub async fn top(args: TopArgs) -> Result<(), Error> {
             sampling.poll_symbols()?;
         }
         let started = Instant::now();
-        let snapshot = refresh.next(&mut sampling)?;
+        let mut snapshot = refresh.next(&mut sampling)?;
         let text = if args.json {
-            let mut doc = report::json(&snapshot, Some(args.top));
-            doc["refresh_ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
-            format!("{doc}\n")
+            snapshot.tasks.truncate(args.top);
+            let mut doc = report::json(&snapshot);
+            // The refresh: the maps read, the model built and its JSON written.
+            report::append_field(
+                &mut doc,
+                "refresh_ms",
+                started.elapsed().as_secs_f64() * 1e3,
+            );
+            doc.push('\n');
+            doc
         } else {
             app.update(snapshot);
             let cache = cgroup_cache(&mut names, app.snapshot.as_ref());
