@@ -1045,11 +1045,21 @@ impl Bench {
             ),
             (
                 piece(
-                    "the location's key and the location map's update (a hash lookup, and \
-                     an add to the entry)",
+                    "the location's key and its counts (an add in the CPU's cache slot; \
+                     when another location holds the slot, a hash update moves that one's \
+                     counts to the location map)",
                     "`--bench-skip loc-map` with `--functions`",
                 ),
                 "loc-map",
+                Whole::Functions,
+            ),
+            (
+                piece(
+                    "the cache of locations (negative: what it saves against a hash update \
+                     at every sample)",
+                    "`--bench-skip loc-cache` with `--functions`",
+                ),
+                "loc-cache",
                 Whole::Functions,
             ),
             (
@@ -1187,7 +1197,7 @@ impl Bench {
                 f
             };
             let functions_piece = difference(
-                "the sampled function (a hash update per sample)",
+                "the sampled function (its cache slot, or a hash update when the slot changes hands)",
                 &function,
                 &function.peer,
                 "`--functions` minus task attribution alone",

@@ -13,11 +13,12 @@ use aya::{
 };
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
-    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
-    LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
-    PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
-    SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_CACHE_MAP,
+    LOC_MODE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS,
+    LastValues, LocCache, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS,
+    MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
+    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
+    TaskValue,
 };
 
 use crate::kernel::Error;
@@ -146,7 +147,7 @@ struct Batch<K, V> {
 }
 
 /// The location map's entries and its per-CPU counters.
-pub type LocationContents = (Vec<(LocKey, LocValue)>, Vec<LocStats>);
+pub type LocationContents = (Vec<(LocKey, LocValue)>, Vec<LocStats>, u64);
 
 /// What the maps held at one moment.
 #[derive(Debug, Clone, Default)]
@@ -167,7 +168,9 @@ pub struct MapContents {
     /// interval; `None` for a reading, whose evictions are its inserts minus its
     /// live entries.
     pub evicted: Option<u64>,
-    /// Location entries evicted, as `evicted`.
+    /// Location entries evicted, as `evicted`; up to a reading, its map's inserts
+    /// less its live entries (set by the reading: `locations` also holds what the
+    /// CPUs' caches hold).
     pub loc_evicted: Option<u64>,
 }
 
@@ -513,10 +516,11 @@ impl Bpf {
         &self,
         mut values: impl FnMut(u32) -> Option<CounterValues>,
     ) -> Result<MapContents, Error> {
-        let (locations, loc_stats) = if self.locations == Locations::Off {
-            (Vec::new(), Vec::new())
+        let (locations, loc_stats, loc_evicted) = if self.locations == Locations::Off {
+            (Vec::new(), Vec::new(), None)
         } else {
-            self.read_locations()?
+            let (locations, stats, evicted) = self.read_locations()?;
+            (locations, stats, Some(evicted))
         };
         // The CPUs' counters after the tasks, as always: a sample that lands
         // between the two readings is then in the CPU's total, not in a row only.
@@ -541,7 +545,7 @@ impl Bpf {
             bpf: None,
             switch_bpf: None,
             evicted: None,
-            loc_evicted: None,
+            loc_evicted,
         })
     }
 
@@ -628,10 +632,22 @@ impl Bpf {
 
     /// Reads the location map and its counters.
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
-        Ok((
-            self.read_hash(LOCATIONS_MAP, &self.loc_batch)?,
-            self.read_per_cpu(LOC_STATS_MAP)?,
-        ))
+        // The counters, the map, then the CPUs' caches (see `LocCache`): whole when
+        // no slot changed hands meanwhile, else read again. After SETTLE_TRIES, the
+        // last reading stands (a location's counts may then be off until the next).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let stats: Vec<LocStats> = self.read_per_cpu(LOC_STATS_MAP)?;
+            let entries = self.read_hash(LOCATIONS_MAP, &self.loc_batch)?;
+            let caches: Vec<LocCache> = self.read_per_cpu(LOC_CACHE_MAP)?;
+            if tries >= SETTLE_TRIES || whole(&stats, &caches) {
+                // The map's evictions: its inserts less its live entries.
+                let inserted: u64 = stats.iter().map(|s| s.inserted).sum();
+                let evicted = inserted.saturating_sub(entries.len() as u64);
+                return Ok((with_cached(entries, &caches), stats, evicted));
+            }
+        }
     }
 
     /// Every entry of the LRU hash map `name`: batched where the kernel can, else one
@@ -683,6 +699,42 @@ impl Bpf {
         let array: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(map_err)?;
         Ok(array.get(&0, 0).map_err(map_err)?.iter().copied().collect())
     }
+}
+
+/// Whether a reading of the location caches is whole: on every CPU, no slot changed
+/// hands between the reading of `stats` (before the map's) and the copy of its cache.
+fn whole(stats: &[LocStats], caches: &[LocCache]) -> bool {
+    caches
+        .iter()
+        .zip(stats)
+        .all(|(c, s)| c.begin == c.end && c.begin == s.cache_moves)
+}
+
+/// The location map's `entries` with the counts in the CPUs' caches added: one entry
+/// per key, in key order.
+pub fn with_cached(
+    mut entries: Vec<(LocKey, LocValue)>,
+    caches: &[LocCache],
+) -> Vec<(LocKey, LocValue)> {
+    let cached = caches.iter().flat_map(|c| &c.slots);
+    entries.extend(
+        cached
+            .filter(|slot| slot.value.samples != 0)
+            .map(|slot| (slot.key, slot.value)),
+    );
+    entries.sort_unstable_by_key(|(k, _)| *k);
+    entries.dedup_by(|(key, value), (kept_key, kept)| {
+        let same = key == kept_key;
+        if same {
+            kept.samples += value.samples;
+            kept.period_sum += value.period_sum;
+            for (k, v) in kept.counts.iter_mut().zip(value.counts) {
+                *k += v;
+            }
+        }
+        same
+    });
+    entries
 }
 
 /// Tries per reading to find a moment when a CPU's pending counts do not move.
@@ -935,6 +987,78 @@ mod tests {
             "the BPF object's BTF relocations changed: set OBJECT_NEEDS_BTF to match, \
              or the loader skips (or needlessly parses) the kernel's BTF"
         );
+    }
+
+    fn loc(ip: u64, cpu: u32) -> LocKey {
+        LocKey {
+            tgid: 7,
+            tid: 7,
+            cpu,
+            ip,
+            ..LocKey::default()
+        }
+    }
+
+    fn counts(samples: u64) -> LocValue {
+        LocValue {
+            samples,
+            period_sum: 10 * samples,
+            counts: [samples, 0, 0, 2 * samples],
+        }
+    }
+
+    fn cache(slots: &[(LocKey, LocValue)], moves: u64) -> LocCache {
+        let mut c = LocCache {
+            begin: moves,
+            slots: [sampler_common::LocSlot::default(); sampler_common::LOC_CACHE_SLOTS],
+            end: moves,
+        };
+        for &(key, value) in slots {
+            c.slots[sampler_common::loc_slot(&key)] = sampler_common::LocSlot { key, value };
+        }
+        c
+    }
+
+    #[test]
+    fn cached_locations_add_to_their_map_entries() {
+        let map = vec![(loc(0x40, 1), counts(5)), (loc(0x10, 0), counts(1))];
+        let caches = [
+            cache(&[(loc(0x10, 0), counts(2)), (loc(0x20, 0), counts(3))], 4),
+            cache(&[(loc(0x40, 1), counts(1))], 9),
+        ];
+        let all = with_cached(map, &caches);
+        assert_eq!(
+            all,
+            [
+                (loc(0x10, 0), counts(3)),
+                (loc(0x20, 0), counts(3)),
+                (loc(0x40, 1), counts(6)),
+            ]
+        );
+        // Empty slots add nothing.
+        assert_eq!(with_cached(Vec::new(), &[cache(&[], 0)]), []);
+    }
+
+    #[test]
+    fn a_reading_is_whole_when_no_slot_changed_hands() {
+        let stats = |moves: &[u64]| -> Vec<LocStats> {
+            moves
+                .iter()
+                .map(|&cache_moves| LocStats {
+                    cache_moves,
+                    ..LocStats::default()
+                })
+                .collect()
+        };
+        let caches = [cache(&[], 4), cache(&[], 9)];
+        assert!(whole(&stats(&[4, 9]), &caches));
+        // A move after the counters were read (before the map's reading, or between
+        // it and the cache's copy) ...
+        assert!(!whole(&stats(&[3, 9]), &caches));
+        // ... or one under way while the cache was copied.
+        let mut torn = cache(&[], 4);
+        torn.end = 5;
+        assert!(!whole(&stats(&[4, 9]), &[torn, cache(&[], 9)]));
     }
 
     fn key(tid: u32, cpu: u32) -> TaskKey {
