@@ -14,11 +14,11 @@ use aya::{
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
     EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_CACHE_MAP,
-    LOC_MODE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS,
-    LastValues, LocCache, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS,
-    MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
+    LOC_CACHE_SLOTS, LOC_MODE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF,
+    LOCATIONS_STACKS, LastValues, LocCache, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL,
+    MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
     START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
-    TaskValue,
+    TaskValue, loc_slot,
 };
 
 use crate::kernel::Error;
@@ -711,29 +711,35 @@ fn whole(stats: &[LocStats], caches: &[LocCache]) -> bool {
 }
 
 /// The location map's `entries` with the counts in the CPUs' caches added: one entry
-/// per key, in key order.
+/// per key. A key can only be in its own CPU's cache, at the slot [`loc_slot`] gives
+/// it, so each map entry looks there (no sort, no hash table); the slots no entry
+/// took are added after the map's entries.
 pub fn with_cached(
     mut entries: Vec<(LocKey, LocValue)>,
     caches: &[LocCache],
 ) -> Vec<(LocKey, LocValue)> {
-    let cached = caches.iter().flat_map(|c| &c.slots);
-    entries.extend(
-        cached
-            .filter(|slot| slot.value.samples != 0)
-            .map(|slot| (slot.key, slot.value)),
-    );
-    entries.sort_unstable_by_key(|(k, _)| *k);
-    entries.dedup_by(|(key, value), (kept_key, kept)| {
-        let same = key == kept_key;
-        if same {
-            kept.samples += value.samples;
-            kept.period_sum += value.period_sum;
-            for (k, v) in kept.counts.iter_mut().zip(value.counts) {
-                *k += v;
+    let mut taken = vec![false; caches.len() * LOC_CACHE_SLOTS];
+    for (key, value) in &mut entries {
+        let (cpu, i) = (key.cpu as usize, loc_slot(key));
+        if let Some(slot) = caches.get(cpu).map(|c| &c.slots[i])
+            && slot.value.samples != 0
+            && slot.key == *key
+        {
+            value.samples += slot.value.samples;
+            value.period_sum += slot.value.period_sum;
+            for (count, add) in value.counts.iter_mut().zip(slot.value.counts) {
+                *count += add;
             }
+            taken[cpu * LOC_CACHE_SLOTS + i] = true;
         }
-        same
-    });
+    }
+    let slots = caches.iter().flat_map(|c| &c.slots);
+    entries.extend(
+        slots
+            .zip(taken)
+            .filter(|(slot, taken)| slot.value.samples != 0 && !taken)
+            .map(|(slot, _)| (slot.key, slot.value)),
+    );
     entries
 }
 
@@ -1010,11 +1016,11 @@ mod tests {
     fn cache(slots: &[(LocKey, LocValue)], moves: u64) -> LocCache {
         let mut c = LocCache {
             begin: moves,
-            slots: [sampler_common::LocSlot::default(); sampler_common::LOC_CACHE_SLOTS],
+            slots: [sampler_common::LocSlot::default(); LOC_CACHE_SLOTS],
             end: moves,
         };
         for &(key, value) in slots {
-            c.slots[sampler_common::loc_slot(&key)] = sampler_common::LocSlot { key, value };
+            c.slots[loc_slot(&key)] = sampler_common::LocSlot { key, value };
         }
         c
     }
@@ -1026,7 +1032,8 @@ mod tests {
             cache(&[(loc(0x10, 0), counts(2)), (loc(0x20, 0), counts(3))], 4),
             cache(&[(loc(0x40, 1), counts(1))], 9),
         ];
-        let all = with_cached(map, &caches);
+        let mut all = with_cached(map, &caches);
+        all.sort_unstable_by_key(|(k, _)| *k);
         assert_eq!(
             all,
             [
@@ -1037,6 +1044,24 @@ mod tests {
         );
         // Empty slots add nothing.
         assert_eq!(with_cached(Vec::new(), &[cache(&[], 0)]), []);
+        // A map entry whose slot holds another location, or whose CPU has no cache,
+        // keeps its own counts.
+        let other = loc(0x10 + (1 << 17), 0);
+        assert_eq!(loc_slot(&other), loc_slot(&loc(0x10, 0)));
+        let caches = [cache(&[(other, counts(4))], 1)];
+        let mut all = with_cached(
+            vec![(loc(0x10, 0), counts(1)), (loc(0x10, 5), counts(2))],
+            &caches,
+        );
+        all.sort_unstable_by_key(|(k, _)| *k);
+        assert_eq!(
+            all,
+            [
+                (loc(0x10, 0), counts(1)),
+                (other, counts(4)),
+                (loc(0x10, 5), counts(2))
+            ]
+        );
     }
 
     #[test]
