@@ -341,6 +341,19 @@ pub struct LastValues {
     pub event: u64,
 }
 
+impl LocValue {
+    /// Adds `other`'s counts to these (a cache slot's to its map entry's, a sample's
+    /// to its location's).
+    #[inline(always)]
+    pub fn add(&mut self, other: &Self) {
+        self.samples += other.samples;
+        self.period_sum += other.period_sum;
+        for (count, add) in self.counts.iter_mut().zip(&other.counts) {
+            *count += add;
+        }
+    }
+}
+
 impl TaskValue {
     /// The command name up to its first NUL, as bytes.
     pub fn comm_bytes(&self) -> &[u8] {

@@ -784,7 +784,7 @@ fn record_location(
         let cache = unsafe { &mut *cache };
         let slot = &mut cache.slots[loc_slot(&key)];
         if slot.value.samples != 0 && same_location(&slot.key, &key) {
-            add_location(&mut slot.value, &value);
+            slot.value.add(&value);
             return;
         }
         // The slot changes hands: `end`, the move, `begin` (see LocCache). Volatile
@@ -820,22 +820,12 @@ fn same_location(a: &LocKey, b: &LocKey) -> bool {
         && a.user_stack == b.user_stack
 }
 
-/// Adds `value` to the location counts `to`.
-#[inline(always)]
-fn add_location(to: &mut LocValue, value: &LocValue) {
-    to.samples += value.samples;
-    to.period_sum += value.period_sum;
-    for (count, delta) in to.counts.iter_mut().zip(&value.counts) {
-        *count += delta;
-    }
-}
-
 /// Adds `value` to the entry of `key` in the location map, creating it when needed.
 #[inline(always)]
 fn to_map(key: &LocKey, value: &LocValue, stats: &mut LocStats) {
     match LOCATIONS.get_ptr_mut(key) {
         // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
-        Some(entry) => add_location(unsafe { &mut *entry }, value),
+        Some(entry) => unsafe { &mut *entry }.add(value),
         None => {
             if LOCATIONS
                 .insert(key, *value, u64::from(BPF_NOEXIST))

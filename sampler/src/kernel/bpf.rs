@@ -725,11 +725,7 @@ pub fn with_cached(
             && slot.value.samples != 0
             && slot.key == *key
         {
-            value.samples += slot.value.samples;
-            value.period_sum += slot.value.period_sum;
-            for (count, add) in value.counts.iter_mut().zip(slot.value.counts) {
-                *count += add;
-            }
+            value.add(&slot.value);
             taken[cpu * LOC_CACHE_SLOTS + i] = true;
         }
     }
