@@ -69,10 +69,8 @@ pub const SKIP_KEY_CACHE: u32 = 1 << 7;
 /// Skip the location map's update (and, unless the stacks are walked for it, the
 /// location's key).
 pub const SKIP_LOC_MAP: u32 = 1 << 8;
-/// Skip the per-CPU cache of locations (every sample updates the location map).
-pub const SKIP_LOC_CACHE: u32 = 1 << 9;
 /// The names `--bench-skip` takes, with their bits.
-pub const SKIP_NAMES: [(&str, u32); 10] = [
+pub const SKIP_NAMES: [(&str, u32); 9] = [
     ("leader-read", SKIP_LEADER_READ),
     ("member-reads", SKIP_MEMBER_READS),
     ("pid", SKIP_PID),
@@ -82,7 +80,6 @@ pub const SKIP_NAMES: [(&str, u32); 10] = [
     ("loc-mode", SKIP_LOC_MODE),
     ("key-cache", SKIP_KEY_CACHE),
     ("loc-map", SKIP_LOC_MAP),
-    ("loc-cache", SKIP_LOC_CACHE),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
@@ -90,8 +87,6 @@ pub const SKIP_NAMES: [(&str, u32); 10] = [
 pub const LOCATIONS_MAP: &str = "LOCATIONS";
 /// Name of the `STACK_TRACE` map of the call stacks (with `-g`).
 pub const STACKS_MAP: &str = "STACKS";
-/// Name of the per-CPU array of one [`LocCache`].
-pub const LOC_CACHE_MAP: &str = "LOC_CACHE";
 /// Name of the per-CPU array of one [`LocStats`].
 pub const LOC_STATS_MAP: &str = "LOC_STATS";
 /// Name of the one-slot `ARRAY` that says what the program records of a sample's
@@ -214,46 +209,6 @@ pub struct LocStats {
     pub no_user_stack: u64,
     /// Other `bpf_get_stackid` failures.
     pub stack_errors: u64,
-    /// How many times a [`LocCache`] slot of this CPU changed hands, as
-    /// [`LocCache::begin`] (a reader compares them, see there).
-    pub cache_moves: u64,
-}
-
-/// Slots of each CPU's [`LocCache`] (a power of two).
-pub const LOC_CACHE_SLOTS: usize = 256;
-
-/// One location's counts in a [`LocCache`]; empty while `value.samples` is 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LocSlot {
-    pub key: LocKey,
-    pub value: LocValue,
-}
-
-/// A CPU's cache of locations in front of [`LOCATIONS_MAP`] (sampled instructions
-/// only, not stacks): direct-mapped by a hash of the key. A sample whose location
-/// holds its slot adds there, without a hash-map update; another location's sample
-/// first moves the slot's counts to the map (adding to its entry there), then takes
-/// the slot. A location's counts are its map entry's plus its slot's.
-///
-/// A move changes the map and the slot. The program raises `end`, moves, then
-/// raises `begin` and [`LocStats::cache_moves`]. A reader reads `LocStats` first,
-/// then the map, then this (copied from `begin` to `end`): the reading is whole
-/// when the three numbers are equal (no move touched it).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocCache {
-    pub begin: u64,
-    pub slots: [LocSlot; LOC_CACHE_SLOTS],
-    pub end: u64,
-}
-
-/// The slot of [`LocCache`] for `key`: the address's bits above the instruction's
-/// alignment, mixed with the thread.
-#[inline(always)]
-pub fn loc_slot(key: &LocKey) -> usize {
-    let mixed = (key.ip >> 1) ^ (key.ip >> 9) ^ u64::from(key.tid).wrapping_mul(0x9e37_79b9);
-    mixed as usize & (LOC_CACHE_SLOTS - 1)
 }
 
 /// Per-CPU counters of the BPF program itself (one entry of a `PERCPU_ARRAY`).
@@ -341,19 +296,6 @@ pub struct LastValues {
     pub event: u64,
 }
 
-impl LocValue {
-    /// Adds `other`'s counts to these (a cache slot's to its map entry's, a sample's
-    /// to its location's).
-    #[inline(always)]
-    pub fn add(&mut self, other: &Self) {
-        self.samples += other.samples;
-        self.period_sum += other.period_sum;
-        for (count, add) in self.counts.iter_mut().zip(&other.counts) {
-            *count += add;
-        }
-    }
-}
-
 impl TaskValue {
     /// The command name up to its first NUL, as bytes.
     pub fn comm_bytes(&self) -> &[u8] {
@@ -373,11 +315,7 @@ const _: () = assert!(size_of::<CpuStats>() == 48);
 const _: () = assert!(size_of::<Pending>() == 128);
 const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
-const _: () = assert!(size_of::<LocStats>() == 56);
-const _: () = assert!(size_of::<LocSlot>() == 96);
-// A per-CPU map's value is at most 32 KiB (the kernel's PCPU_MIN_UNIT_SIZE).
-const _: () = assert!(size_of::<LocCache>() == 16 + 96 * LOC_CACHE_SLOTS);
-const _: () = assert!(size_of::<LocCache>() <= 32 * 1024);
+const _: () = assert!(size_of::<LocStats>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -398,8 +336,6 @@ mod pod {
     unsafe impl aya::Pod for super::LocValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocStats {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::LocCache {}
 }
 
 #[cfg(test)]

@@ -38,11 +38,7 @@
 //! sample, so they are read at every sample then: the leader's count is one kernel
 //! read at the event the last sample found in its context (cached until the next
 //! switch; the overflow has already brought it up to date), and one
-//! `bpf_perf_event_read_value` per member. The sampled instruction's counts go to a
-//! per-CPU cache in front of that map (`LocCache`, direct-mapped): a sample whose
-//! location holds its slot adds there, with no hash-map update; only when the slot
-//! changes hands do the old location's counts move to the map. Stacks (`-g`) make
-//! most keys new and go to the map directly.
+//! `bpf_perf_event_read_value` per member.
 #![no_std]
 #![no_main]
 
@@ -69,10 +65,9 @@ use aya_ebpf::{
 };
 use sampler_common::{
     COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_IP,
-    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocCache, LocKey, LocSlot, LocStats, LocValue,
-    MAX_MEMBERS, NO_STACK, Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_CACHE,
-    SKIP_LOC_MAP, SKIP_LOC_MODE, SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey,
-    TaskValue, loc_slot,
+    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK,
+    Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MAP, SKIP_LOC_MODE,
+    SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -91,11 +86,6 @@ static LOCATIONS: LruHashMap<LocKey, LocValue> =
 /// The call stacks (with `-g`); the loader sizes it, and to one entry without `-g`.
 #[map(name = "STACKS")]
 static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
-
-/// Each CPU's cache of sampled instructions in front of LOCATIONS (see
-/// [`LocCache`]).
-#[map(name = "LOC_CACHE")]
-static LOC_CACHE: PerCpuArray<LocCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// The location half's counters, one slot per CPU.
 #[map(name = "LOC_STATS")]
@@ -769,71 +759,26 @@ fn record_location(
     if skip(SKIP_LOC_MAP) {
         return;
     }
-    let value = LocValue {
-        samples: 1,
-        period_sum: period,
-        counts: *deltas,
-    };
-    // Stacks make most keys new: they go to the map directly.
-    if mode == LOCATIONS_IP
-        && !skip(SKIP_LOC_CACHE)
-        && let Some(cache) = LOC_CACHE.get_ptr_mut(0)
-    {
-        // SAFETY: a per-CPU array slot; only this program uses it, and it does not
-        // nest on one CPU.
-        let cache = unsafe { &mut *cache };
-        let slot = &mut cache.slots[loc_slot(&key)];
-        if slot.value.samples != 0 && same_location(&slot.key, &key) {
-            slot.value.add(&value);
-            return;
-        }
-        // The slot changes hands: `end`, the move, `begin` (see LocCache). Volatile
-        // writes keep that order in the program.
-        let moves = stats.cache_moves + 1;
-        // SAFETY: a field of the exclusive `cache` (above), apart from `slot`.
-        unsafe { core::ptr::write_volatile(&raw mut cache.end, moves) };
-        if slot.value.samples != 0 {
-            to_map(&slot.key, &slot.value, stats);
-        }
-        // SAFETY: as above.
-        unsafe {
-            core::ptr::write_volatile(slot, LocSlot { key, value });
-            core::ptr::write_volatile(&raw mut cache.begin, moves);
-            core::ptr::write_volatile(&raw mut stats.cache_moves, moves);
-        }
-        return;
-    }
-    to_map(&key, &value, stats);
-}
-
-/// Whether two location keys are the same (field by field: a byte comparison is a
-/// loop the verifier walks).
-#[inline(always)]
-fn same_location(a: &LocKey, b: &LocKey) -> bool {
-    a.ip == b.ip
-        && a.tid == b.tid
-        && a.tgid == b.tgid
-        && a.cpu == b.cpu
-        && a.start == b.start
-        && a.cgroup_id == b.cgroup_id
-        && a.kernel_stack == b.kernel_stack
-        && a.user_stack == b.user_stack
-}
-
-/// Adds `value` to the entry of `key` in the location map, creating it when needed.
-#[inline(always)]
-fn to_map(key: &LocKey, value: &LocValue, stats: &mut LocStats) {
     match LOCATIONS.get_ptr_mut(key) {
-        // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
-        Some(entry) => unsafe { &mut *entry }.add(value),
+        Some(value) => {
+            // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
+            let value = unsafe { &mut *value };
+            value.samples += 1;
+            value.period_sum += period;
+            for (count, delta) in value.counts.iter_mut().zip(deltas) {
+                *count += delta;
+            }
+        }
         None => {
-            if LOCATIONS
-                .insert(key, *value, u64::from(BPF_NOEXIST))
-                .is_ok()
-            {
+            let value = LocValue {
+                samples: 1,
+                period_sum: period,
+                counts: *deltas,
+            };
+            if LOCATIONS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
                 stats.inserted += 1;
             } else {
-                stats.dropped += value.samples;
+                stats.dropped += 1;
             }
         }
     }

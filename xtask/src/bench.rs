@@ -1045,21 +1045,11 @@ impl Bench {
             ),
             (
                 piece(
-                    "the location's key and its counts (an add in the CPU's cache slot; \
-                     when another location holds the slot, a hash update moves that one's \
-                     counts to the location map)",
+                    "the location's key and the location map's update (a hash lookup, and \
+                     an add to the entry)",
                     "`--bench-skip loc-map` with `--functions`",
                 ),
                 "loc-map",
-                Whole::Functions,
-            ),
-            (
-                piece(
-                    "the cache of locations (negative: what it saves against a hash update \
-                     at every sample)",
-                    "`--bench-skip loc-cache` with `--functions`",
-                ),
-                "loc-cache",
                 Whole::Functions,
             ),
             (
@@ -1197,7 +1187,7 @@ impl Bench {
                 f
             };
             let functions_piece = difference(
-                "the sampled function (its cache slot, or a hash update when the slot changes hands)",
+                "the sampled function (a hash update per sample)",
                 &function,
                 &function.peer,
                 "`--functions` minus task attribution alone",

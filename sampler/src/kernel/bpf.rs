@@ -13,12 +13,11 @@ use aya::{
 };
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
-    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_CACHE_MAP,
-    LOC_CACHE_SLOTS, LOC_MODE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF,
-    LOCATIONS_STACKS, LastValues, LocCache, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL,
-    MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
-    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
-    TaskValue, loc_slot,
+    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
+    LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
+    LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
+    PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
+    SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::kernel::Error;
@@ -147,7 +146,7 @@ struct Batch<K, V> {
 }
 
 /// The location map's entries and its per-CPU counters.
-pub type LocationContents = (Vec<(LocKey, LocValue)>, Vec<LocStats>, u64);
+pub type LocationContents = (Vec<(LocKey, LocValue)>, Vec<LocStats>);
 
 /// What the maps held at one moment.
 #[derive(Debug, Clone, Default)]
@@ -168,9 +167,7 @@ pub struct MapContents {
     /// interval; `None` for a reading, whose evictions are its inserts minus its
     /// live entries.
     pub evicted: Option<u64>,
-    /// Location entries evicted, as `evicted`; up to a reading, its map's inserts
-    /// less its live entries (set by the reading: `locations` also holds what the
-    /// CPUs' caches hold).
+    /// Location entries evicted, as `evicted`.
     pub loc_evicted: Option<u64>,
 }
 
@@ -516,11 +513,10 @@ impl Bpf {
         &self,
         mut values: impl FnMut(u32) -> Option<CounterValues>,
     ) -> Result<MapContents, Error> {
-        let (locations, loc_stats, loc_evicted) = if self.locations == Locations::Off {
-            (Vec::new(), Vec::new(), None)
+        let (locations, loc_stats) = if self.locations == Locations::Off {
+            (Vec::new(), Vec::new())
         } else {
-            let (locations, stats, evicted) = self.read_locations()?;
-            (locations, stats, Some(evicted))
+            self.read_locations()?
         };
         // The CPUs' counters after the tasks, as always: a sample that lands
         // between the two readings is then in the CPU's total, not in a row only.
@@ -545,7 +541,7 @@ impl Bpf {
             bpf: None,
             switch_bpf: None,
             evicted: None,
-            loc_evicted,
+            loc_evicted: None,
         })
     }
 
@@ -632,22 +628,10 @@ impl Bpf {
 
     /// Reads the location map and its counters.
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
-        // The counters, the map, then the CPUs' caches (see `LocCache`): whole when
-        // no slot changed hands meanwhile, else read again. After SETTLE_TRIES, the
-        // last reading stands (a location's counts may then be off until the next).
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let stats: Vec<LocStats> = self.read_per_cpu(LOC_STATS_MAP)?;
-            let entries = self.read_hash(LOCATIONS_MAP, &self.loc_batch)?;
-            let caches: Vec<LocCache> = self.read_per_cpu(LOC_CACHE_MAP)?;
-            if tries >= SETTLE_TRIES || whole(&stats, &caches) {
-                // The map's evictions: its inserts less its live entries.
-                let inserted: u64 = stats.iter().map(|s| s.inserted).sum();
-                let evicted = inserted.saturating_sub(entries.len() as u64);
-                return Ok((with_cached(entries, &caches), stats, evicted));
-            }
-        }
+        Ok((
+            self.read_hash(LOCATIONS_MAP, &self.loc_batch)?,
+            self.read_per_cpu(LOC_STATS_MAP)?,
+        ))
     }
 
     /// Every entry of the LRU hash map `name`: batched where the kernel can, else one
@@ -699,44 +683,6 @@ impl Bpf {
         let array: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(map_err)?;
         Ok(array.get(&0, 0).map_err(map_err)?.iter().copied().collect())
     }
-}
-
-/// Whether a reading of the location caches is whole: on every CPU, no slot changed
-/// hands between the reading of `stats` (before the map's) and the copy of its cache.
-fn whole(stats: &[LocStats], caches: &[LocCache]) -> bool {
-    caches
-        .iter()
-        .zip(stats)
-        .all(|(c, s)| c.begin == c.end && c.begin == s.cache_moves)
-}
-
-/// The location map's `entries` with the counts in the CPUs' caches added: one entry
-/// per key. A key can only be in its own CPU's cache, at the slot [`loc_slot`] gives
-/// it, so each map entry looks there (no sort, no hash table); the slots no entry
-/// took are added after the map's entries.
-pub fn with_cached(
-    mut entries: Vec<(LocKey, LocValue)>,
-    caches: &[LocCache],
-) -> Vec<(LocKey, LocValue)> {
-    let mut taken = vec![false; caches.len() * LOC_CACHE_SLOTS];
-    for (key, value) in &mut entries {
-        let (cpu, i) = (key.cpu as usize, loc_slot(key));
-        if let Some(slot) = caches.get(cpu).map(|c| &c.slots[i])
-            && slot.value.samples != 0
-            && slot.key == *key
-        {
-            value.add(&slot.value);
-            taken[cpu * LOC_CACHE_SLOTS + i] = true;
-        }
-    }
-    let slots = caches.iter().flat_map(|c| &c.slots);
-    entries.extend(
-        slots
-            .zip(taken)
-            .filter(|(slot, taken)| slot.value.samples != 0 && !taken)
-            .map(|(slot, _)| (slot.key, slot.value)),
-    );
-    entries
 }
 
 /// Tries per reading to find a moment when a CPU's pending counts do not move.
@@ -989,97 +935,6 @@ mod tests {
             "the BPF object's BTF relocations changed: set OBJECT_NEEDS_BTF to match, \
              or the loader skips (or needlessly parses) the kernel's BTF"
         );
-    }
-
-    fn loc(ip: u64, cpu: u32) -> LocKey {
-        LocKey {
-            tgid: 7,
-            tid: 7,
-            cpu,
-            ip,
-            ..LocKey::default()
-        }
-    }
-
-    fn counts(samples: u64) -> LocValue {
-        LocValue {
-            samples,
-            period_sum: 10 * samples,
-            counts: [samples, 0, 0, 2 * samples],
-        }
-    }
-
-    fn cache(slots: &[(LocKey, LocValue)], moves: u64) -> LocCache {
-        let mut c = LocCache {
-            begin: moves,
-            slots: [sampler_common::LocSlot::default(); LOC_CACHE_SLOTS],
-            end: moves,
-        };
-        for &(key, value) in slots {
-            c.slots[loc_slot(&key)] = sampler_common::LocSlot { key, value };
-        }
-        c
-    }
-
-    #[test]
-    fn cached_locations_add_to_their_map_entries() {
-        let map = vec![(loc(0x40, 1), counts(5)), (loc(0x10, 0), counts(1))];
-        let caches = [
-            cache(&[(loc(0x10, 0), counts(2)), (loc(0x20, 0), counts(3))], 4),
-            cache(&[(loc(0x40, 1), counts(1))], 9),
-        ];
-        let mut all = with_cached(map, &caches);
-        all.sort_unstable_by_key(|(k, _)| *k);
-        assert_eq!(
-            all,
-            [
-                (loc(0x10, 0), counts(3)),
-                (loc(0x20, 0), counts(3)),
-                (loc(0x40, 1), counts(6)),
-            ]
-        );
-        // Empty slots add nothing.
-        assert_eq!(with_cached(Vec::new(), &[cache(&[], 0)]), []);
-        // A map entry whose slot holds another location, or whose CPU has no cache,
-        // keeps its own counts.
-        let other = loc(0x10 + (1 << 17), 0);
-        assert_eq!(loc_slot(&other), loc_slot(&loc(0x10, 0)));
-        let caches = [cache(&[(other, counts(4))], 1)];
-        let mut all = with_cached(
-            vec![(loc(0x10, 0), counts(1)), (loc(0x10, 5), counts(2))],
-            &caches,
-        );
-        all.sort_unstable_by_key(|(k, _)| *k);
-        assert_eq!(
-            all,
-            [
-                (loc(0x10, 0), counts(1)),
-                (other, counts(4)),
-                (loc(0x10, 5), counts(2))
-            ]
-        );
-    }
-
-    #[test]
-    fn a_reading_is_whole_when_no_slot_changed_hands() {
-        let stats = |moves: &[u64]| -> Vec<LocStats> {
-            moves
-                .iter()
-                .map(|&cache_moves| LocStats {
-                    cache_moves,
-                    ..LocStats::default()
-                })
-                .collect()
-        };
-        let caches = [cache(&[], 4), cache(&[], 9)];
-        assert!(whole(&stats(&[4, 9]), &caches));
-        // A move after the counters were read (before the map's reading, or between
-        // it and the cache's copy) ...
-        assert!(!whole(&stats(&[3, 9]), &caches));
-        // ... or one under way while the cache was copied.
-        let mut torn = cache(&[], 4);
-        torn.end = 5;
-        assert!(!whole(&stats(&[4, 9]), &[torn, cache(&[], 9)]));
     }
 
     fn key(tid: u32, cpu: u32) -> TaskKey {

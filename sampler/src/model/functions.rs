@@ -66,7 +66,6 @@ pub fn location_stats(
             out.stack_full += s.stack_full;
             out.no_user_stack += s.no_user_stack;
             out.stack_errors += s.stack_errors;
-            out.cache_moves += s.cache_moves;
         }
     }
     out

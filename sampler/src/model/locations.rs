@@ -40,9 +40,6 @@ pub struct LocationStats {
     pub dropped: u64,
     /// Location entries the LRU map evicted to make room.
     pub evicted: u64,
-    /// Times a slot of a CPU's location cache changed hands (its counts went to
-    /// the map); with many distinct locations, most samples.
-    pub cache_moves: u64,
     /// Stacks lost to a hash collision in the stack map.
     pub stack_collisions: u64,
     /// Stacks lost because the stack map was full.

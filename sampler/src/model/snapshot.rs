@@ -523,7 +523,6 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
                 stack_full: c.stack_full.saturating_sub(p.stack_full),
                 no_user_stack: c.no_user_stack.saturating_sub(p.no_user_stack),
                 stack_errors: c.stack_errors.saturating_sub(p.stack_errors),
-                cache_moves: c.cache_moves.saturating_sub(p.cache_moves),
             }
         })
         .collect();

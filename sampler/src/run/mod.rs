@@ -301,7 +301,7 @@ impl Sampling {
         if self.bpf.locations() == Locations::Off {
             return Ok(());
         }
-        let (locations, _, _) = self.bpf.read_locations()?;
+        let (locations, _) = self.bpf.read_locations()?;
         self.symbols.resolve(&locations, &self.bpf)?;
         Ok(())
     }
