@@ -69,8 +69,17 @@ pub const SKIP_KEY_CACHE: u32 = 1 << 7;
 /// Skip the location map's update (and, unless the stacks are walked for it, the
 /// location's key).
 pub const SKIP_LOC_MAP: u32 = 1 << 8;
+/// Put each sample's location in a BPF ring buffer record (reserve, write, submit
+/// without a wakeup) in place of the location map's update: the benchmarks weigh a
+/// ring buffer against the map this way. Nothing reads the ring ([`LOC_RING_MAP`]),
+/// so the run's locations are lost.
+pub const SKIP_LOC_MAP_FOR_RING: u32 = 1 << 9;
+/// Write each sample's location to a per-CPU log slot (an array lookup and a write)
+/// in place of the location map's update: what any store costs at the least.
+/// Nothing reads the log ([`LOC_LOG_MAP`]), so the run's locations are lost.
+pub const SKIP_LOC_MAP_FOR_LOG: u32 = 1 << 10;
 /// The names `--bench-skip` takes, with their bits.
-pub const SKIP_NAMES: [(&str, u32); 9] = [
+pub const SKIP_NAMES: [(&str, u32); 11] = [
     ("leader-read", SKIP_LEADER_READ),
     ("member-reads", SKIP_MEMBER_READS),
     ("pid", SKIP_PID),
@@ -80,11 +89,41 @@ pub const SKIP_NAMES: [(&str, u32); 9] = [
     ("loc-mode", SKIP_LOC_MODE),
     ("key-cache", SKIP_KEY_CACHE),
     ("loc-map", SKIP_LOC_MAP),
+    ("loc-map-for-ring", SKIP_LOC_MAP_FOR_RING),
+    ("loc-map-for-log", SKIP_LOC_MAP_FOR_LOG),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
 /// where in the code each sample landed, filled only when locations are asked for.
 pub const LOCATIONS_MAP: &str = "LOCATIONS";
+/// Name of the bench-only `RINGBUF` of [`SKIP_LOC_MAP_FOR_RING`]: the loader gives it
+/// one page, and [`LOC_RING_BENCH_BYTES`] when a run asks for it.
+pub const LOC_RING_MAP: &str = "LOC_RING";
+/// The bench-only ring's size when used: 64 MiB, some 20 s of 10 kHz on 32 CPUs.
+pub const LOC_RING_BENCH_BYTES: u32 = 1 << 26;
+/// Name of the bench-only per-CPU array of one [`LocLog`] ([`SKIP_LOC_MAP_FOR_LOG`]).
+pub const LOC_LOG_MAP: &str = "LOC_LOG";
+/// Slots of a [`LocLog`].
+pub const LOC_LOG_SLOTS: usize = 32;
+
+/// One sample's location, as the bench-only ring and log hold it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocRecord {
+    pub key: LocKey,
+    pub period: u64,
+    pub deltas: [u64; MAX_MEMBERS],
+}
+
+/// A per-CPU log of the last [`LOC_LOG_SLOTS`] samples' locations (bench only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LocLog {
+    /// Samples written so far; the next goes to slot `head % LOC_LOG_SLOTS`.
+    pub head: u64,
+    pub slots: [LocRecord; LOC_LOG_SLOTS],
+}
+
 /// Name of the `STACK_TRACE` map of the call stacks (with `-g`).
 pub const STACKS_MAP: &str = "STACKS";
 /// Name of the per-CPU array of one [`LocStats`].

@@ -48,7 +48,7 @@ use aya_ebpf::{
     Global,
     bindings::{
         BPF_F_CURRENT_CPU, BPF_F_FAST_STACK_CMP, BPF_F_NO_COMMON_LRU, BPF_F_USER_STACK,
-        BPF_NOEXIST, bpf_perf_event_value,
+        BPF_NOEXIST, BPF_RB_NO_WAKEUP, bpf_perf_event_value,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
@@ -58,16 +58,17 @@ use aya_ebpf::{
         },
     },
     macros::{kprobe, map, perf_event, raw_tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, PerfEventArray, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, PerfEventArray, RingBuf, StackTrace},
     programs::{
         PerfEventContext, ProbeContext, RawTracePointContext, tracing::StackIdContext as _,
     },
 };
 use sampler_common::{
-    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOCATIONS_IP,
-    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_MEMBERS, NO_STACK,
-    Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_MAP, SKIP_LOC_MODE,
-    SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOC_LOG_SLOTS,
+    LOCATIONS_IP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocLog, LocRecord, LocStats,
+    LocValue, MAX_MEMBERS, NO_STACK, Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ,
+    SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MAP_FOR_RING, SKIP_LOC_MODE, SKIP_MEMBER_READS,
+    SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -82,6 +83,16 @@ static TASKS: LruHashMap<TaskKey, TaskValue> =
 #[map(name = "LOCATIONS")]
 static LOCATIONS: LruHashMap<LocKey, LocValue> =
     LruHashMap::with_max_entries(DEFAULT_LOC_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Bench only (`SKIP_LOC_MAP_FOR_RING`): a ring buffer in place of LOCATIONS, to
+/// weigh one against the other. One page unless a bench run asks for it.
+#[map(name = "LOC_RING")]
+static LOC_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Bench only (`SKIP_LOC_MAP_FOR_LOG`): a per-CPU log in place of LOCATIONS, what
+/// any store costs at the least.
+#[map(name = "LOC_LOG")]
+static LOC_LOG: PerCpuArray<LocLog> = PerCpuArray::with_max_entries(1, 0);
 
 /// The call stacks (with `-g`); the loader sizes it, and to one entry without `-g`.
 #[map(name = "STACKS")]
@@ -759,6 +770,10 @@ fn record_location(
     if skip(SKIP_LOC_MAP) {
         return;
     }
+    if skip(SKIP_LOC_MAP_FOR_RING | SKIP_LOC_MAP_FOR_LOG) {
+        bench_store(key, period, deltas, stats);
+        return;
+    }
     match LOCATIONS.get_ptr_mut(key) {
         Some(value) => {
             // SAFETY: the entry's key holds this CPU, so only this CPU updates it.
@@ -782,6 +797,38 @@ fn record_location(
             }
         }
     }
+}
+
+/// Bench only: the location in the ring buffer or the per-CPU log, in place of the
+/// location map (`SKIP_LOC_MAP_FOR_RING`, `SKIP_LOC_MAP_FOR_LOG`). Nothing reads
+/// either; what does not fit counts as dropped.
+#[inline(always)]
+fn bench_store(key: LocKey, period: u64, deltas: &[u64; MAX_MEMBERS], stats: &mut LocStats) {
+    let record = LocRecord {
+        key,
+        period,
+        deltas: *deltas,
+    };
+    if skip(SKIP_LOC_MAP_FOR_RING) {
+        match LOC_RING.reserve::<LocRecord>(0) {
+            Some(mut entry) => {
+                entry.write(record);
+                entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+            }
+            None => stats.dropped += 1,
+        }
+        return;
+    }
+    let Some(log) = LOC_LOG.get_ptr_mut(0) else {
+        stats.dropped += 1;
+        return;
+    };
+    // SAFETY: a per-CPU array slot; the sample program does not nest on one CPU.
+    let log = unsafe { &mut *log };
+    if let Some(slot) = log.slots.get_mut(log.head as usize % LOC_LOG_SLOTS) {
+        *slot = record;
+    }
+    log.head += 1;
 }
 
 /// The interrupted instruction's address, from the sample's registers.

@@ -1116,6 +1116,40 @@ impl Bench {
             "the rest (per-CPU state lookups, statistics) over the floor",
             "the program with every piece above taken out, minus the floor",
         );
+        // Stores weighed against the location map: each one's cost over the program
+        // with no store (`loc-map` taken out), against the map's own.
+        let store = |what: &str, skip: &str| {
+            let mut f = Figure::new(
+                pieces_group,
+                format!("the location stored as {what} in place of the map's update, {hz} Hz"),
+                "ns",
+            )
+            .peer("the location map's update (same repetition)", "store / map")
+            .note(format!(
+                "{source}; `--bench-skip {skip}` with `--functions`, minus `--bench-skip \
+                 loc-map`; bench only: nothing reads it"
+            ));
+            f.inverted = true;
+            f
+        };
+        let mut stores = [
+            (
+                store(
+                    "a BPF ring buffer record (reserve, write, submit without a wakeup; one \
+                     ring for all CPUs)",
+                    "loc-map-for-ring",
+                ),
+                "loc-map-for-ring",
+            ),
+            (
+                store(
+                    "a per-CPU log slot (an array lookup and a write: the least any store \
+                     costs)",
+                    "loc-map-for-log",
+                ),
+                "loc-map-for-log",
+            ),
+        ];
         let all_pieces = "leader-read,member-reads,pid,cgroup,start,task-map,loc-mode,key-cache";
         for _ in 0..self.plan.reps {
             let base = cost(self, &["--bench-floor"])?;
@@ -1140,6 +1174,8 @@ impl Bench {
             switch_members.peer.push(switch_without);
             let with_function = cost(self, &["--functions"])?;
             if breakdown {
+                // The program with `--functions` and no store, and the map's cost.
+                let mut no_store = None;
                 for (fig, skip, with) in &mut pieces {
                     let mut args = vec!["--bench-skip", *skip];
                     let whole = match with {
@@ -1156,6 +1192,16 @@ impl Bench {
                     let without = cost(self, &args)?;
                     fig.ours.push(whole - without);
                     fig.peer.push(whole);
+                    if *skip == "loc-map" {
+                        no_store = Some((without, whole - without));
+                    }
+                }
+                if let Some((none, map)) = no_store {
+                    for (fig, skip) in &mut stores {
+                        let with = cost(self, &["--bench-skip", *skip, "--functions"])?;
+                        fig.ours.push(with - none);
+                        fig.peer.push(map);
+                    }
                 }
                 let bare = cost(self, &["--bench-skip", all_pieces])?;
                 rest.ours.push(bare - base);
@@ -1200,6 +1246,7 @@ impl Bench {
             );
             breakdown_figures.extend(pieces.into_iter().map(|(f, _, _)| f));
             breakdown_figures.extend([rest, functions_piece, stacks_piece]);
+            breakdown_figures.extend(stores.into_iter().map(|(f, _)| f));
         }
         self.figures.extend([
             floor,

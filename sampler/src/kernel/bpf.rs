@@ -14,10 +14,11 @@ use aya::{
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
     EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
-    LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
-    PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
-    SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    LOC_RING_BENCH_BYTES, LOC_RING_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF,
+    LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS,
+    MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, SKIP_LOC_MAP_FOR_RING,
+    STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP,
+    TaskKey, TaskValue,
 };
 
 use crate::kernel::Error;
@@ -257,11 +258,18 @@ impl Bpf {
         } else {
             1
         };
+        // The bench-only ring: one page (the least a ring takes) unless asked for.
+        let ring_bytes = if bench_skip & SKIP_LOC_MAP_FOR_RING != 0 {
+            LOC_RING_BENCH_BYTES
+        } else {
+            crate::sys::page_size()
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .map_max_entries(TASKS_MAP, task_entries)
             .map_max_entries(LOCATIONS_MAP, loc_entries)
             .map_max_entries(STACKS_MAP, stack_entries)
+            .map_max_entries(LOC_RING_MAP, ring_bytes)
             .override_global(NR_MEMBERS_GLOBAL, &members, true)
             .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
             .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)

@@ -596,6 +596,13 @@ pub struct ProcessStats {
     pub open_fds: u64,
 }
 
+/// The kernel's page size.
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(page).unwrap_or(4096)
+}
+
 /// What this process costs: CPU time, resident memory, open descriptors (from /proc).
 pub fn process_stats() -> ProcessStats {
     // SAFETY: sysconf has no memory effects.
