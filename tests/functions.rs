@@ -379,7 +379,90 @@ fn perf_report_agrees_on_the_top_functions_and_shares() -> TestResult {
     Ok(())
 }
 
+/// `sampler top --functions --json` for 8 refreshes of 0.3 s at `hz`, with the
+/// location ring of `ring_bytes` (the default when `None`), on the test workload:
+/// each refresh's documents.
+fn function_refreshes(hz: &str, ring_bytes: Option<&str>) -> Result<Vec<Value>, String> {
+    let bin = workload("workload", false).map_err(|e| format!("{e:?}"))?;
+    let _w = Running::start(&bin, "cpu", 5.0);
+    let mut cmd = Command::new(sampler_bin());
+    cmd.args([
+        "top",
+        "-i",
+        "0.3",
+        "-n",
+        "8",
+        "-F",
+        hz,
+        "--functions",
+        "--json",
+    ])
+    .stdin(Stdio::null());
+    if let Some(bytes) = ring_bytes {
+        cmd.env("SAMPLER_LOC_RING_BYTES", bytes);
+    }
+    let out = cmd.output().expect("run sampler");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document a line"))
+        .collect())
+}
+
+/// Each refresh's function rows hold its samples once: the locations the ring
+/// took (and, when it was full, the location map) add up to the CPUs' samples
+/// outside the idle task,
+/// within the few that fall between the readings' edges (the locations are read
+/// first). Returns the samples that found the ring full.
+fn assert_functions_hold_every_sample_once(docs: &[Value]) -> u64 {
+    assert!(docs.len() >= 6, "{} refreshes", docs.len());
+    let mut ring_full = 0;
+    for doc in docs {
+        // The idle task's samples have no function row.
+        let samples = doc["samples"].as_u64().unwrap() - doc["idle_samples"].as_u64().unwrap();
+        let located: u64 = functions(doc)
+            .iter()
+            .map(|f| f["samples"].as_u64().unwrap())
+            .sum();
+        let slack = 8 + samples / 50;
+        assert!(samples >= 100, "{samples} samples in 0.3 s");
+        assert!(
+            located <= samples + slack && located + slack >= samples,
+            "functions hold {located} samples of a refresh's {samples}: {}",
+            doc["locations"]
+        );
+        ring_full += doc["locations"]["ring_full"].as_u64().unwrap();
+    }
+    ring_full
+}
+
+fn every_refresh_of_the_function_view_holds_each_sample_once() -> TestResult {
+    let _root = require_root()?;
+    let docs = function_refreshes("999", None).expect("sampler top");
+    assert_functions_hold_every_sample_once(&docs);
+    Ok(())
+}
+
+/// A one-page ring at 10 kHz fills between drains: the samples that find it full go
+/// to the location map, and each still counts once.
+fn a_full_location_ring_passes_its_samples_to_the_map() -> TestResult {
+    let _root = require_root()?;
+    let err = function_refreshes("999", Some("12288")).unwrap_err();
+    assert!(
+        err.contains("SAMPLER_LOC_RING_BYTES") && err.contains("power of two"),
+        "{err}"
+    );
+    let docs = function_refreshes("10000", Some("4096")).expect("sampler top");
+    let full = assert_functions_hold_every_sample_once(&docs);
+    assert!(full > 0, "no sample found a one-page ring full at 10 kHz");
+    Ok(())
+}
+
 crate::test_main!(
+    every_refresh_of_the_function_view_holds_each_sample_once,
+    a_full_location_ring_passes_its_samples_to_the_map,
     hot_functions_split_two_to_one_with_their_call_chains,
     a_process_that_exits_before_the_run_ends_is_still_named,
     a_stripped_binary_shows_module_plus_offset,

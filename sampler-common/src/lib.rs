@@ -66,14 +66,12 @@ pub const SKIP_LOC_MODE: u32 = 1 << 6;
 /// Skip the per-CPU cache of task keys (every first sample after a switch fetches
 /// the key with the helpers).
 pub const SKIP_KEY_CACHE: u32 = 1 << 7;
-/// Skip the location map's update (and, unless the stacks are walked for it, the
-/// location's key).
+/// Skip the location's store, the ring and the map (and, unless the stacks are
+/// walked for it, the location's key).
 pub const SKIP_LOC_MAP: u32 = 1 << 8;
-/// Put each sample's location in a BPF ring buffer record (reserve, write, submit
-/// without a wakeup) in place of the location map's update: the benchmarks weigh a
-/// ring buffer against the map this way. Nothing reads the ring ([`LOC_RING_MAP`]),
-/// so the run's locations are lost.
-pub const SKIP_LOC_MAP_FOR_RING: u32 = 1 << 9;
+/// Take the ring buffer out of the location store: every location goes to the
+/// location map, as when the ring is full.
+pub const SKIP_LOC_RING: u32 = 1 << 9;
 /// Write each sample's location to a per-CPU log slot (an array lookup and a write)
 /// in place of the location map's update: what any store costs at the least.
 /// Nothing reads the log ([`LOC_LOG_MAP`]), so the run's locations are lost.
@@ -89,24 +87,25 @@ pub const SKIP_NAMES: [(&str, u32); 11] = [
     ("loc-mode", SKIP_LOC_MODE),
     ("key-cache", SKIP_KEY_CACHE),
     ("loc-map", SKIP_LOC_MAP),
-    ("loc-map-for-ring", SKIP_LOC_MAP_FOR_RING),
+    ("loc-ring", SKIP_LOC_RING),
     ("loc-map-for-log", SKIP_LOC_MAP_FOR_LOG),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
 /// where in the code each sample landed, filled only when locations are asked for.
 pub const LOCATIONS_MAP: &str = "LOCATIONS";
-/// Name of the bench-only `RINGBUF` of [`SKIP_LOC_MAP_FOR_RING`]: the loader gives it
-/// one page, and [`LOC_RING_BENCH_BYTES`] when a run asks for it.
+/// Name of the `RINGBUF` that takes each sample's location ([`LocRecord`]) while it
+/// has room; user space drains it every few tens of milliseconds and sums the
+/// records per key. A sample that finds it full goes to [`LOCATIONS_MAP`], so none
+/// is lost ([`LocStats::ring_full`] counts them). The loader sizes it: one page
+/// while locations cannot be turned on.
 pub const LOC_RING_MAP: &str = "LOC_RING";
-/// The bench-only ring's size when used: 64 MiB, some 20 s of 10 kHz on 32 CPUs.
-pub const LOC_RING_BENCH_BYTES: u32 = 1 << 26;
 /// Name of the bench-only per-CPU array of one [`LocLog`] ([`SKIP_LOC_MAP_FOR_LOG`]).
 pub const LOC_LOG_MAP: &str = "LOC_LOG";
 /// Slots of a [`LocLog`].
 pub const LOC_LOG_SLOTS: usize = 32;
 
-/// One sample's location, as the bench-only ring and log hold it.
+/// One sample's location, as the ring (and the bench-only log) holds it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LocRecord {
@@ -173,7 +172,10 @@ pub struct TaskKey {
     pub start: u64,
     /// CPU the sample was taken on.
     pub cpu: u32,
-    /// Explicit padding, always 0 (the key is hashed byte by byte).
+    /// Explicit padding: 0 in the kernel (the key is hashed byte by byte). User
+    /// space numbers the ring's sums here (see `LocRing`), so that a key read from
+    /// the ring is never taken for the same key from the map, nor for an earlier
+    /// sum of the same key that was evicted.
     pub _pad: u32,
 }
 
@@ -216,7 +218,10 @@ pub struct LocKey {
     pub user_stack: i32,
     /// Thread id (kernel `pid`): profiles label each sample with its thread.
     pub tid: u32,
-    /// Explicit padding, always 0 (the key is hashed byte by byte).
+    /// Explicit padding: 0 in the kernel (the key is hashed byte by byte). User
+    /// space numbers the ring's sums here (see `LocRing`), so that a key read from
+    /// the ring is never taken for the same key from the map, nor for an earlier
+    /// sum of the same key that was evicted.
     pub _pad: u32,
     /// cgroup v2 id of the task at the time of the sample (its container).
     pub cgroup_id: u64,
@@ -248,6 +253,8 @@ pub struct LocStats {
     pub no_user_stack: u64,
     /// Other `bpf_get_stackid` failures.
     pub stack_errors: u64,
+    /// Samples whose location went to the location map because the ring was full.
+    pub ring_full: u64,
 }
 
 /// Per-CPU counters of the BPF program itself (one entry of a `PERCPU_ARRAY`).
@@ -354,7 +361,8 @@ const _: () = assert!(size_of::<CpuStats>() == 48);
 const _: () = assert!(size_of::<Pending>() == 128);
 const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
-const _: () = assert!(size_of::<LocStats>() == 48);
+const _: () = assert!(size_of::<LocStats>() == 56);
+const _: () = assert!(size_of::<LocRecord>() == 48 + 8 * (1 + MAX_MEMBERS));
 
 #[cfg(feature = "user")]
 mod pod {
@@ -375,6 +383,8 @@ mod pod {
     unsafe impl aya::Pod for super::LocValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocRecord {}
 }
 
 #[cfg(test)]

@@ -32,8 +32,10 @@
 //! measures each piece by taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
-//! call stacks) goes to a map of its own, and only when the loader asks for it
-//! (`LOC_MODE`): with locations off, that half costs one load and one branch. With
+//! call stacks) goes to a ring buffer (`LOC_RING`) that user space drains and sums,
+//! or to a map of its own (`LOCATIONS`) when the ring is full, and only when the
+//! loader asks for it (`LOC_MODE`): with locations off, that half costs one load and
+//! one branch. With
 //! locations on, each location gets what the counters gained since the previous
 //! sample, so they are read at every sample then: the leader's count is one kernel
 //! read at the event the last sample found in its context (cached until the next
@@ -67,8 +69,8 @@ use sampler_common::{
     COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOC_LOG_SLOTS,
     LOCATIONS_IP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocLog, LocRecord, LocStats,
     LocValue, MAX_MEMBERS, NO_STACK, Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ,
-    SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MAP_FOR_RING, SKIP_LOC_MODE, SKIP_MEMBER_READS,
-    SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE, SKIP_LOC_RING, SKIP_MEMBER_READS, SKIP_PID,
+    SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -78,14 +80,17 @@ use sampler_common::{
 static TASKS: LruHashMap<TaskKey, TaskValue> =
     LruHashMap::with_max_entries(DEFAULT_TASK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
-/// Per (process, CPU, sampled instruction, kernel stack, user stack) aggregates, when
-/// locations are on. Per-CPU LRU lists, as TASKS; sized by the loader.
+/// Per (process, CPU, sampled instruction, kernel stack, user stack) aggregates of the
+/// samples that found LOC_RING full. Per-CPU LRU lists, as TASKS; sized by the
+/// loader.
 #[map(name = "LOCATIONS")]
 static LOCATIONS: LruHashMap<LocKey, LocValue> =
     LruHashMap::with_max_entries(DEFAULT_LOC_ENTRIES, BPF_F_NO_COMMON_LRU);
 
-/// Bench only (`SKIP_LOC_MAP_FOR_RING`): a ring buffer in place of LOCATIONS, to
-/// weigh one against the other. One page unless a bench run asks for it.
+/// Each sample's location while it has room ([`LocRecord`]); user space drains it
+/// and sums the records per key. Cheaper than the LOCATIONS update, above all
+/// when the samples are far apart and the hash's buckets and entries have left the
+/// caches. The loader sizes it.
 #[map(name = "LOC_RING")]
 static LOC_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
 
@@ -770,9 +775,23 @@ fn record_location(
     if skip(SKIP_LOC_MAP) {
         return;
     }
-    if skip(SKIP_LOC_MAP_FOR_RING | SKIP_LOC_MAP_FOR_LOG) {
-        bench_store(key, period, deltas, stats);
+    if skip(SKIP_LOC_MAP_FOR_LOG) {
+        bench_log(key, period, deltas);
         return;
+    }
+    if !skip(SKIP_LOC_RING) {
+        // Not woken: user space drains the ring on its own clock.
+        if let Some(mut entry) = LOC_RING.reserve::<LocRecord>(0) {
+            entry.write(LocRecord {
+                key,
+                period,
+                deltas: *deltas,
+            });
+            entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+            return;
+        }
+        // Full (or, in an NMI, its lock taken on another CPU): the map takes it.
+        stats.ring_full += 1;
     }
     match LOCATIONS.get_ptr_mut(key) {
         Some(value) => {
@@ -799,34 +818,21 @@ fn record_location(
     }
 }
 
-/// Bench only: the location in the ring buffer or the per-CPU log, in place of the
-/// location map (`SKIP_LOC_MAP_FOR_RING`, `SKIP_LOC_MAP_FOR_LOG`). Nothing reads
-/// either; what does not fit counts as dropped.
+/// Bench only (`SKIP_LOC_MAP_FOR_LOG`): the location in a per-CPU log slot that
+/// nothing reads, in place of the ring and the map.
 #[inline(always)]
-fn bench_store(key: LocKey, period: u64, deltas: &[u64; MAX_MEMBERS], stats: &mut LocStats) {
-    let record = LocRecord {
-        key,
-        period,
-        deltas: *deltas,
-    };
-    if skip(SKIP_LOC_MAP_FOR_RING) {
-        match LOC_RING.reserve::<LocRecord>(0) {
-            Some(mut entry) => {
-                entry.write(record);
-                entry.submit(u64::from(BPF_RB_NO_WAKEUP));
-            }
-            None => stats.dropped += 1,
-        }
-        return;
-    }
+fn bench_log(key: LocKey, period: u64, deltas: &[u64; MAX_MEMBERS]) {
     let Some(log) = LOC_LOG.get_ptr_mut(0) else {
-        stats.dropped += 1;
         return;
     };
     // SAFETY: a per-CPU array slot; the sample program does not nest on one CPU.
     let log = unsafe { &mut *log };
     if let Some(slot) = log.slots.get_mut(log.head as usize % LOC_LOG_SLOTS) {
-        *slot = record;
+        *slot = LocRecord {
+            key,
+            period,
+            deltas: *deltas,
+        };
     }
     log.head += 1;
 }

@@ -1045,8 +1045,8 @@ impl Bench {
             ),
             (
                 piece(
-                    "the location's key and the location map's update (a hash lookup, and \
-                     an add to the entry)",
+                    "the location's key and its store (a ring buffer record: reserve, \
+                     write, submit without a wakeup)",
                     "`--bench-skip loc-map` with `--functions`",
                 ),
                 "loc-map",
@@ -1116,18 +1116,18 @@ impl Bench {
             "the rest (per-CPU state lookups, statistics) over the floor",
             "the program with every piece above taken out, minus the floor",
         );
-        // Stores weighed against the location map: each one's cost over the program
-        // with no store (`loc-map` taken out), against the map's own.
-        let store = |what: &str, skip: &str| {
+        // Stores weighed against the location ring: each one's cost over the program
+        // with no store (`loc-map` taken out), against the ring's own.
+        let store = |what: &str, skip: &str, note: &str| {
             let mut f = Figure::new(
                 pieces_group,
-                format!("the location stored as {what} in place of the map's update, {hz} Hz"),
+                format!("the location stored as {what} in place of the ring, {hz} Hz"),
                 "ns",
             )
-            .peer("the location map's update (same repetition)", "store / map")
+            .peer("the location ring (same repetition)", "store / ring")
             .note(format!(
                 "{source}; `--bench-skip {skip}` with `--functions`, minus `--bench-skip \
-                 loc-map`; bench only: nothing reads it"
+                 loc-map`{note}"
             ));
             f.inverted = true;
             f
@@ -1135,17 +1135,19 @@ impl Bench {
         let mut stores = [
             (
                 store(
-                    "a BPF ring buffer record (reserve, write, submit without a wakeup; one \
-                     ring for all CPUs)",
-                    "loc-map-for-ring",
+                    "the location map's update (a hash lookup and an add to the entry, \
+                     as before the ring; now where a sample finds the ring full)",
+                    "loc-ring",
+                    "",
                 ),
-                "loc-map-for-ring",
+                "loc-ring",
             ),
             (
                 store(
                     "a per-CPU log slot (an array lookup and a write: the least any store \
                      costs)",
                     "loc-map-for-log",
+                    "; bench only: nothing reads it",
                 ),
                 "loc-map-for-log",
             ),
@@ -1233,7 +1235,7 @@ impl Bench {
                 f
             };
             let functions_piece = difference(
-                "the sampled function (a hash update per sample)",
+                "the sampled function (a ring buffer record per sample)",
                 &function,
                 &function.peer,
                 "`--functions` minus task attribution alone",

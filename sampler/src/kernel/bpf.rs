@@ -3,25 +3,25 @@
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
     path::Path,
-    sync::Mutex,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{KProbe, PerfEvent, ProgramError, RawTracePoint},
 };
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
     EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_RING_BENCH_BYTES, LOC_RING_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF,
-    LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS,
-    MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, SKIP_LOC_MAP_FOR_RING,
-    STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP,
-    TaskKey, TaskValue,
+    LOC_RING_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS,
+    LastValues, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS,
+    NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL,
+    SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
-use crate::kernel::Error;
+use crate::kernel::{Error, loc_sums::LocSums};
 
 /// The BPF object built by `build.rs` from `sampler-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sampler-ebpf"));
@@ -135,6 +135,76 @@ pub struct Bpf {
     /// from one reading to the next.
     task_batch: Mutex<Batch<TaskKey, TaskValue>>,
     loc_batch: Mutex<Batch<LocKey, LocValue>>,
+    /// The location ring and its sums (while locations can be turned on), and
+    /// whether its drainer thread runs (from the first time they are).
+    ring: Option<Arc<Mutex<LocRing>>>,
+    draining: bool,
+}
+
+/// How often the drainer thread empties the location ring: the ring holds some
+/// 680 records per CPU, 68 ms of 10 kHz (and a full ring loses nothing: the
+/// samples then go to the location map).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// The location ring's size: 64 KiB per possible CPU, 1 to 64 MiB (a power of
+/// two, as the kernel wants); one page while locations cannot be turned on.
+fn ring_bytes(max_locations: Locations, cpus: usize) -> u32 {
+    if max_locations == Locations::Off {
+        return crate::sys::page_size();
+    }
+    let want = (cpus.max(1) as u64).saturating_mul(64 << 10);
+    want.next_power_of_two().clamp(1 << 20, 1 << 26) as u32
+}
+
+/// For tests: the location ring's size in bytes, in place of [`ring_bytes`]'s (a
+/// small ring fills, and the samples that find it full go to the location map).
+pub const RING_BYTES_ENV: &str = "SAMPLER_LOC_RING_BYTES";
+
+/// [`RING_BYTES_ENV`]'s value: a power of two, at least a page.
+fn ring_bytes_from(text: &str) -> Result<u32, Error> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n >= crate::sys::page_size() => Ok(n),
+        _ => Err(Error::BpfLoad(format!(
+            "{RING_BYTES_ENV}={text:?}: the location ring's size must be a power of two \
+             of at least a page ({} bytes); unset it for the default",
+            crate::sys::page_size()
+        ))),
+    }
+}
+
+/// The location ring and the sums of what was drained from it.
+struct LocRing {
+    ring: RingBuf<MapData>,
+    sums: LocSums,
+    /// Items too short to be a record (none, unless the object and this build
+    /// disagree on `LocRecord`).
+    not_records: u64,
+}
+
+impl LocRing {
+    /// Sums every record the ring holds now.
+    fn drain(&mut self) {
+        while let Some(item) = self.ring.next() {
+            if self.sums.add_item(&item).is_none() {
+                self.not_records += 1;
+            }
+        }
+    }
+}
+
+/// Empties the ring every [`DRAIN_EVERY`] until the [`Bpf`] that holds it is gone.
+fn spawn_drainer(ring: &Arc<Mutex<LocRing>>) -> std::io::Result<()> {
+    let ring = Arc::downgrade(ring);
+    std::thread::Builder::new()
+        .name("sampler-locations".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(DRAIN_EVERY);
+                let Some(ring) = ring.upgrade() else { return };
+                ring.lock().unwrap_or_else(PoisonError::into_inner).drain();
+            }
+        })
+        .map(drop)
 }
 
 /// The buffers one batched map read copies into: allocated at the first reading
@@ -258,11 +328,9 @@ impl Bpf {
         } else {
             1
         };
-        // The bench-only ring: one page (the least a ring takes) unless asked for.
-        let ring_bytes = if bench_skip & SKIP_LOC_MAP_FOR_RING != 0 {
-            LOC_RING_BENCH_BYTES
-        } else {
-            crate::sys::page_size()
+        let ring_bytes = match std::env::var(RING_BYTES_ENV) {
+            Ok(text) if max_locations != Locations::Off => ring_bytes_from(&text)?,
+            _ => ring_bytes(max_locations, aya::util::nr_cpus().unwrap_or(1)),
         };
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
@@ -293,6 +361,23 @@ impl Bpf {
             .try_into()
             .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
         switch.load().map_err(program_load_error)?;
+        let ring = if max_locations == Locations::Off {
+            None
+        } else {
+            let map = ebpf
+                .take_map(LOC_RING_MAP)
+                .ok_or_else(|| Error::BpfLoad(format!("map {LOC_RING_MAP} missing")))?;
+            let ring = RingBuf::try_from(map).map_err(|source| Error::MapRead {
+                map: LOC_RING_MAP,
+                source,
+            })?;
+            let cpus = aya::util::nr_cpus().unwrap_or(1);
+            Some(Arc::new(Mutex::new(LocRing {
+                ring,
+                sums: LocSums::new(cpus, loc_entries as usize),
+                not_records: 0,
+            })))
+        };
         // The switch end's kprobe is loaded by attach_switch, where it can attach.
         Ok(Self {
             ebpf,
@@ -303,6 +388,8 @@ impl Bpf {
             members,
             task_batch: Mutex::default(),
             loc_batch: Mutex::default(),
+            ring,
+            draining: false,
         })
     }
 
@@ -355,6 +442,15 @@ impl Bpf {
                 source,
             })?;
         self.locations = want;
+        if want != Locations::Off
+            && !self.draining
+            && let Some(ring) = &self.ring
+        {
+            spawn_drainer(ring).map_err(|e| {
+                Error::BpfLoad(format!("cannot start the location ring's drainer: {e}"))
+            })?;
+            self.draining = true;
+        }
         Ok(())
     }
 
@@ -634,12 +730,20 @@ impl Bpf {
         }
     }
 
-    /// Reads the location map and its counters.
+    /// Reads the location map and its counters, with the sums of the location ring
+    /// (drained first) as entries of their own (see [`LocSums`]).
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
-        Ok((
-            self.read_hash(LOCATIONS_MAP, &self.loc_batch)?,
-            self.read_per_cpu(LOC_STATS_MAP)?,
-        ))
+        let mut entries = self.read_hash(LOCATIONS_MAP, &self.loc_batch)?;
+        let mut stats: Vec<LocStats> = self.read_per_cpu(LOC_STATS_MAP)?;
+        if let Some(ring) = &self.ring {
+            let mut ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
+            ring.drain();
+            ring.sums.reading(&mut entries, &mut stats);
+            if let Some(first) = stats.first_mut() {
+                first.stack_errors += ring.not_records;
+            }
+        }
+        Ok((entries, stats))
     }
 
     /// Every entry of the LRU hash map `name`: batched where the kernel can, else one
@@ -659,9 +763,7 @@ impl Bpf {
         };
         // A reading that panicked while holding the buffers left nothing in them
         // that the next one needs: it overwrites what it uses.
-        let mut batch = batch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
         let mut entries = match read_batched(data.fd().as_fd(), &mut batch) {
             Ok(entries) => entries,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -943,6 +1045,24 @@ mod tests {
             "the BPF object's BTF relocations changed: set OBJECT_NEEDS_BTF to match, \
              or the loader skips (or needlessly parses) the kernel's BTF"
         );
+    }
+
+    #[test]
+    fn the_location_ring_is_a_power_of_two_per_cpu_within_bounds() {
+        let page = crate::sys::page_size();
+        assert_eq!(ring_bytes(Locations::Off, 64), page);
+        assert_eq!(ring_bytes(Locations::Ip, 2), 1 << 20);
+        assert_eq!(ring_bytes(Locations::Ip, 24), 2 << 20);
+        assert_eq!(ring_bytes(Locations::Stacks, 4096), 64 << 20);
+        assert_eq!(ring_bytes_from(" 8192 ").unwrap(), 8192);
+        for bad in ["12288", "0", "x", "-4096"] {
+            let err = ring_bytes_from(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(RING_BYTES_ENV) && err.contains("power of two"),
+                "{err}"
+            );
+        }
+        assert!(ring_bytes_from(&(page / 2).to_string()).is_err());
     }
 
     fn key(tid: u32, cpu: u32) -> TaskKey {

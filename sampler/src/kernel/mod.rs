@@ -17,6 +17,7 @@ use crate::discover::cpus::CpuList;
 
 pub mod bpf;
 pub mod counter;
+pub mod loc_sums;
 pub mod session;
 pub mod userpage;
 

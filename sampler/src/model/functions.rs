@@ -62,6 +62,7 @@ pub fn location_stats(
     for c in &run.cpus {
         if let Some(s) = stats.get(c.cpu as usize) {
             out.dropped += s.dropped;
+            out.ring_full += s.ring_full;
             out.stack_collisions += s.stack_collisions;
             out.stack_full += s.stack_full;
             out.no_user_stack += s.no_user_stack;

@@ -38,6 +38,9 @@ pub struct LocationStats {
     pub stacks: bool,
     /// Samples whose location could not be recorded (the map update failed).
     pub dropped: u64,
+    /// Samples whose location went to the location map because the location ring
+    /// was full (recorded all the same).
+    pub ring_full: u64,
     /// Location entries the LRU map evicted to make room.
     pub evicted: u64,
     /// Stacks lost to a hash collision in the stack map.

@@ -523,6 +523,7 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
                 stack_full: c.stack_full.saturating_sub(p.stack_full),
                 no_user_stack: c.no_user_stack.saturating_sub(p.no_user_stack),
                 stack_errors: c.stack_errors.saturating_sub(p.stack_errors),
+                ring_full: c.ring_full.saturating_sub(p.ring_full),
             }
         })
         .collect();
@@ -990,5 +991,58 @@ pub(crate) mod tests {
         assert_eq!(printable_comm(b"ok"), "ok");
         assert_eq!(printable_comm(b"\x1b[2Jevil\n"), "?[2Jevil?");
         assert_eq!(printable_comm(&[0xff, b'a']), "\u{fffd}a");
+    }
+
+    #[test]
+    fn a_ring_sum_evicted_and_back_counts_once_in_the_interval() {
+        use crate::kernel::loc_sums::{
+            LocSums,
+            tests::{read, record},
+        };
+        let mut sums = LocSums::new(2, 1);
+        sums.add(&record(0, 0x10, 5));
+        sums.add(&record(0, 0x20, 5));
+        let (first, _) = read(&mut sums);
+        // 0x20 grows, 0x10 is idle and goes (the cap is 1) ...
+        sums.add(&record(0, 0x20, 5));
+        let (second, _) = read(&mut sums);
+        // ... and comes back with 2 samples, next to its old sum of 1 in `second`.
+        sums.add(&record(0, 0x10, 5));
+        sums.add(&record(0, 0x10, 5));
+        // From the map, the same key: a sample that found the ring full.
+        let mut third_map = vec![(
+            LocKey {
+                tgid: 7,
+                cpu: 0,
+                ip: 0x10,
+                ..LocKey::default()
+            },
+            LocValue {
+                samples: 1,
+                ..LocValue::default()
+            },
+        )];
+        let (third, _) = read(&mut sums);
+        third_map.extend(third);
+        let contents = |locations: Vec<(LocKey, LocValue)>| MapContents {
+            locations,
+            ..MapContents::default()
+        };
+        let d = delta(&contents(first.clone()), &contents(second.clone()));
+        let samples = |d: &MapContents, ip: u64| -> u64 {
+            d.locations
+                .iter()
+                .filter(|(k, _)| k.ip == ip)
+                .map(|(_, v)| v.samples)
+                .sum()
+        };
+        assert_eq!((samples(&d, 0x10), samples(&d, 0x20)), (0, 1));
+        let d = delta(&contents(second), &contents(third_map));
+        assert_eq!(
+            samples(&d, 0x10),
+            3,
+            "2 from the ring, 1 from the map, once"
+        );
+        assert_eq!(samples(&d, 0x20), 0);
     }
 }
