@@ -743,11 +743,6 @@ fn record_location(
     period: u64,
     deltas: &[u64; MAX_MEMBERS],
 ) {
-    let Some(stats) = LOC_STATS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a per-CPU array slot; programs do not nest on one CPU.
-    let stats = unsafe { &mut *stats };
     let mut key = LocKey {
         tgid: task.tgid,
         cpu: task.cpu,
@@ -763,12 +758,11 @@ fn record_location(
         // A sample taken in user mode has no kernel stack: only ask when the
         // interrupted instruction is a kernel one (the upper half).
         if key.ip >> 63 == 1 {
-            key.kernel_stack = stack_id(ctx, u64::from(BPF_F_FAST_STACK_CMP), stats, false);
+            key.kernel_stack = stack_id(ctx, u64::from(BPF_F_FAST_STACK_CMP), false);
         }
         key.user_stack = stack_id(
             ctx,
             u64::from(BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP),
-            stats,
             true,
         );
     }
@@ -791,7 +785,7 @@ fn record_location(
             return;
         }
         // Full (or, in an NMI, its lock taken on another CPU): the map takes it.
-        stats.ring_full += 1;
+        count_location(|s| s.ring_full += 1);
     }
     match LOCATIONS.get_ptr_mut(key) {
         Some(value) => {
@@ -810,11 +804,21 @@ fn record_location(
                 counts: *deltas,
             };
             if LOCATIONS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
-                stats.inserted += 1;
+                count_location(|s| s.inserted += 1);
             } else {
-                stats.dropped += 1;
+                count_location(|s| s.dropped += 1);
             }
         }
+    }
+}
+
+/// Counts an event of the location half in this CPU's LOC_STATS: looked up only
+/// then, as a sample whose location goes to the ring counts none.
+#[inline(always)]
+fn count_location(event: impl FnOnce(&mut LocStats)) {
+    if let Some(stats) = LOC_STATS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot; programs do not nest on one CPU.
+        event(unsafe { &mut *stats });
     }
 }
 
@@ -856,18 +860,18 @@ fn sampled_ip(ctx: &PerfEventContext) -> u64 {
 }
 
 /// The id of the current kernel (or, with `user`, user) stack in STACKS; a negative
-/// errno when it could not be recorded, counted in `stats`.
+/// errno when it could not be recorded, counted in LOC_STATS.
 #[inline(always)]
-fn stack_id(ctx: &PerfEventContext, flags: u64, stats: &mut LocStats, user: bool) -> i32 {
+fn stack_id(ctx: &PerfEventContext, flags: u64, user: bool) -> i32 {
     match ctx.get_stackid(&STACKS, flags) {
         Ok(id) => id as i32,
         Err(err) => {
-            match err {
+            count_location(|stats| match err {
                 -17 => stats.stack_collisions += 1,      // EEXIST
                 -12 => stats.stack_full += 1,            // ENOMEM
                 -14 if user => stats.no_user_stack += 1, // EFAULT
                 _ => stats.stack_errors += 1,
-            }
+            });
             err
         }
     }
