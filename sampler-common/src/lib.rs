@@ -94,12 +94,25 @@ pub const SKIP_NAMES: [(&str, u32); 11] = [
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
 /// where in the code each sample landed, filled only when locations are asked for.
 pub const LOCATIONS_MAP: &str = "LOCATIONS";
-/// Name of the `RINGBUF` that takes each sample's location ([`LocRecord`]) while it
-/// has room; user space drains it every few tens of milliseconds and sums the
-/// records per key. A sample that finds it full goes to [`LOCATIONS_MAP`], so none
-/// is lost ([`LocStats::ring_full`] counts them). The loader sizes it: one page
-/// while locations cannot be turned on.
-pub const LOC_RING_MAP: &str = "LOC_RING";
+/// Names of the `RINGBUF`s that take each sample's location ([`LocRecord`]) while
+/// they have room, CPU `c`'s in ring `c % LOC_RINGS`, so that CPUs share a ring's
+/// lock and positions only beyond 8 CPUs; user space drains them every few tens of
+/// milliseconds and sums the records per key. A sample that finds its ring full
+/// goes to [`LOCATIONS_MAP`], so none is lost ([`LocStats::ring_full`] counts
+/// them). The loader sizes them: one page for a ring no CPU uses, or while
+/// locations cannot be turned on.
+pub const LOC_RING_MAPS: [&str; LOC_RINGS] = [
+    "LOC_RING_0",
+    "LOC_RING_1",
+    "LOC_RING_2",
+    "LOC_RING_3",
+    "LOC_RING_4",
+    "LOC_RING_5",
+    "LOC_RING_6",
+    "LOC_RING_7",
+];
+/// How many location rings there are.
+pub const LOC_RINGS: usize = 8;
 /// Name of the bench-only per-CPU array of one [`LocLog`] ([`SKIP_LOC_MAP_FOR_LOG`]).
 pub const LOC_LOG_MAP: &str = "LOC_LOG";
 /// Slots of a [`LocLog`].

@@ -32,7 +32,8 @@
 //! measures each piece by taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
-//! call stacks) goes to a ring buffer (`LOC_RING`) that user space drains and sums,
+//! call stacks) goes to a ring buffer (`LOC_RING_*`, one per CPU up to 8) that user
+//! space drains and sums,
 //! or to a map of its own (`LOCATIONS`) when the ring is full, and only when the
 //! loader asks for it (`LOC_MODE`): with locations off, that half costs one load and
 //! one branch. With
@@ -81,18 +82,48 @@ static TASKS: LruHashMap<TaskKey, TaskValue> =
     LruHashMap::with_max_entries(DEFAULT_TASK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Per (process, CPU, sampled instruction, kernel stack, user stack) aggregates of the
-/// samples that found LOC_RING full. Per-CPU LRU lists, as TASKS; sized by the
+/// samples that found their LOC_RING_* full. Per-CPU LRU lists, as TASKS; sized by the
 /// loader.
 #[map(name = "LOCATIONS")]
 static LOCATIONS: LruHashMap<LocKey, LocValue> =
     LruHashMap::with_max_entries(DEFAULT_LOC_ENTRIES, BPF_F_NO_COMMON_LRU);
 
-/// Each sample's location while it has room ([`LocRecord`]); user space drains it
-/// and sums the records per key. Cheaper than the LOCATIONS update, above all
-/// when the samples are far apart and the hash's buckets and entries have left the
-/// caches. The loader sizes it.
-#[map(name = "LOC_RING")]
-static LOC_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
+/// Each sample's location while there is room ([`LocRecord`]), CPU `c`'s in ring
+/// `c % 8`; user space drains them and sums the records per key. Cheaper than the
+/// LOCATIONS update when the samples are far apart and the hash's buckets and
+/// entries have left the caches; one ring per CPU, as no CPU then takes a line
+/// another one wrote. The loader sizes them.
+#[map(name = "LOC_RING_0")]
+static LOC_RING_0: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_1")]
+static LOC_RING_1: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_2")]
+static LOC_RING_2: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_3")]
+static LOC_RING_3: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_4")]
+static LOC_RING_4: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_5")]
+static LOC_RING_5: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_6")]
+static LOC_RING_6: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map(name = "LOC_RING_7")]
+static LOC_RING_7: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// The location ring of CPU `cpu`.
+#[inline(always)]
+fn loc_ring(cpu: u32) -> &'static RingBuf {
+    match cpu % 8 {
+        0 => &LOC_RING_0,
+        1 => &LOC_RING_1,
+        2 => &LOC_RING_2,
+        3 => &LOC_RING_3,
+        4 => &LOC_RING_4,
+        5 => &LOC_RING_5,
+        6 => &LOC_RING_6,
+        _ => &LOC_RING_7,
+    }
+}
 
 /// Bench only (`SKIP_LOC_MAP_FOR_LOG`): a per-CPU log in place of LOCATIONS, what
 /// any store costs at the least.
@@ -775,7 +806,7 @@ fn record_location(
     }
     if !skip(SKIP_LOC_RING) {
         // Not woken: user space drains the ring on its own clock.
-        if let Some(mut entry) = LOC_RING.reserve::<LocRecord>(0) {
+        if let Some(mut entry) = loc_ring(key.cpu).reserve::<LocRecord>(0) {
             entry.write(LocRecord {
                 key,
                 period,

@@ -15,10 +15,11 @@ use aya::{
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
     EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_RING_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS,
-    LastValues, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS,
-    NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL,
-    SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    LOC_RING_MAPS, LOC_RINGS, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF,
+    LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS,
+    MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
+    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
+    TaskValue,
 };
 
 use crate::kernel::{Error, loc_sums::LocSums};
@@ -141,23 +142,27 @@ pub struct Bpf {
     draining: bool,
 }
 
-/// How often the drainer thread empties the location ring: the ring holds some
-/// 680 records per CPU, 68 ms of 10 kHz (and a full ring loses nothing: the
-/// samples then go to the location map).
+/// How often the drainer thread empties the location rings: a ring holds at least
+/// some 2,700 records, 270 ms of 10 kHz on one CPU (and a full ring loses
+/// nothing: the samples then go to the location map).
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
-/// The location ring's size: 64 KiB per possible CPU, 1 to 64 MiB (a power of
-/// two, as the kernel wants); one page while locations cannot be turned on.
-fn ring_bytes(max_locations: Locations, cpus: usize) -> u32 {
-    if max_locations == Locations::Off {
+/// Location ring `ring`'s size: 64 KiB per possible CPU that uses it (CPU `c` uses
+/// ring `c % LOC_RINGS`), 256 KiB to 64 MiB (a power of two, as the kernel
+/// wants); one page for a ring no CPU uses, or while locations cannot be turned on.
+fn ring_bytes(max_locations: Locations, cpus: usize, ring: usize) -> u32 {
+    let users = (0..cpus).filter(|c| c % LOC_RINGS == ring).count() as u64;
+    if max_locations == Locations::Off || users == 0 {
         return crate::sys::page_size();
     }
-    let want = (cpus.max(1) as u64).saturating_mul(64 << 10);
-    want.next_power_of_two().clamp(1 << 20, 1 << 26) as u32
+    (users * (64 << 10))
+        .next_power_of_two()
+        .clamp(256 << 10, 64 << 20) as u32
 }
 
-/// For tests: the location ring's size in bytes, in place of [`ring_bytes`]'s (a
-/// small ring fills, and the samples that find it full go to the location map).
+/// For tests: the location rings' size in bytes (of those CPUs use), in place of
+/// [`ring_bytes`]'s (a small ring fills, and the samples that find it full go to
+/// the location map).
 pub const RING_BYTES_ENV: &str = "SAMPLER_LOC_RING_BYTES";
 
 /// [`RING_BYTES_ENV`]'s value: a power of two, at least a page.
@@ -172,9 +177,9 @@ fn ring_bytes_from(text: &str) -> Result<u32, Error> {
     }
 }
 
-/// The location ring and the sums of what was drained from it.
+/// The location rings and the sums of what was drained from them.
 struct LocRing {
-    ring: RingBuf<MapData>,
+    rings: Vec<RingBuf<MapData>>,
     sums: LocSums,
     /// Items too short to be a record (none, unless the object and this build
     /// disagree on `LocRecord`).
@@ -182,11 +187,13 @@ struct LocRing {
 }
 
 impl LocRing {
-    /// Sums every record the ring holds now.
+    /// Sums every record the rings hold now.
     fn drain(&mut self) {
-        while let Some(item) = self.ring.next() {
-            if self.sums.add_item(&item).is_none() {
-                self.not_records += 1;
+        for ring in &mut self.rings {
+            while let Some(item) = ring.next() {
+                if self.sums.add_item(&item).is_none() {
+                    self.not_records += 1;
+                }
             }
         }
     }
@@ -328,16 +335,26 @@ impl Bpf {
         } else {
             1
         };
-        let ring_bytes = match std::env::var(RING_BYTES_ENV) {
-            Ok(text) if max_locations != Locations::Off => ring_bytes_from(&text)?,
-            _ => ring_bytes(max_locations, aya::util::nr_cpus().unwrap_or(1)),
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let forced = match std::env::var(RING_BYTES_ENV) {
+            Ok(text) if max_locations != Locations::Off => Some(ring_bytes_from(&text)?),
+            _ => None,
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for (ring, name) in LOC_RING_MAPS.iter().enumerate() {
+            let mut bytes = ring_bytes(max_locations, cpus, ring);
+            if let Some(forced) = forced
+                && bytes > crate::sys::page_size()
+            {
+                bytes = forced;
+            }
+            loader.map_max_entries(name, bytes);
+        }
+        let mut ebpf = loader
             .btf(btf.as_ref())
             .map_max_entries(TASKS_MAP, task_entries)
             .map_max_entries(LOCATIONS_MAP, loc_entries)
             .map_max_entries(STACKS_MAP, stack_entries)
-            .map_max_entries(LOC_RING_MAP, ring_bytes)
             .override_global(NR_MEMBERS_GLOBAL, &members, true)
             .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
             .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
@@ -364,16 +381,19 @@ impl Bpf {
         let ring = if max_locations == Locations::Off {
             None
         } else {
-            let map = ebpf
-                .take_map(LOC_RING_MAP)
-                .ok_or_else(|| Error::BpfLoad(format!("map {LOC_RING_MAP} missing")))?;
-            let ring = RingBuf::try_from(map).map_err(|source| Error::MapRead {
-                map: LOC_RING_MAP,
-                source,
-            })?;
-            let cpus = aya::util::nr_cpus().unwrap_or(1);
+            let mut rings = Vec::new();
+            // The rings CPUs use (the first `cpus`).
+            for name in LOC_RING_MAPS.iter().take(cpus.min(LOC_RINGS)) {
+                let map = ebpf
+                    .take_map(name)
+                    .ok_or_else(|| Error::BpfLoad(format!("map {name} missing")))?;
+                rings.push(
+                    RingBuf::try_from(map)
+                        .map_err(|source| Error::MapRead { map: name, source })?,
+                );
+            }
             Some(Arc::new(Mutex::new(LocRing {
-                ring,
+                rings,
                 sums: LocSums::new(cpus, loc_entries as usize),
                 not_records: 0,
             })))
@@ -1050,10 +1070,15 @@ mod tests {
     #[test]
     fn the_location_ring_is_a_power_of_two_per_cpu_within_bounds() {
         let page = crate::sys::page_size();
-        assert_eq!(ring_bytes(Locations::Off, 64), page);
-        assert_eq!(ring_bytes(Locations::Ip, 2), 1 << 20);
-        assert_eq!(ring_bytes(Locations::Ip, 24), 2 << 20);
-        assert_eq!(ring_bytes(Locations::Stacks, 4096), 64 << 20);
+        assert_eq!(ring_bytes(Locations::Off, 64, 0), page);
+        // Two CPUs: rings 0 and 1, one CPU each; the others unused.
+        assert_eq!(ring_bytes(Locations::Ip, 2, 0), 256 << 10);
+        assert_eq!(ring_bytes(Locations::Ip, 2, 1), 256 << 10);
+        assert_eq!(ring_bytes(Locations::Ip, 2, 2), page);
+        // 20 CPUs: rings 0-3 have 3 (0, 8, 16; ...), rings 4-7 have 2.
+        assert_eq!(ring_bytes(Locations::Ip, 20, 3), 256 << 10);
+        assert_eq!(ring_bytes(Locations::Ip, 80, 7), 1 << 20);
+        assert_eq!(ring_bytes(Locations::Stacks, 65536, 5), 64 << 20);
         assert_eq!(ring_bytes_from(" 8192 ").unwrap(), 8192);
         for bad in ["12288", "0", "x", "-4096"] {
             let err = ring_bytes_from(bad).unwrap_err().to_string();
