@@ -117,16 +117,6 @@ impl LocSums {
         }
         self.readings += 1;
     }
-
-    /// Sums kept now.
-    pub fn len(&self) -> usize {
-        self.sums.len()
-    }
-
-    /// Whether no sum is kept.
-    pub fn is_empty(&self) -> bool {
-        self.sums.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -187,7 +177,7 @@ pub(crate) mod tests {
             std::slice::from_raw_parts((&raw const r).cast::<u8>(), size_of::<LocRecord>())
         };
         assert!(sums.add_item(bytes).is_some());
-        assert_eq!(sums.len(), 1);
+        assert_eq!(sums.sums.len(), 1);
     }
 
     #[test]
@@ -199,13 +189,13 @@ pub(crate) mod tests {
         // All three grew in this interval: all are handed over, none evicted.
         let (first, stats) = read(&mut sums);
         assert_eq!(first.len(), 3);
-        assert_eq!(sums.len(), 3);
+        assert_eq!(sums.sums.len(), 3);
         assert_eq!(stats[0].inserted, 3);
         // Only ip 3 grows: ips 1 and 2 are idle; one goes, the cap being 2.
         sums.add(&record(0, 3, 10));
         let (second, _) = read(&mut sums);
         assert_eq!(second.len(), 3, "handed over before the eviction");
-        assert_eq!(sums.len(), 2);
+        assert_eq!(sums.sums.len(), 2);
         // The evicted ip comes back: a new entry (a new number), counted once in
         // the difference of the readings.
         let kept: Vec<u64> = sums.sums.keys().map(|k| k.ip).collect();
