@@ -76,8 +76,11 @@ pub const SKIP_LOC_RING: u32 = 1 << 9;
 /// in place of the location map's update: what any store costs at the least.
 /// Nothing reads the log ([`LOC_LOG_MAP`]), so the run's locations are lost.
 pub const SKIP_LOC_MAP_FOR_LOG: u32 = 1 << 10;
+/// Take the per-CPU batch out of the ring's path: each location is a ring record
+/// of its own (a batch of one), reserved and submitted at its sample.
+pub const SKIP_LOC_BATCH: u32 = 1 << 11;
 /// The names `--bench-skip` takes, with their bits.
-pub const SKIP_NAMES: [(&str, u32); 11] = [
+pub const SKIP_NAMES: [(&str, u32); 12] = [
     ("leader-read", SKIP_LEADER_READ),
     ("member-reads", SKIP_MEMBER_READS),
     ("pid", SKIP_PID),
@@ -89,18 +92,21 @@ pub const SKIP_NAMES: [(&str, u32); 11] = [
     ("loc-map", SKIP_LOC_MAP),
     ("loc-ring", SKIP_LOC_RING),
     ("loc-map-for-log", SKIP_LOC_MAP_FOR_LOG),
+    ("loc-batch", SKIP_LOC_BATCH),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
 /// where in the code each sample landed, filled only when locations are asked for.
 pub const LOCATIONS_MAP: &str = "LOCATIONS";
-/// Names of the `RINGBUF`s that take each sample's location ([`LocRecord`]) while
-/// they have room, CPU `c`'s in ring `c % LOC_RINGS`, so that CPUs share a ring's
-/// lock and positions only beyond 8 CPUs; user space drains them every few tens of
-/// milliseconds and sums the records per key. A sample that finds its ring full
-/// goes to [`LOCATIONS_MAP`], so none is lost ([`LocStats::ring_full`] counts
-/// them). The loader sizes them: one page for a ring no CPU uses, or while
-/// locations cannot be turned on.
+/// Names of the `RINGBUF`s that take the samples' locations, in batches ([`LocBatch`]
+/// items: each CPU's [`LocStage`] when it holds [`LOC_BATCH_FLUSH`] records), CPU
+/// `c`'s in ring `c % LOC_RINGS`, so that CPUs share a ring's lock and positions only
+/// beyond 8 CPUs; user space drains them every few tens of milliseconds and sums the
+/// records per key, and at a reading adds what the CPUs' batches hold but have not
+/// sent yet. A sample that finds its batch full and the ring too goes to
+/// [`LOCATIONS_MAP`], so none is lost ([`LocStats::ring_full`] counts them). The
+/// loader sizes them: one page for a ring no CPU uses, or while locations cannot be
+/// turned on.
 pub const LOC_RING_MAPS: [&str; LOC_RINGS] = [
     "LOC_RING_0",
     "LOC_RING_1",
@@ -125,6 +131,54 @@ pub struct LocRecord {
     pub key: LocKey,
     pub period: u64,
     pub deltas: [u64; MAX_MEMBERS],
+}
+
+/// Name of the per-CPU array of one [`LocStage`]: each CPU's batch of locations not
+/// yet sent to its ring.
+pub const LOC_STAGE_MAP: &str = "LOC_STAGE";
+/// Records a batch holds at most: twice [`LOC_BATCH_FLUSH`], so that a batch whose
+/// ring was full keeps taking samples while the ring drains.
+pub const LOC_BATCH_RECORDS: usize = 32;
+/// A CPU sends its batch to the ring when it holds this many records (or more, when
+/// the ring was full at the last try).
+pub const LOC_BATCH_FLUSH: usize = 16;
+
+/// A batch's header, as a ring item starts: whose it is, how many records follow,
+/// and its number (per CPU, from 0, one more for each batch sent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocBatchHead {
+    pub cpu: u32,
+    pub len: u32,
+    pub number: u64,
+}
+
+/// A CPU's batch of locations: the head and up to [`LOC_BATCH_RECORDS`] records;
+/// a ring item holds the head and the `len` records in use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocBatch {
+    pub head: LocBatchHead,
+    pub records: [LocRecord; LOC_BATCH_RECORDS],
+}
+
+/// A CPU's batch as it fills ([`LOC_STAGE_MAP`]), with a sequence number that is
+/// odd while the program changes the batch, so that user space can tell a copy it
+/// read whole from one read in the middle of a change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocStage {
+    pub seq: u64,
+    pub batch: LocBatch,
+}
+
+/// A ring item of one location ([`SKIP_LOC_BATCH`], bench only): a batch of one,
+/// numbered `u64::MAX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocSingle {
+    pub head: LocBatchHead,
+    pub record: LocRecord,
 }
 
 /// A per-CPU log of the last [`LOC_LOG_SLOTS`] samples' locations (bench only).
@@ -376,6 +430,12 @@ const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
 const _: () = assert!(size_of::<LocStats>() == 56);
 const _: () = assert!(size_of::<LocRecord>() == 48 + 8 * (1 + MAX_MEMBERS));
+const _: () = assert!(size_of::<LocBatchHead>() == 16);
+const _: () = assert!(
+    size_of::<LocBatch>() == size_of::<LocBatchHead>() + LOC_BATCH_RECORDS * size_of::<LocRecord>()
+);
+const _: () = assert!(size_of::<LocStage>() == 8 + size_of::<LocBatch>());
+const _: () = assert!(LOC_BATCH_FLUSH < LOC_BATCH_RECORDS);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -398,6 +458,8 @@ mod pod {
     unsafe impl aya::Pod for super::LocStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocStage {}
 }
 
 #[cfg(test)]

@@ -32,11 +32,12 @@
 //! measures each piece by taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
-//! call stacks) goes to a ring buffer (`LOC_RING_*`, one per CPU up to 8) that user
-//! space drains and sums,
-//! or to a map of its own (`LOCATIONS`) when the ring is full, and only when the
-//! loader asks for it (`LOC_MODE`): with locations off, that half costs one load and
-//! one branch. With
+//! call stacks) goes to the CPU's batch (`LOC_STAGE`), which goes to a ring buffer
+//! (`LOC_RING_*`, one per CPU up to 8) every LOC_BATCH_FLUSH samples; user space
+//! drains the rings, sums the records, and at each reading takes what the batches
+//! hold but have not sent. A sample that finds its batch and the ring full goes to
+//! a map of its own (`LOCATIONS`). All this only when the loader asks for it
+//! (`LOC_MODE`): with locations off, that half costs one load and one branch. With
 //! locations on, each location gets what the counters gained since the previous
 //! sample, so they are read at every sample then: the leader's count is one kernel
 //! read at the event the last sample found in its context (cached until the next
@@ -57,7 +58,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
-            bpf_perf_event_read_value, bpf_perf_prog_read_value,
+            bpf_perf_event_read_value, bpf_perf_prog_read_value, bpf_ringbuf_output,
         },
     },
     macros::{kprobe, map, perf_event, raw_tracepoint},
@@ -67,11 +68,12 @@ use aya_ebpf::{
     },
 };
 use sampler_common::{
-    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOC_LOG_SLOTS,
-    LOCATIONS_IP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocLog, LocRecord, LocStats,
-    LocValue, MAX_MEMBERS, NO_STACK, Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ,
-    SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE, SKIP_LOC_RING, SKIP_MEMBER_READS, SKIP_PID,
-    SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOC_BATCH_FLUSH,
+    LOC_BATCH_RECORDS, LOC_LOG_SLOTS, LOCATIONS_IP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
+    LocBatchHead, LocKey, LocLog, LocRecord, LocSingle, LocStage, LocStats, LocValue, MAX_MEMBERS,
+    NO_STACK, Pending, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_BATCH, SKIP_LOC_MAP,
+    SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE, SKIP_LOC_RING, SKIP_MEMBER_READS, SKIP_PID, SKIP_START,
+    SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -82,17 +84,18 @@ static TASKS: LruHashMap<TaskKey, TaskValue> =
     LruHashMap::with_max_entries(DEFAULT_TASK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Per (process, CPU, sampled instruction, kernel stack, user stack) aggregates of the
-/// samples that found their LOC_RING_* full. Per-CPU LRU lists, as TASKS; sized by the
+/// samples that found their batch and LOC_RING_* full. Per-CPU LRU lists, as TASKS; sized by the
 /// loader.
 #[map(name = "LOCATIONS")]
 static LOCATIONS: LruHashMap<LocKey, LocValue> =
     LruHashMap::with_max_entries(DEFAULT_LOC_ENTRIES, BPF_F_NO_COMMON_LRU);
 
-/// Each sample's location while there is room ([`LocRecord`]), CPU `c`'s in ring
-/// `c % 8`; user space drains them and sums the records per key. Cheaper than the
-/// LOCATIONS update when the samples are far apart and the hash's buckets and
-/// entries have left the caches; one ring per CPU, as no CPU then takes a line
-/// another one wrote. The loader sizes them.
+/// The samples' locations while there is room, in batches of LOC_BATCH_FLUSH
+/// records (`LocBatch`, from LOC_STAGE), CPU `c`'s in ring `c % 8`; user space
+/// drains them and sums the records per key. Cheaper than the LOCATIONS update when
+/// the samples are far apart and the hash's buckets and entries have left the
+/// caches; one ring per CPU, as no CPU then takes a line another one wrote. The
+/// loader sizes them.
 #[map(name = "LOC_RING_0")]
 static LOC_RING_0: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map(name = "LOC_RING_1")]
@@ -109,6 +112,13 @@ static LOC_RING_5: RingBuf = RingBuf::with_byte_size(4096, 0);
 static LOC_RING_6: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map(name = "LOC_RING_7")]
 static LOC_RING_7: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Each CPU's batch of locations not yet sent to its ring: a sample writes its
+/// record here, and one sample in LOC_BATCH_FLUSH sends the batch, so that the
+/// ring's lock, positions and record header are paid once per batch, not once per
+/// sample. User space reads what a batch holds at each reading (see `LocStage`).
+#[map(name = "LOC_STAGE")]
+static LOC_STAGE: PerCpuArray<LocStage> = PerCpuArray::with_max_entries(1, 0);
 
 /// The location ring of CPU `cpu`.
 #[inline(always)]
@@ -805,17 +815,30 @@ fn record_location(
         return;
     }
     if !skip(SKIP_LOC_RING) {
-        // Not woken: user space drains the ring on its own clock.
-        if let Some(mut entry) = loc_ring(key.cpu).reserve::<LocRecord>(0) {
-            entry.write(LocRecord {
-                key,
-                period,
-                deltas: *deltas,
-            });
-            entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+        let record = LocRecord {
+            key,
+            period,
+            deltas: *deltas,
+        };
+        if skip(SKIP_LOC_BATCH) {
+            // Bench only: a ring record per sample, a batch of one.
+            if let Some(mut entry) = loc_ring(key.cpu).reserve::<LocSingle>(0) {
+                entry.write(LocSingle {
+                    head: LocBatchHead {
+                        cpu: key.cpu,
+                        len: 1,
+                        number: u64::MAX,
+                    },
+                    record,
+                });
+                entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+                return;
+            }
+        } else if batch_location(&record) {
             return;
         }
-        // Full (or, in an NMI, its lock taken on another CPU): the map takes it.
+        // The batch and the ring full (or, in an NMI, the ring's lock taken on
+        // another CPU): the map takes it.
         count_location(|s| s.ring_full += 1);
     }
     match LOCATIONS.get_ptr_mut(key) {
@@ -841,6 +864,88 @@ fn record_location(
             }
         }
     }
+}
+
+/// Adds `record` to this CPU's batch (LOC_STAGE), and sends the batch to the CPU's
+/// ring when it holds LOC_BATCH_FLUSH records; false when there was no room, the
+/// batch full and the ring too (the caller puts the record in the map).
+///
+/// The batch's sequence number is odd while this changes it, as user space reads
+/// the batch at each reading: the records a copy with an even number, unchanged by
+/// the next copy, holds are that batch's first records for good (a batch only grows
+/// until it is sent, and a sent batch comes with its number in the ring), so user
+/// space adds them once and skips them when the batch comes through the ring.
+/// Volatile writes keep the compiler from moving the number's writes past the
+/// batch's (or merging them).
+#[inline(always)]
+fn batch_location(record: &LocRecord) -> bool {
+    let Some(stage) = LOC_STAGE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU array slot; the sample program does not nest on one CPU, and
+    // no other program touches LOC_STAGE.
+    let stage = unsafe { &mut *stage };
+    let seq = stage.seq;
+    // SAFETY: writes to a valid, aligned field of the slot.
+    unsafe { core::ptr::write_volatile(&raw mut stage.seq, seq + 1) };
+    let mut len = stage.batch.head.len as usize;
+    if len >= LOC_BATCH_RECORDS && send_batch(stage, LOC_BATCH_RECORDS) {
+        len = 0;
+    }
+    let stored = match stage.batch.records.get_mut(len) {
+        Some(slot) => {
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_volatile(slot, *record);
+                core::ptr::write_volatile(&raw mut stage.batch.head.cpu, record.key.cpu);
+                core::ptr::write_volatile(&raw mut stage.batch.head.len, len as u32 + 1);
+            }
+            if len + 1 >= LOC_BATCH_FLUSH {
+                // A ring without room keeps the batch, which is sent by a later
+                // sample: nothing is lost.
+                send_batch(stage, len + 1);
+            }
+            true
+        }
+        None => false,
+    };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut stage.seq, seq + 2) };
+    stored
+}
+
+/// Sends the batch's head and first `len` records (its length) to this CPU's ring,
+/// and starts the next batch; false when the ring has no room for it.
+#[inline(always)]
+fn send_batch(stage: &mut LocStage, len: usize) -> bool {
+    if len > LOC_BATCH_RECORDS {
+        return false;
+    }
+    let size = size_of::<LocBatchHead>() + len * size_of::<LocRecord>();
+    let ring: *const RingBuf = loc_ring(stage.batch.head.cpu);
+    // SAFETY: `ring` is one of the RINGBUF maps above (RingBuf is its map
+    // definition, `repr(transparent)`); the data is `size` bytes of the slot's batch
+    // (its head and at most LOC_BATCH_RECORDS records).
+    let sent = unsafe {
+        bpf_ringbuf_output(
+            ring.cast_mut().cast(),
+            (&raw mut stage.batch).cast(),
+            size as u64,
+            // Not woken: user space drains the ring on its own clock.
+            u64::from(BPF_RB_NO_WAKEUP),
+        )
+    } == 0;
+    if sent {
+        // SAFETY: writes to valid, aligned fields of the slot.
+        unsafe {
+            core::ptr::write_volatile(&raw mut stage.batch.head.len, 0);
+            core::ptr::write_volatile(
+                &raw mut stage.batch.head.number,
+                stage.batch.head.number + 1,
+            );
+        }
+    }
+    sent
 }
 
 /// Counts an event of the location half in this CPU's LOC_STATS: looked up only

@@ -1045,8 +1045,8 @@ impl Bench {
             ),
             (
                 piece(
-                    "the location's key and its store (a ring buffer record: reserve, \
-                     write, submit without a wakeup)",
+                    "the location's key and its store (a record in the CPU's batch; one \
+                     sample in 16 sends the batch to the ring without a wakeup)",
                     "`--bench-skip loc-map` with `--functions`",
                 ),
                 "loc-map",
@@ -1116,15 +1116,15 @@ impl Bench {
             "the rest (per-CPU state lookups, statistics) over the floor",
             "the program with every piece above taken out, minus the floor",
         );
-        // Stores weighed against the location ring: each one's cost over the program
+        // Stores weighed against the batch and ring: each one's cost over the program
         // with no store (`loc-map` taken out), against the ring's own.
         let store = |what: &str, skip: &str, note: &str| {
             let mut f = Figure::new(
                 pieces_group,
-                format!("the location stored as {what} in place of the ring, {hz} Hz"),
+                format!("the location stored as {what} in place of the batch, {hz} Hz"),
                 "ns",
             )
-            .peer("the location ring (same repetition)", "store / ring")
+            .peer("the batch and ring (same repetition)", "store / batch")
             .note(format!(
                 "{source}; `--bench-skip {skip}` with `--functions`, minus `--bench-skip \
                  loc-map`{note}"
@@ -1135,8 +1135,18 @@ impl Bench {
         let mut stores = [
             (
                 store(
+                    "a ring buffer record of its own (reserve, write, submit without a \
+                     wakeup at every sample, as before the batches)",
+                    "loc-batch",
+                    "",
+                ),
+                "loc-batch",
+            ),
+            (
+                store(
                     "the location map's update (a hash lookup and an add to the entry, \
-                     as before the ring; now where a sample finds the ring full)",
+                     as before the ring; now where a sample finds its batch and the ring \
+                     full)",
                     "loc-ring",
                     "",
                 ),
@@ -1235,7 +1245,7 @@ impl Bench {
                 f
             };
             let functions_piece = difference(
-                "the sampled function (a ring buffer record per sample)",
+                "the sampled function (the leader's count, the key and a record in the CPU's batch)",
                 &function,
                 &function.peer,
                 "`--functions` minus task attribution alone",

@@ -30,9 +30,9 @@ pub struct StatArgs {
     pub bench_floor: bool,
     /// For `cargo xtask bench`'s breakdown: take these pieces out of sampler's
     /// program (comma-separated: leader-read, member-reads, pid, cgroup, start,
-    /// task-map, loc-mode, key-cache, loc-map; loc-map-for-ring and loc-map-for-log
-    /// put the locations in a ring buffer or a per-CPU log that nothing reads); what
-    /// it attributes is then wrong.
+    /// task-map, loc-mode, key-cache, loc-map; loc-ring puts every location in the
+    /// location map, loc-batch each in a ring record of its own, loc-map-for-log in
+    /// a per-CPU log that nothing reads); what it attributes is then wrong.
     #[arg(long, hide = true, value_name = "PIECES", value_parser = parse_skip, requires = "bpf_stats", conflicts_with = "bench_floor")]
     pub bench_skip: Option<u32>,
 }

@@ -15,11 +15,11 @@ use aya::{
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
     EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_RING_MAPS, LOC_RINGS, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF,
-    LOCATIONS_STACKS, LastValues, LocKey, LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS,
-    MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP,
-    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
-    TaskValue,
+    LOC_RING_MAPS, LOC_RINGS, LOC_STAGE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP,
+    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStage, LocStats, LocValue,
+    MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME,
+    Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME,
+    TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::kernel::{Error, loc_sums::LocSums};
@@ -188,8 +188,8 @@ impl LocRing {
     fn drain(&mut self) {
         for ring in &mut self.rings {
             while let Some(item) = ring.next() {
-                // Every item is one LocRecord: the program reserves exactly that
-                // (a shared type, and the object is built with this binary).
+                // Every item is a batch: its head and as many records as it says
+                // (shared types, and the object is built with this binary).
                 let _ = self.sums.add_item(&item);
             }
         }
@@ -746,14 +746,26 @@ impl Bpf {
         }
     }
 
-    /// Reads the location map and its counters, with the sums of the location ring
-    /// (drained first) as entries of their own (see [`LocSums`]).
+    /// Reads the location map and its counters, with the sums of the location rings
+    /// (drained first) and of what the CPUs' batches hold as entries of their own
+    /// (see [`LocSums`]).
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
         let mut entries = self.read_hash(LOCATIONS_MAP, &self.loc_batch)?;
         let mut stats: Vec<LocStats> = self.read_per_cpu(LOC_STATS_MAP)?;
         if let Some(ring) = &self.ring {
             let mut ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
             ring.drain();
+            // After the drain: a batch sent since is in the ring, taken next time.
+            let first: Vec<LocStage> = self.read_per_cpu(LOC_STAGE_MAP)?;
+            let failed = std::cell::RefCell::new(None);
+            ring.sums.add_stages(first, SETTLE_TRIES, || {
+                self.read_per_cpu(LOC_STAGE_MAP)
+                    .map_err(|e| *failed.borrow_mut() = Some(e))
+                    .ok()
+            });
+            if let Some(e) = failed.into_inner() {
+                return Err(e);
+            }
             ring.sums.reading(&mut entries, &mut stats);
         }
         Ok((entries, stats))

@@ -1,9 +1,11 @@
 //! The sums of the location ring's records, per key, in user space.
 //!
-//! The sample program puts each sample's location in a ring buffer (see
-//! [`sampler_common::LOC_RING_MAP`]) rather than adding it to a hash map entry: the
-//! records are summed here, as they are drained, and each reading hands the sums
-//! over as if they were map entries. A sum is bounded as the map is (its entries):
+//! The sample program puts each sample's location in its CPU's batch, and the batch
+//! in a ring buffer (see [`sampler_common::LOC_RING_MAPS`]) rather than adding it
+//! to a hash map entry: the records are summed here, as they are drained, with, at
+//! each reading, those the CPUs' batches hold but have not sent yet (taken once:
+//! see [`LocSums::add_stages`]); each reading hands the sums over as if they were
+//! map entries. A sum is bounded as the map is (its entries):
 //! past that, the sums that went longest without a sample are evicted, after a
 //! reading, and counted as evictions of their CPU, as the map's are.
 //!
@@ -15,7 +17,9 @@
 
 use std::collections::HashMap;
 
-use sampler_common::{LocKey, LocRecord, LocStats, LocValue};
+use sampler_common::{
+    LOC_BATCH_RECORDS, LocBatch, LocBatchHead, LocKey, LocRecord, LocStage, LocStats, LocValue,
+};
 
 /// One key's sum, its number and the reading it last grew in.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +40,10 @@ pub struct LocSums {
     next_number: u32,
     /// The most sums kept past a reading.
     cap: usize,
+    /// Per CPU, the batches (by number) whose first records were taken from the
+    /// CPU's batch before it was sent, and how many: skipped when it comes through
+    /// the ring.
+    taken: Vec<Vec<(u64, usize)>>,
 }
 
 impl LocSums {
@@ -47,6 +55,7 @@ impl LocSums {
             readings: 0,
             next_number: 1,
             cap: cap.max(1),
+            taken: vec![Vec::new(); cpus],
         }
     }
 
@@ -76,17 +85,98 @@ impl LocSums {
         sum.grew = readings;
     }
 
-    /// Adds the records in `bytes`, one ring item: `None` when it is not a record
-    /// (too short), which the caller counts.
+    /// Adds the records of `bytes`, one ring item (a [`LocBatchHead`] and its
+    /// records), but those a reading already took from the CPU's batch: `None` when
+    /// it is not a batch (too short for its length), which adds nothing.
     pub fn add_item(&mut self, bytes: &[u8]) -> Option<()> {
-        if bytes.len() < size_of::<LocRecord>() {
+        let head_size = size_of::<LocBatchHead>();
+        if bytes.len() < head_size {
             return None;
         }
-        // SAFETY: `bytes` holds at least one LocRecord, a plain-old-data struct
+        // SAFETY: `bytes` holds at least a LocBatchHead, a plain-old-data struct
         // every bit pattern of which is valid; read_unaligned needs no alignment.
-        let record = unsafe { bytes.as_ptr().cast::<LocRecord>().read_unaligned() };
-        self.add(&record);
+        let head = unsafe { bytes.as_ptr().cast::<LocBatchHead>().read_unaligned() };
+        let len = head.len as usize;
+        if len > LOC_BATCH_RECORDS || bytes.len() < head_size + len * size_of::<LocRecord>() {
+            return None;
+        }
+        let skip = self.sent(head.cpu as usize, head.number);
+        for i in skip..len {
+            let at = head_size + i * size_of::<LocRecord>();
+            // SAFETY: `bytes` holds a LocRecord at `at` (the length is checked above),
+            // plain old data as the head.
+            let record = unsafe { bytes.as_ptr().add(at).cast::<LocRecord>().read_unaligned() };
+            self.add(&record);
+        }
         Some(())
+    }
+
+    /// How many records of CPU `cpu`'s batch `number`, now sent, were taken before,
+    /// forgetting them (and any older batch's, which were all sent before it). A
+    /// batch of one (numbered `u64::MAX`, bench only) was never in a CPU's batch.
+    fn sent(&mut self, cpu: usize, number: u64) -> usize {
+        let Some(taken) = self.taken.get_mut(cpu) else {
+            return 0;
+        };
+        if number == u64::MAX {
+            return 0;
+        }
+        let skip = taken
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map_or(0, |(_, k)| *k);
+        taken.retain(|(n, _)| *n > number);
+        skip
+    }
+
+    /// Adds the records CPU `cpu`'s batch holds that no reading took yet, and notes
+    /// them taken (its records stay until the batch is sent, and come with its
+    /// number through the ring).
+    fn add_batch(&mut self, cpu: usize, batch: &LocBatch) {
+        let len = (batch.head.len as usize).min(LOC_BATCH_RECORDS);
+        let number = batch.head.number;
+        let Some(taken) = self.taken.get_mut(cpu) else {
+            return;
+        };
+        let skip = match taken.iter_mut().find(|(n, _)| *n == number) {
+            Some((_, k)) => std::mem::replace(k, len.max(*k)),
+            None => {
+                taken.push((number, len));
+                0
+            }
+        };
+        for record in batch.records.get(skip..len).unwrap_or_default() {
+            self.add(record);
+        }
+    }
+
+    /// At a reading, after the rings were drained: adds what each CPU's batch holds
+    /// and no reading took yet. `first` is a copy of every CPU's batch, and
+    /// `read_again` copies them again (`None`: the read failed): a copy is whole
+    /// when its sequence number is even and the next copy has the same (the
+    /// program changed nothing in between; the number leads the copy). A CPU whose
+    /// batch changes through `tries` copies adds nothing now: its records come in
+    /// the next reading, or with the batch through the ring.
+    pub fn add_stages(
+        &mut self,
+        mut first: Vec<LocStage>,
+        tries: usize,
+        mut read_again: impl FnMut() -> Option<Vec<LocStage>>,
+    ) {
+        let mut done = vec![false; first.len()];
+        for _ in 0..tries {
+            let Some(second) = read_again() else { return };
+            for (cpu, (a, b)) in first.iter().zip(&second).enumerate() {
+                if !done[cpu] && a.seq == b.seq && a.seq.is_multiple_of(2) {
+                    self.add_batch(cpu, &a.batch);
+                    done[cpu] = true;
+                }
+            }
+            if done.iter().all(|d| *d) {
+                return;
+            }
+            first = second;
+        }
     }
 
     /// Hands the sums over as entries (appended to `entries`) and their creations
@@ -167,17 +257,152 @@ pub(crate) mod tests {
         assert_eq!(again[0].1.samples, 3);
     }
 
+    /// The bytes of a ring item: `batch`'s head and its first `len` records.
+    fn item(batch: &LocBatch) -> Vec<u8> {
+        let len = batch.head.len as usize;
+        let size = size_of::<LocBatchHead>() + len * size_of::<LocRecord>();
+        // SAFETY: a LocBatch's first `size` bytes (len is at most its records).
+        unsafe { std::slice::from_raw_parts((&raw const *batch).cast::<u8>(), size) }.to_vec()
+    }
+
+    fn batch(cpu: u32, number: u64, ips: &[u64]) -> LocBatch {
+        let mut b = LocBatch {
+            head: LocBatchHead {
+                cpu,
+                len: ips.len() as u32,
+                number,
+            },
+            ..LocBatch::default()
+        };
+        for (slot, ip) in b.records.iter_mut().zip(ips) {
+            *slot = record(cpu, *ip, 1);
+        }
+        b
+    }
+
+    fn stage(seq: u64, batch: LocBatch) -> LocStage {
+        LocStage { seq, batch }
+    }
+
+    fn samples(sums: &LocSums) -> u64 {
+        sums.sums.values().map(|s| s.value.samples).sum()
+    }
+
     #[test]
-    fn a_short_item_is_not_a_record() {
+    fn an_item_shorter_than_its_length_is_not_a_batch() {
         let mut sums = LocSums::new(1, 4);
         assert!(sums.add_item(&[0; 8]).is_none());
-        let r = record(0, 0x20, 3);
-        // SAFETY: a LocRecord's bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const r).cast::<u8>(), size_of::<LocRecord>())
-        };
-        assert!(sums.add_item(bytes).is_some());
-        assert_eq!(sums.sums.len(), 1);
+        let b = batch(0, 0, &[0x20, 0x30]);
+        let bytes = item(&b);
+        assert!(sums.add_item(&bytes[..bytes.len() - 1]).is_none());
+        assert!(sums.add_item(&bytes).is_some());
+        // A length past a batch's records.
+        let mut long = bytes.clone();
+        long[4..8].copy_from_slice(&(LOC_BATCH_RECORDS as u32 + 1).to_ne_bytes());
+        assert!(sums.add_item(&long).is_none());
+        assert_eq!(samples(&sums), 2);
+    }
+
+    #[test]
+    fn records_taken_from_a_cpus_batch_are_skipped_when_it_comes_through_the_ring() {
+        let mut sums = LocSums::new(2, 64);
+        // A reading takes CPU 0's batch 0 with two records, CPU 1's batch 4 with one.
+        sums.add_stages(
+            vec![stage(2, batch(0, 0, &[1, 2])), stage(6, batch(1, 4, &[9]))],
+            8,
+            || {
+                Some(vec![
+                    stage(2, batch(0, 0, &[1, 2])),
+                    stage(6, batch(1, 4, &[9])),
+                ])
+            },
+        );
+        assert_eq!(samples(&sums), 3);
+        // The next reading: CPU 0's batch grew by one (taken: one more); CPU 1's
+        // did not (nothing more).
+        sums.add_stages(
+            vec![
+                stage(4, batch(0, 0, &[1, 2, 3])),
+                stage(6, batch(1, 4, &[9])),
+            ],
+            8,
+            || {
+                Some(vec![
+                    stage(4, batch(0, 0, &[1, 2, 3])),
+                    stage(6, batch(1, 4, &[9])),
+                ])
+            },
+        );
+        assert_eq!(samples(&sums), 4);
+        // Batch 0 of CPU 0 is sent with four records: only the fourth is new.
+        sums.add_item(&item(&batch(0, 0, &[1, 2, 3, 4]))).unwrap();
+        assert_eq!(samples(&sums), 5);
+        // A batch no reading took adds all its records; so does CPU 1's next one.
+        sums.add_item(&item(&batch(0, 1, &[5, 6]))).unwrap();
+        sums.add_item(&item(&batch(1, 4, &[9, 10]))).unwrap();
+        assert_eq!(samples(&sums), 8);
+        sums.add_item(&item(&batch(1, 5, &[11]))).unwrap();
+        assert_eq!(samples(&sums), 9);
+        // Nothing is remembered for sent batches.
+        assert!(sums.taken.iter().all(Vec::is_empty), "{:?}", sums.taken);
+        // Each ip once, with its count.
+        let (entries, _) = read(&mut sums);
+        let ips: Vec<(u32, u64, u64)> = entries
+            .iter()
+            .map(|(k, v)| (k.cpu, k.ip, v.samples))
+            .collect();
+        let want: Vec<(u32, u64, u64)> = [1, 2, 3, 4, 5, 6]
+            .iter()
+            .map(|ip| (0, *ip, 1))
+            .chain([(1, 9, 1), (1, 10, 1), (1, 11, 1)])
+            .collect();
+        assert_eq!(ips, want);
+    }
+
+    #[test]
+    fn a_batch_sent_after_the_drain_is_taken_from_the_ring_next_time() {
+        let mut sums = LocSums::new(1, 64);
+        // Batch 3 was taken with two records; then sent (not yet drained), and the
+        // reading sees batch 4 with one.
+        sums.add_stages(vec![stage(2, batch(0, 3, &[1, 2]))], 8, || {
+            Some(vec![stage(2, batch(0, 3, &[1, 2]))])
+        });
+        sums.add_stages(vec![stage(8, batch(0, 4, &[7]))], 8, || {
+            Some(vec![stage(8, batch(0, 4, &[7]))])
+        });
+        assert_eq!(samples(&sums), 3);
+        sums.add_item(&item(&batch(0, 3, &[1, 2, 5]))).unwrap();
+        sums.add_item(&item(&batch(0, 4, &[7, 8]))).unwrap();
+        assert_eq!(samples(&sums), 5);
+        // Bench-only batches of one (number u64::MAX) are all new.
+        sums.add_item(&item(&batch(0, u64::MAX, &[9]))).unwrap();
+        assert_eq!(samples(&sums), 6);
+    }
+
+    #[test]
+    fn a_batch_copied_in_the_middle_of_a_change_is_not_taken() {
+        let mut sums = LocSums::new(2, 64);
+        let mut copies = vec![
+            // CPU 0 odd (a change under way), CPU 1 moved on: neither whole.
+            vec![stage(5, batch(0, 0, &[1, 2])), stage(8, batch(1, 0, &[3]))],
+            // CPU 0 still odd; CPU 1 still: the previous copy of CPU 1 is whole.
+            vec![
+                stage(7, batch(0, 0, &[1, 2, 4])),
+                stage(8, batch(1, 0, &[3])),
+            ],
+        ]
+        .into_iter();
+        sums.add_stages(
+            vec![stage(5, batch(0, 0, &[1])), stage(6, batch(1, 0, &[]))],
+            2,
+            || copies.next(),
+        );
+        // CPU 1's whole copy holds one record; CPU 0 never stood still: none.
+        assert_eq!(samples(&sums), 1);
+        assert_eq!(sums.taken[0], vec![]);
+        // A failed read adds nothing more.
+        sums.add_stages(vec![stage(2, batch(0, 0, &[1]))], 2, || None);
+        assert_eq!(samples(&sums), 1);
     }
 
     #[test]
