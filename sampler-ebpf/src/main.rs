@@ -84,8 +84,8 @@ static TASKS: LruHashMap<TaskKey, TaskValue> =
     LruHashMap::with_max_entries(DEFAULT_TASK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Per (process, CPU, sampled instruction, kernel stack, user stack) aggregates of the
-/// samples that found their batch and LOC_RING_* full. Per-CPU LRU lists, as TASKS; sized by the
-/// loader.
+/// samples that found their batch and LOC_RING_* full. Per-CPU LRU lists, as TASKS;
+/// sized by the loader.
 #[map(name = "LOCATIONS")]
 static LOCATIONS: LruHashMap<LocKey, LocValue> =
     LruHashMap::with_max_entries(DEFAULT_LOC_ENTRIES, BPF_F_NO_COMMON_LRU);
