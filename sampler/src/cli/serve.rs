@@ -303,7 +303,7 @@ fn open_window(
         if sampling.bpf.locations() == Locations::Off {
             sampling.set_locations(mode.locations())?;
         }
-        Ok((sampling.read_maps()?, sampling.session.read_counts()?))
+        sampling.read()
     })();
     match start {
         Ok((start, start_counts)) => {
@@ -328,9 +328,8 @@ fn open_window(
 /// the requester; locations off again.
 fn close_window(sampling: &mut Sampling, w: Window, names: &mut CgroupNames) {
     let answer = (|| -> Result<_, crate::run::Error> {
-        let cur = sampling.read_maps()?;
+        let (cur, counts) = sampling.read()?;
         sampling.resolve(&cur)?;
-        let counts = sampling.session.read_counts()?;
         let interval = snapshot::delta(&w.start, &cur);
         let mut s = Snapshot::build(
             &interval,

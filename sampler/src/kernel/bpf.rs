@@ -616,7 +616,7 @@ impl Bpf {
     /// for the rows of tasks that are not running.
     /// With the programs' run statistics (which [`Bpf::read_with`] leaves out).
     pub fn read(&self) -> Result<MapContents, Error> {
-        let mut maps = self.read_with(|_| None)?;
+        let (mut maps, _) = self.read_with(|_| None)?;
         (maps.bpf, maps.switch_bpf) = (self.run_stats(), self.switch_run_stats());
         Ok(maps)
     }
@@ -629,10 +629,14 @@ impl Bpf {
     /// member's (`None` where the CPU has none). The programs' run statistics are
     /// left out (`None`): reading them takes a system call per program, which a
     /// refresh that does not show them need not make.
+    ///
+    /// Also returns, per CPU, whether its `period_sum` and its running task took
+    /// what its counters gained up to the last values `values` gave for it: those
+    /// values are then the CPU's counts at this reading, as the maps hold them.
     pub fn read_with(
         &self,
         mut values: impl FnMut(u32) -> Option<CounterValues>,
-    ) -> Result<MapContents, Error> {
+    ) -> Result<(MapContents, Vec<bool>), Error> {
         let (locations, loc_stats) = if self.locations == Locations::Off {
             (Vec::new(), Vec::new())
         } else {
@@ -648,12 +652,13 @@ impl Bpf {
                 stats.inserted += 1;
             }
         }
+        let live = period_sums.iter().map(Option::is_some).collect();
         for (stats, sum) in cpu_stats.iter_mut().zip(period_sums) {
             if let Some(sum) = sum {
                 stats.period_sum = sum;
             }
         }
-        Ok(MapContents {
+        let maps = MapContents {
             tasks,
             cpu_stats,
             locations,
@@ -662,7 +667,8 @@ impl Bpf {
             switch_bpf: None,
             evicted: None,
             loc_evicted: None,
-        })
+        };
+        Ok((maps, live))
     }
 
     /// What the counters of the CPUs in `want` gained since the program last read

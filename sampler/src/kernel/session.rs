@@ -421,9 +421,21 @@ impl<'s> Session<'s> {
     /// events closed by CPU hotplug counted before (a CPU that is offline keeps its
     /// last counts).
     pub fn read_counts(&self) -> Result<Vec<EventCount>, Error> {
+        self.read_counts_reusing(&[])
+    }
+
+    /// [`Session::read_counts`], taking the sampling group of each CPU in `reads`
+    /// as read there (by [`Session::sampling_read`]) instead of reading it again.
+    pub fn read_counts_reusing(&self, reads: &[Vec<EventCount>]) -> Result<Vec<EventCount>, Error> {
         let mut out = Vec::new();
         for g in &self.groups {
-            out.extend(self.read_group(g)?);
+            let read = reads
+                .iter()
+                .find(|r| g.sampling() && r.first().is_some_and(|c| c.cpu == g.cpu));
+            match read {
+                Some(read) => out.extend(read.iter().cloned()),
+                None => out.extend(self.read_group(g)?),
+            }
         }
         if let Ok(mut last) = self.last.lock() {
             for c in &out {
@@ -452,20 +464,14 @@ impl<'s> Session<'s> {
         Ok(out)
     }
 
-    /// The sampling group of `cpu` as `read()` gives it now, by position (the
-    /// leader, then each member up to [`MAX_MEMBERS`]): what the BPF program's
-    /// leader and member slots of the CPU hold, not what events closed by CPU
-    /// hotplug carried. `None` when the CPU has no sampling group or it cannot be
-    /// read.
-    pub fn sampling_values(&self, cpu: u32) -> Option<[Option<u64>; 1 + MAX_MEMBERS]> {
+    /// The sampling group of `cpu` as `read()` gives it now, each event's count
+    /// as [`Session::read_counts`] has them, but without what events closed by CPU
+    /// hotplug carried: what the BPF program's leader and member slots of the CPU
+    /// hold (by position, see [`values_by_position`]). `None` when the CPU has no
+    /// sampling group or it cannot be read.
+    pub fn sampling_read(&self, cpu: u32) -> Option<Vec<EventCount>> {
         let g = self.groups.iter().find(|g| g.cpu == cpu && g.sampling())?;
-        let mut out = [None; 1 + MAX_MEMBERS];
-        for c in self.read_group(g).ok()? {
-            if let Some(slot) = out.get_mut(c.index) {
-                *slot = Some(c.value);
-            }
-        }
-        Some(out)
+        self.read_group(g).ok()
     }
 
     /// One group's counts, as `read()` gives them now.
@@ -780,6 +786,17 @@ fn open_error(event: &str, cpu: u32, source: io::Error) -> Error {
             },
         },
     }
+}
+
+/// A sampling group's counts by position: the leader's value, then each member's.
+pub fn values_by_position(counts: &[EventCount]) -> [Option<u64>; 1 + MAX_MEMBERS] {
+    let mut out = [None; 1 + MAX_MEMBERS];
+    for c in counts {
+        if let Some(slot) = out.get_mut(c.index) {
+            *slot = Some(c.value);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1183,6 +1200,57 @@ mod tests {
         assert_eq!(
             *sys.calls.borrow(),
             ["disable 100", "disable 103", "disable 105", "disable 106"]
+        );
+    }
+
+    #[test]
+    fn a_sampling_group_read_for_the_maps_stands_in_for_its_read_of_the_counts() {
+        let sys = FakeSys::new(vec![
+            (0, PERF_TYPE_HARDWARE, 4 << 32),
+            (1, PERF_TYPE_HARDWARE, 4 << 32),
+            (0, PERF_TYPE_HARDWARE, 4 << 32 | 3),
+            (1, PERF_TYPE_HARDWARE, 4 << 32 | 3),
+        ]);
+        let mut plan = Vec::new();
+        for cpu in [0, 1] {
+            plan.push(cycles(cpu));
+            plan.push(hw(cpu, "cache-misses", 3, 0x2e, 0, 1));
+            plan.push(sw(cpu, "page-faults", 2, 1, 0));
+        }
+        let s = Session::open(&sys, &plan, Rate::Frequency(999), false).unwrap();
+        // ids: cpu0 cycles 100, cache-misses 101, page-faults 102; cpu1 103, 104,
+        // 105. A value is ten times its id.
+        let mut read = s.sampling_read(1).unwrap();
+        assert_eq!(
+            read.iter().map(|c| (c.cpu, c.value)).collect::<Vec<_>>(),
+            [(1, 1030), (1, 1040)]
+        );
+        assert_eq!(
+            values_by_position(&read)[..3],
+            [Some(1030), Some(1040), None]
+        );
+        assert!(s.sampling_read(2).is_none(), "no group on CPU 2");
+        // As if the counters moved on after the maps' read: CPU 1's sampling group
+        // keeps the values the maps took; every other group is read now.
+        for c in &mut read {
+            c.value += 7;
+        }
+        let got: Vec<(u32, usize, u64)> = s
+            .read_counts_reusing(&[read])
+            .unwrap()
+            .iter()
+            .map(|c| (c.cpu, c.group, c.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, 1000),
+                (0, 0, 1010),
+                (0, 1, 1020),
+                (1, 0, 1037),
+                (1, 0, 1047),
+                (1, 1, 1050),
+            ]
         );
     }
 

@@ -275,15 +275,26 @@ impl Sampling {
     }
 
     /// Reads the maps, with what each CPU's counters gained since the program last
-    /// read them added to the task running there (see [`Bpf::read_with`]).
-    pub fn read_maps(&self) -> Result<bpf::MapContents, Error> {
-        let mut maps = self
-            .bpf
-            .read_with(|cpu| self.session.sampling_values(cpu))?;
+    /// read them added to the task running there (see [`Bpf::read_with`]), then
+    /// every group's counts: a CPU's sampling group as read for the maps where they
+    /// took it (so the two agree, and it is not read twice), else read now, after
+    /// the maps (a sample between the two readings is then in the counts, not in a
+    /// row only).
+    pub fn read(&self) -> Result<(bpf::MapContents, Vec<session::EventCount>), Error> {
+        let mut reads = Vec::new();
+        let (mut maps, live) = self.bpf.read_with(|cpu| {
+            let read = self.session.sampling_read(cpu)?;
+            let values = session::values_by_position(&read);
+            reads.push(read);
+            Some(values)
+        })?;
         if self.report_bpf_cost {
             (maps.bpf, maps.switch_bpf) = (self.bpf.run_stats(), self.bpf.switch_run_stats());
         }
-        Ok(maps)
+        let counts = self
+            .session
+            .read_counts_reusing(&reads_the_maps_took(reads, &live))?;
+        Ok((maps, counts))
     }
 
     /// Symbolizes the addresses of `maps` not seen before (while their processes
@@ -367,9 +378,8 @@ impl Sampling {
         }
         self.session.disable()?;
         let elapsed = started.elapsed().as_secs_f64();
-        let maps = self.read_maps()?;
+        let (maps, counts) = self.read()?;
         self.resolve(&maps)?;
-        let counts = self.session.read_counts()?;
         let mut snapshot = Snapshot::build(&maps, &counts, &self.info, elapsed);
         self.locate(&mut snapshot, &maps);
         snapshot.warnings.extend(self.throttled());
@@ -424,28 +434,56 @@ impl Sampling {
     }
 }
 
+/// Of the sampling groups' reads made for the maps (in order), the last of each CPU
+/// whose counts the maps took (`live`, per CPU): the others may be older than what
+/// the maps hold.
+fn reads_the_maps_took(
+    reads: Vec<Vec<session::EventCount>>,
+    live: &[bool],
+) -> Vec<Vec<session::EventCount>> {
+    let mut taken: Vec<Vec<session::EventCount>> = Vec::new();
+    for read in reads {
+        let Some(cpu) = read.first().map(|c| c.cpu) else {
+            continue;
+        };
+        if live.get(cpu as usize).copied().unwrap_or(false) {
+            taken.retain(|r| r[0].cpu != cpu);
+            taken.push(read);
+        }
+    }
+    taken
+}
+
 /// The per-interval deltas of a running sampler: each call reads the maps and the
 /// counters and returns what changed since the previous one.
 pub struct Refresh {
     prev: bpf::MapContents,
     prev_counts: Vec<session::EventCount>,
     last: Instant,
+    /// When [`Sampling::throttled`] was last asked, and its answer.
+    throttle: Option<(Instant, Option<String>)>,
 }
+
+/// How often a refresh asks again whether the kernel throttled sampling: a sysctl
+/// read, which a refresh each second need not make each time (the kernel lowers the
+/// rate; a warning then shows from the next check on).
+const THROTTLE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 impl Refresh {
     pub fn new(sampling: &Sampling) -> Result<Self, Error> {
+        let (prev, prev_counts) = sampling.read()?;
         Ok(Self {
-            prev: sampling.read_maps()?,
-            prev_counts: sampling.session.read_counts()?,
+            prev,
+            prev_counts,
             last: Instant::now(),
+            throttle: None,
         })
     }
 
     pub fn next(&mut self, sampling: &mut Sampling) -> Result<Snapshot, Error> {
         let hotplug = sampling.follow_hotplug();
-        let cur = sampling.read_maps()?;
+        let (cur, cur_counts) = sampling.read()?;
         sampling.resolve(&cur)?;
-        let cur_counts = sampling.session.read_counts()?;
         let now = Instant::now();
         let interval = delta(&self.prev, &cur);
         let mut snapshot = Snapshot::build(
@@ -456,7 +494,16 @@ impl Refresh {
         );
         sampling.locate(&mut snapshot, &interval);
         sampling.symbols.retain_processes(&cur.locations);
-        snapshot.warnings.extend(sampling.throttled());
+        if self
+            .throttle
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= THROTTLE_CHECK_EVERY)
+        {
+            self.throttle = Some((now, sampling.throttled()));
+        }
+        snapshot
+            .warnings
+            .extend(self.throttle.as_ref().and_then(|(_, w)| w.clone()));
         snapshot.warnings.extend(hotplug);
         (self.prev, self.prev_counts, self.last) = (cur, cur_counts, now);
         Ok(snapshot)
@@ -676,6 +723,38 @@ mod tests {
         let p = dir.join(name);
         fs::write(&p, content).unwrap();
         p
+    }
+
+    #[test]
+    fn the_counts_take_the_last_read_of_each_cpu_whose_counts_the_maps_took() {
+        let read = |cpu, value| {
+            vec![session::EventCount {
+                cpu,
+                group: 0,
+                index: 0,
+                event: "cpu-clock".to_owned(),
+                pmu: None,
+                value,
+                enabled: value,
+                running: value,
+            }]
+        };
+        let reads = || vec![read(0, 10), read(1, 20), read(1, 21), read(3, 40)];
+        let values = |taken: Vec<Vec<session::EventCount>>| -> Vec<(u32, u64)> {
+            taken.iter().map(|r| (r[0].cpu, r[0].value)).collect()
+        };
+        // CPU 1 was read again (a later try of the settling): that read is the one.
+        assert_eq!(
+            values(reads_the_maps_took(reads(), &[true, true])),
+            [(0, 10), (1, 21)]
+        );
+        // CPU 0's counts went to no task (it is read again, after the maps); CPU 3
+        // is past what the maps report.
+        assert_eq!(
+            values(reads_the_maps_took(reads(), &[false, true, false])),
+            [(1, 21)]
+        );
+        assert!(reads_the_maps_took(vec![Vec::new()], &[true]).is_empty());
     }
 
     #[test]
