@@ -26,6 +26,10 @@ pub struct KernelOffsets {
     pub ctx_event: u32,
     /// `perf_event`'s `local64_t count`.
     pub event_count: u32,
+    /// Not an offset: the BTF id of the kernel function `bpf_cast_to_kern_ctx`
+    /// (Linux 6.2+), through which the program reaches the two fields above with
+    /// plain loads; 0 when the kernel has none.
+    pub kern_ctx_func: u32,
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -189,12 +193,13 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Every struct in id order, found by their `info` word alone.
-    fn structs(&self) -> impl Iterator<Item = Type> + '_ {
+    /// Every struct and function in id order (with their ids), found by their
+    /// `info` word alone.
+    fn structs_and_funcs(&self) -> impl Iterator<Item = (u32, Type)> + '_ {
         (1..=self.starts.len() as u32).filter_map(|id| {
             let at = self.starts[id as usize - 1] as usize;
             let info = u32_at(self.types_data, at + 4)?;
-            (kind_of(info) == STRUCT).then(|| self.get(id))?
+            matches!(kind_of(info), STRUCT | FUNC).then(|| Some((id, self.get(id)?)))?
         })
     }
 
@@ -295,17 +300,24 @@ impl<'a> Btf<'a> {
 /// fields are not: without them the program reads the count through a helper.
 pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
     let btf = Btf::parse(data)?;
-    // One walk over the types finds the three structs.
+    // One walk over the types finds the three structs and the function.
     const STRUCTS: [&[u8]; 3] = [b"task_struct", b"bpf_perf_event_data_kern", b"perf_event"];
+    const KERN_CTX_FUNC: &[u8] = b"bpf_cast_to_kern_ctx";
     let mut found: [Option<Type>; 3] = [None; 3];
-    for t in btf.structs() {
-        if let Some(i) = STRUCTS.iter().position(|n| *n == btf.name(t.name_off))
+    let mut kern_ctx_func = 0;
+    for (id, t) in btf.structs_and_funcs() {
+        let name = btf.name(t.name_off);
+        if t.kind() == FUNC {
+            if name == KERN_CTX_FUNC && kern_ctx_func == 0 {
+                kern_ctx_func = id;
+            }
+        } else if let Some(i) = STRUCTS.iter().position(|n| *n == name)
             && found[i].is_none()
         {
             found[i] = Some(t);
-            if found.iter().all(Option::is_some) {
-                break;
-            }
+        }
+        if kern_ctx_func != 0 && found.iter().all(Option::is_some) {
+            break;
         }
     }
     let field = |strukt: usize, name: &str, want: fn(Type) -> bool| -> Result<u32, String> {
@@ -337,6 +349,7 @@ pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
         })?,
         ctx_event,
         event_count,
+        kern_ctx_func,
     })
 }
 
@@ -491,6 +504,11 @@ pub(crate) mod tests {
             ],
             false,
         );
+        // Kernel functions: another one first, then the one the program calls
+        // (linkage 1, global, in the FUNC's vlen), id 22.
+        let proto = b.ty("", FUNC_PROTO, 1, false, int, &[0, int]);
+        b.ty("bpf_cast_to_user_ctx", FUNC, 1, false, proto, &[]);
+        assert_eq!(b.ty("bpf_cast_to_kern_ctx", FUNC, 1, false, proto, &[]), 22);
         b.finish()
     }
 
@@ -504,6 +522,7 @@ pub(crate) mod tests {
                 start_time: 72,
                 ctx_event: 16,
                 event_count: 320,
+                kern_ctx_func: 22,
             }
         );
     }
@@ -533,6 +552,7 @@ pub(crate) mod tests {
         let got = task_offsets(&b.finish()).unwrap();
         assert_eq!((got.group_leader, got.start_time), (0, 8));
         assert_eq!((got.ctx_event, got.event_count), (0, 0));
+        assert_eq!(got.kern_ctx_func, 0, "no such function");
     }
 
     #[test]

@@ -14,12 +14,12 @@ use aya::{
 };
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
-    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
-    LOC_RING_MAPS, LOC_RINGS, LOC_STAGE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP,
-    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStage, LocStats, LocValue,
-    MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP, PROGRAM_NAME,
-    Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME,
-    TASKS_MAP, TaskKey, TaskValue,
+    EVENT_COUNT_OFFSET_GLOBAL, KERN_CTX_CALL, KERN_CTX_NONE, LAST_MAP, LEADER_MAP,
+    LEADER_OFFSET_GLOBAL, LOC_MODE_MAP, LOC_RING_MAPS, LOC_RINGS, LOC_STAGE_MAP, LOC_STATS_MAP,
+    LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStage,
+    LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
+    PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
+    SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
 };
 
 use crate::kernel::{Error, loc_sums::LocSums};
@@ -140,6 +140,26 @@ pub struct Bpf {
     /// whether its drainer thread runs (from the first time they are).
     ring: Option<Arc<Mutex<LocRing>>>,
     draining: bool,
+}
+
+/// A copy of the BPF `object` (in a mapping, aligned as the ELF parser wants) whose
+/// calls of `bpf_cast_to_kern_ctx` ([`KERN_CTX_CALL`]) call the kernel function of
+/// BTF id `func`, or are `r0 = 0` without one (`None`).
+fn with_kern_ctx(object: &[u8], func: Option<u32>) -> std::io::Result<memmap2::MmapMut> {
+    let mut copy = memmap2::MmapMut::map_anon(object.len().max(1))?;
+    copy[..object.len()].copy_from_slice(object);
+    let to = match func {
+        Some(id) => (u64::from(id) << 32 | KERN_CTX_CALL & 0xffff_ffff).to_le_bytes(),
+        None => KERN_CTX_NONE.to_le_bytes(),
+    };
+    let from = KERN_CTX_CALL.to_le_bytes();
+    // Instructions are 8-byte aligned in their sections, which are in the file.
+    for insn in copy.chunks_exact_mut(8) {
+        if *insn == from {
+            insn.copy_from_slice(&to);
+        }
+    }
+    Ok(copy)
 }
 
 /// How often the drainer thread empties the location rings: a ring holds at least
@@ -337,44 +357,61 @@ impl Bpf {
             Ok(text) if max_locations != Locations::Off => Some(ring_bytes_from(&text)?),
             _ => None,
         };
-        let mut loader = EbpfLoader::new();
-        for (ring, name) in LOC_RING_MAPS.iter().enumerate() {
-            let mut bytes = ring_bytes(max_locations, cpus, ring);
-            if let Some(forced) = forced
-                && bytes > crate::sys::page_size()
-            {
-                bytes = forced;
+        let load_object = |object: &[u8]| -> Result<Ebpf, Error> {
+            let mut loader = EbpfLoader::new();
+            for (ring, name) in LOC_RING_MAPS.iter().enumerate() {
+                let mut bytes = ring_bytes(max_locations, cpus, ring);
+                if let Some(forced) = forced
+                    && bytes > crate::sys::page_size()
+                {
+                    bytes = forced;
+                }
+                loader.map_max_entries(name, bytes);
             }
-            loader.map_max_entries(name, bytes);
-        }
-        let mut ebpf = loader
-            .btf(btf.as_ref())
-            .map_max_entries(TASKS_MAP, task_entries)
-            .map_max_entries(LOCATIONS_MAP, loc_entries)
-            .map_max_entries(STACKS_MAP, stack_entries)
-            .override_global(NR_MEMBERS_GLOBAL, &members, true)
-            .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
-            .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
-            .override_global(CTX_EVENT_OFFSET_GLOBAL, &offsets.ctx_event, true)
-            .override_global(EVENT_COUNT_OFFSET_GLOBAL, &offsets.event_count, true)
-            .override_global(BENCH_SKIP_GLOBAL, &bench_skip, true)
-            .override_global(MAX_LOC_MODE_GLOBAL, &max_locations.mode(), true)
-            .load(OBJECT)
-            .map_err(|e| Error::BpfLoad(format!("{e}")))?;
-        let program: &mut PerfEvent = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| Error::BpfLoad(format!("program {PROGRAM_NAME} missing from object")))?
-            .try_into()
-            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
-        program.load().map_err(program_load_error)?;
-        let switch: &mut RawTracePoint = ebpf
-            .program_mut(SWITCH_PROGRAM_NAME)
-            .ok_or_else(|| {
-                Error::BpfLoad(format!("program {SWITCH_PROGRAM_NAME} missing from object"))
-            })?
-            .try_into()
-            .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
-        switch.load().map_err(program_load_error)?;
+            let mut ebpf = loader
+                .btf(btf.as_ref())
+                .map_max_entries(TASKS_MAP, task_entries)
+                .map_max_entries(LOCATIONS_MAP, loc_entries)
+                .map_max_entries(STACKS_MAP, stack_entries)
+                .override_global(NR_MEMBERS_GLOBAL, &members, true)
+                .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
+                .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
+                .override_global(CTX_EVENT_OFFSET_GLOBAL, &offsets.ctx_event, true)
+                .override_global(EVENT_COUNT_OFFSET_GLOBAL, &offsets.event_count, true)
+                .override_global(BENCH_SKIP_GLOBAL, &bench_skip, true)
+                .override_global(MAX_LOC_MODE_GLOBAL, &max_locations.mode(), true)
+                .load(object)
+                .map_err(|e| Error::BpfLoad(format!("{e}")))?;
+            let program: &mut PerfEvent = ebpf
+                .program_mut(PROGRAM_NAME)
+                .ok_or_else(|| {
+                    Error::BpfLoad(format!("program {PROGRAM_NAME} missing from object"))
+                })?
+                .try_into()
+                .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+            program.load().map_err(program_load_error)?;
+            let switch: &mut RawTracePoint = ebpf
+                .program_mut(SWITCH_PROGRAM_NAME)
+                .ok_or_else(|| {
+                    Error::BpfLoad(format!("program {SWITCH_PROGRAM_NAME} missing from object"))
+                })?
+                .try_into()
+                .map_err(|e: ProgramError| Error::BpfLoad(e.to_string()))?;
+            switch.load().map_err(program_load_error)?;
+            Ok(ebpf)
+        };
+        // The kernel's context through `bpf_cast_to_kern_ctx` where the kernel has it
+        // (and the offsets to read there); should its verifier still refuse the
+        // call, the object without it.
+        let kern_ctx = Some(offsets.kern_ctx_func)
+            .filter(|&id| id != 0 && offsets.ctx_event != 0 && offsets.event_count != 0);
+        let object = |func| {
+            with_kern_ctx(OBJECT, func).map_err(|e| Error::BpfLoad(format!("the object: {e}")))
+        };
+        let mut ebpf = match load_object(&object(kern_ctx)?) {
+            Err(_) if kern_ctx.is_some() => load_object(&object(None)?)?,
+            loaded => loaded?,
+        };
         let ring = if max_locations == Locations::Off {
             None
         } else {
@@ -1076,6 +1113,42 @@ mod tests {
             "the BPF object's BTF relocations changed: set OBJECT_NEEDS_BTF to match, \
              or the loader skips (or needlessly parses) the kernel's BTF"
         );
+    }
+
+    #[test]
+    fn kern_ctx_calls_get_the_kernels_function_id_or_become_r0_0() {
+        let call = KERN_CTX_CALL.to_le_bytes();
+        // A call, an unrelated instruction, a call, and the call's bytes off the
+        // 8-byte grid (not an instruction: left alone).
+        let mut object = Vec::new();
+        object.extend(call);
+        object.extend(0x95u64.to_le_bytes());
+        object.extend(call);
+        object.extend([0, 0, 0]);
+        object.extend(call);
+        let words = |b: &[u8]| -> Vec<u64> {
+            b.chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+                .collect()
+        };
+        let patched = with_kern_ctx(&object, Some(62986)).unwrap();
+        assert_eq!(patched.len(), object.len());
+        // code 0x85 (call), src register 2 (kernel function), dst 0, off 0, imm id.
+        let call_62986 = 62986u64 << 32 | 0x2085;
+        assert_eq!(words(&patched[..24]), [call_62986, 0x95, call_62986]);
+        assert_eq!(patched[24..], object[24..]);
+        let none = with_kern_ctx(&object, None).unwrap();
+        assert_eq!(words(&none[..24]), [0xb7, 0x95, 0xb7]);
+        assert_eq!(none[24..], object[24..]);
+
+        // The built object has the call on the grid, so the loader fills it in.
+        let built = with_kern_ctx(OBJECT, None).unwrap();
+        let calls = |b: &[u8]| words(b).iter().filter(|&&w| w == KERN_CTX_CALL).count();
+        assert!(
+            calls(OBJECT) > 0,
+            "no bpf_cast_to_kern_ctx call in the object"
+        );
+        assert_eq!(calls(&built), 0);
     }
 
     #[test]
