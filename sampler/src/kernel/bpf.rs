@@ -121,9 +121,10 @@ impl Locations {
 /// The loaded BPF programs and maps.
 pub struct Bpf {
     ebpf: Ebpf,
-    /// Set when the kernel has no usable BTF: loading continued without it (and
-    /// without telling reused pids apart).
-    pub btf_notice: Option<String>,
+    /// What loading worked around, a line each: a kernel without usable BTF
+    /// (loading continued without it, and without telling reused pids apart), a
+    /// verifier that refused `bpf_cast_to_kern_ctx`.
+    pub notices: Vec<String>,
     /// What the program records now, and the most it can (the stack map is sized at
     /// load time).
     locations: Locations,
@@ -408,8 +409,16 @@ impl Bpf {
         let object = |func| {
             with_kern_ctx(OBJECT, func).map_err(|e| Error::BpfLoad(format!("the object: {e}")))
         };
+        let mut notices: Vec<String> = btf_notice.into_iter().collect();
         let mut ebpf = match load_object(&object(kern_ctx)?) {
-            Err(_) if kern_ctx.is_some() => load_object(&object(None)?)?,
+            Err(e) if kern_ctx.is_some() => {
+                notices.push(format!(
+                    "sampler: notice: the kernel refused the sample program's call of \
+                     bpf_cast_to_kern_ctx ({e}); it reads the leader's count with \
+                     bpf_probe_read_kernel instead (dearer)"
+                ));
+                load_object(&object(None)?)?
+            }
             loaded => loaded?,
         };
         let ring = if max_locations == Locations::Off {
@@ -434,7 +443,7 @@ impl Bpf {
         // The switch end's kprobe is loaded by attach_switch, where it can attach.
         Ok(Self {
             ebpf,
-            btf_notice,
+            notices,
             locations: Locations::Off,
             max_locations,
             floor: None,

@@ -217,7 +217,7 @@ impl Sampling {
         } else {
             None
         };
-        if let Some(notice) = &bpf.btf_notice {
+        for notice in &bpf.notices {
             eprintln!("{notice}");
         }
         // Before the events are opened: the kernel may throttle at the first samples,
