@@ -182,7 +182,7 @@ fn loads_without_kernel_btf_and_says_so() -> TestResult {
     );
     if Path::new(sampler::kernel::bpf::KERNEL_BTF).exists() {
         // Nothing worked around: the BTF is usable, and where the kernel has
-        // bpf_cast_to_kern_ctx, the verifier took the program's call of it.
+        // bpf_rdonly_cast, the verifier took the program's call of it.
         let notices = with.unwrap().notices;
         assert!(notices.is_empty(), "{notices:?}");
     }

@@ -41,18 +41,22 @@ pub const START_OFFSET_GLOBAL: &str = "START_OFFSET";
 pub const CTX_EVENT_OFFSET_GLOBAL: &str = "CTX_EVENT_OFFSET";
 pub const EVENT_COUNT_OFFSET_GLOBAL: &str = "EVENT_COUNT_OFFSET";
 
+/// Name of the global holding the BTF id of `struct perf_event` in the kernel's BTF
+/// (set by the loader; 0 when unknown), the type [`RDONLY_CAST_CALL`] gives the event.
+pub const PERF_EVENT_TYPE_GLOBAL: &str = "PERF_EVENT_TYPE";
+
 /// The instruction the sample program is built with where it calls the kernel
-/// function `bpf_cast_to_kern_ctx` (Linux 6.2+): a kernel-function call
-/// (`BPF_JMP | BPF_CALL`, source register `BPF_PSEUDO_KFUNC_CALL`) whose immediate
-/// is a placeholder, [`KERN_CTX_PLACEHOLDER`]. aya links no kernel functions, so the
+/// function `bpf_rdonly_cast` (Linux 6.2+): a kernel-function call (`BPF_JMP |
+/// BPF_CALL`, source register `BPF_PSEUDO_KFUNC_CALL`) whose immediate is a
+/// placeholder, [`RDONLY_CAST_PLACEHOLDER`]. aya links no kernel functions, so the
 /// loader puts the function's BTF id from the running kernel's BTF in its place, or,
-/// on a kernel without the function, [`KERN_CTX_NONE`]. As one little-endian word.
-pub const KERN_CTX_CALL: u64 = (KERN_CTX_PLACEHOLDER as u64) << 32 | 0x2085;
-/// The placeholder immediate of [`KERN_CTX_CALL`].
-pub const KERN_CTX_PLACEHOLDER: u32 = 0x6b63_7478;
-/// `r0 = 0` (`BPF_ALU64 | BPF_MOV | BPF_K`): what a [`KERN_CTX_CALL`] becomes on a
+/// on a kernel without the function, [`RDONLY_CAST_NONE`]. As one little-endian word.
+pub const RDONLY_CAST_CALL: u64 = (RDONLY_CAST_PLACEHOLDER as u64) << 32 | 0x2085;
+/// The placeholder immediate of [`RDONLY_CAST_CALL`].
+pub const RDONLY_CAST_PLACEHOLDER: u32 = 0x726f_6361;
+/// `r0 = 0` (`BPF_ALU64 | BPF_MOV | BPF_K`): what a [`RDONLY_CAST_CALL`] becomes on a
 /// kernel without the function; the program then reads the count as before 6.2.
-pub const KERN_CTX_NONE: u64 = 0xb7;
+pub const RDONLY_CAST_NONE: u64 = 0xb7;
 
 /// Name of the global holding the most that [`LOC_MODE_MAP`] may ask for (one of the
 /// `LOCATIONS_*` values, set by the loader): the verifier prunes what it rules out.

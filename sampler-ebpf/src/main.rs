@@ -39,11 +39,11 @@
 //! a map of its own (`LOCATIONS`). All this only when the loader asks for it
 //! (`LOC_MODE`): with locations off, that half costs one load and one branch. With
 //! locations on, each location gets what the counters gained since the previous
-//! sample, so they are read at every sample then: the leader's count is two plain
-//! loads through the kernel's context of the sample (`ctx->event->count`, Linux
-//! 6.2+; before, one kernel read at the event the last sample found in its context,
-//! cached until the next switch; the overflow has already brought it up to date),
-//! and one `bpf_perf_event_read_value` per member.
+//! sample, so they are read at every sample then: the leader's count is one plain
+//! load at the event the last sample found in its context (cached until the next
+//! switch; the overflow has already brought the count up to date), through a BTF
+//! pointer (`bpf_rdonly_cast`, Linux 6.2+; before, a kernel read), and one
+//! `bpf_perf_event_read_value` per member.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
@@ -70,12 +70,12 @@ use aya_ebpf::{
     },
 };
 use sampler_common::{
-    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, KERN_CTX_CALL,
-    LOC_BATCH_FLUSH, LOC_BATCH_RECORDS, LOC_LOG_SLOTS, LOCATIONS_IP, LOCATIONS_OFF,
-    LOCATIONS_STACKS, LastValues, LocBatchHead, LocKey, LocLog, LocRecord, LocSingle, LocStage,
-    LocStats, LocValue, MAX_MEMBERS, NO_STACK, Pending, SKIP_CGROUP, SKIP_KEY_CACHE,
-    SKIP_LEADER_READ, SKIP_LOC_BATCH, SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE,
-    SKIP_LOC_RING, SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOC_BATCH_FLUSH,
+    LOC_BATCH_RECORDS, LOC_LOG_SLOTS, LOCATIONS_IP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
+    LocBatchHead, LocKey, LocLog, LocRecord, LocSingle, LocStage, LocStats, LocValue, MAX_MEMBERS,
+    NO_STACK, Pending, RDONLY_CAST_CALL, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ,
+    SKIP_LOC_BATCH, SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE, SKIP_LOC_RING,
+    SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
@@ -231,6 +231,11 @@ static START_OFFSET: Global<u32> = Global::new(0);
 static CTX_EVENT_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static EVENT_COUNT_OFFSET: Global<u32> = Global::new(0);
+
+/// The BTF id of `struct perf_event` (from the kernel's BTF, set by the loader): the
+/// type `bpf_rdonly_cast` gives the leader (see `as_perf_event`).
+#[unsafe(no_mangle)]
+static PERF_EVENT_TYPE: Global<u32> = Global::new(0);
 
 /// The most the loader lets LOC_MODE ask for (`LOCATIONS_OFF`, `_IP`, `_STACKS`):
 /// what the location map and stack map were sized for.
@@ -1046,25 +1051,14 @@ fn process_start(task: u64) -> u64 {
 /// other software events add before they overflow), so it is what
 /// `bpf_perf_prog_read_value` would return, without that helper's second reading of
 /// the counter and of the enabled and running times (half the program's cost on this
-/// VM). Since Linux 6.2, with two plain loads through the kernel's context (see
-/// [`kern_ctx`]); before, with a kernel read at the event (cached until the next
-/// switch). Without the offsets, the helper.
+/// VM): a kernel read of the event's address in the context, cached until the next
+/// switch, then at each sample one plain load of its count through a BTF pointer
+/// (see [`as_perf_event`], Linux 6.2+), or a kernel read before 6.2. Without the
+/// offsets, the helper.
 #[inline(always)]
 fn leader_growth(ctx: &PerfEventContext, last: &mut LastValues) -> u64 {
     let (event_off, count_off) = (CTX_EVENT_OFFSET.load(), EVENT_COUNT_OFFSET.load());
     if event_off != 0 && count_off != 0 {
-        let kctx = kern_ctx(ctx.ctx.cast());
-        if kctx != 0 {
-            // SAFETY: `kctx` is the kernel's context of this sample and the offsets
-            // are its `event` member's and the event's `count`'s, from the kernel's
-            // BTF; the verifier checks both loads against those types and makes them
-            // fault-safe (a fault reads 0), so they are never wild.
-            let count = unsafe {
-                let event = core::ptr::read_volatile((kctx + event_off as usize) as *const usize);
-                core::ptr::read_volatile((event + count_off as usize) as *const u64)
-            };
-            return growth(count, &mut last.leader);
-        }
         if last.event == 0 {
             // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling
             // path: a bad address yields an error, never a fault. The context is the
@@ -1073,6 +1067,17 @@ fn leader_growth(ctx: &PerfEventContext, last: &mut LastValues) -> u64 {
                 bpf_probe_read_kernel((ctx.ctx as usize + event_off as usize) as *const u64)
             }
             .unwrap_or(0);
+        }
+        if last.event != 0 {
+            let event = as_perf_event(last.event);
+            if event != 0 {
+                // SAFETY: `event` is this CPU's leader as a BTF pointer and the offset
+                // is its `count`'s, from the kernel's BTF; the verifier checks the
+                // load against that type and makes it fault-safe (a fault reads 0).
+                let count =
+                    unsafe { core::ptr::read_volatile((event + count_off as usize) as *const u64) };
+                return growth(count, &mut last.leader);
+            }
         }
         // SAFETY: as above; `last.event` is this CPU's leader, read from a context
         // since the last context switch on this CPU.
@@ -1108,36 +1113,38 @@ fn leader_growth(ctx: &PerfEventContext, last: &mut LastValues) -> u64 {
     growth(value.counter, &mut last.leader)
 }
 
-/// The kernel's own context of this sample (`struct bpf_perf_event_data_kern *`)
-/// from `bpf_cast_to_kern_ctx(ctx)`, a kernel function the verifier turns into a
-/// register move; 0 on a kernel without it. The call is written as one raw
-/// instruction ([`KERN_CTX_CALL`]) whose function id the loader fills in (or turns
+/// `event` (a kernel address) as a BTF pointer to `struct perf_event`, from
+/// `bpf_rdonly_cast(event, PERF_EVENT_TYPE)`, a kernel function the verifier turns
+/// into a register move; 0 on a kernel without it. The call is written as one raw
+/// instruction ([`RDONLY_CAST_CALL`]) whose function id the loader fills in (or turns
 /// into `r0 = 0`), as aya links no kernel functions.
 ///
-/// The result is a BTF pointer: the verifier lets the program load its fields, and
-/// the fields' fields, at offsets it checks against the kernel's types, with plain
-/// loads (a fault reads 0) instead of `bpf_probe_read_kernel` calls.
+/// The verifier lets the program load the event's fields through the result with
+/// plain loads (a fault reads 0) instead of `bpf_probe_read_kernel` calls, checking
+/// each against the kernel's type. It is an untrusted pointer, which costs the
+/// verifier nothing more (a trusted one, as `bpf_cast_to_kern_ctx` gives the context,
+/// has each pointer loaded through it checked against the kernel's BTF by name).
 #[inline(always)]
-fn kern_ctx(ctx: *mut c_void) -> usize {
-    let kctx: usize;
-    // SAFETY: the instruction is a call of `bpf_cast_to_kern_ctx(r1)` (it returns
-    // its argument, retyped) or `r0 = 0`; r1 holds the program's context, as the
-    // function wants, and r0 to r5 are marked clobbered, as a call clobbers them.
-    // It touches no memory and no stack.
+fn as_perf_event(event: u64) -> usize {
+    let typed: usize;
+    // SAFETY: the instruction is a call of `bpf_rdonly_cast(r1, r2)` (it returns its
+    // first argument, retyped) or `r0 = 0`; r2 holds the type's id, a constant of
+    // the read-only data, as the function wants; r0 to r5 are marked clobbered, as
+    // a call clobbers them. It touches no memory and no stack.
     unsafe {
         core::arch::asm!(
             ".quad {insn}",
-            insn = const KERN_CTX_CALL,
-            inout("r1") ctx as usize => _,
-            lateout("r0") kctx,
-            lateout("r2") _,
+            insn = const RDONLY_CAST_CALL,
+            inout("r1") event => _,
+            inout("r2") u64::from(PERF_EVENT_TYPE.load()) => _,
+            lateout("r0") typed,
             lateout("r3") _,
             lateout("r4") _,
             lateout("r5") _,
             options(nostack, nomem, preserves_flags),
         );
     }
-    kctx
+    typed
 }
 
 /// How much each member counted since the previous sample on this CPU.

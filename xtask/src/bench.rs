@@ -1036,8 +1036,8 @@ impl Bench {
         let mut pieces: Vec<(Figure, &str, Whole)> = vec![
             (
                 piece(
-                    "the leader's count with locations on (two plain loads per sample \
-                     through the kernel's context, Linux 6.2+)",
+                    "the leader's count with locations on (one plain load per sample at \
+                     its cached event, Linux 6.2+)",
                     "`--bench-skip leader-read` with `--functions`",
                 ),
                 "leader-read",

@@ -26,10 +26,11 @@ pub struct KernelOffsets {
     pub ctx_event: u32,
     /// `perf_event`'s `local64_t count`.
     pub event_count: u32,
-    /// Not an offset: the BTF id of the kernel function `bpf_cast_to_kern_ctx`
-    /// (Linux 6.2+), through which the program reaches the two fields above with
-    /// plain loads; 0 when the kernel has none.
-    pub kern_ctx_func: u32,
+    /// Not offsets: the BTF ids of the kernel function `bpf_rdonly_cast` (Linux
+    /// 6.2+) and of `struct perf_event`, with which the program reads `count` with
+    /// a plain load; 0 when the kernel has no such function.
+    pub rdonly_cast_func: u32,
+    pub perf_event_type: u32,
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -302,27 +303,27 @@ pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
     let btf = Btf::parse(data)?;
     // One walk over the types finds the three structs and the function.
     const STRUCTS: [&[u8]; 3] = [b"task_struct", b"bpf_perf_event_data_kern", b"perf_event"];
-    const KERN_CTX_FUNC: &[u8] = b"bpf_cast_to_kern_ctx";
-    let mut found: [Option<Type>; 3] = [None; 3];
-    let mut kern_ctx_func = 0;
+    const RDONLY_CAST_FUNC: &[u8] = b"bpf_rdonly_cast";
+    let mut found: [Option<(u32, Type)>; 3] = [None; 3];
+    let mut rdonly_cast_func = 0;
     for (id, t) in btf.structs_and_funcs() {
         let name = btf.name(t.name_off);
         if t.kind() == FUNC {
-            if name == KERN_CTX_FUNC && kern_ctx_func == 0 {
-                kern_ctx_func = id;
+            if name == RDONLY_CAST_FUNC && rdonly_cast_func == 0 {
+                rdonly_cast_func = id;
             }
         } else if let Some(i) = STRUCTS.iter().position(|n| *n == name)
             && found[i].is_none()
         {
-            found[i] = Some(t);
+            found[i] = Some((id, t));
         }
-        if kern_ctx_func != 0 && found.iter().all(Option::is_some) {
+        if rdonly_cast_func != 0 && found.iter().all(Option::is_some) {
             break;
         }
     }
     let field = |strukt: usize, name: &str, want: fn(Type) -> bool| -> Result<u32, String> {
         let strukt_name = String::from_utf8_lossy(STRUCTS[strukt]);
-        let t = found[strukt].ok_or_else(|| format!("no struct {strukt_name}"))?;
+        let (_, t) = found[strukt].ok_or_else(|| format!("no struct {strukt_name}"))?;
         let (bits, ty) = btf
             .member(t, name.as_bytes(), 0)
             .ok_or_else(|| format!("struct {strukt_name} has no member {name}"))?;
@@ -349,7 +350,8 @@ pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
         })?,
         ctx_event,
         event_count,
-        kern_ctx_func,
+        rdonly_cast_func,
+        perf_event_type: found[2].map_or(0, |(id, _)| id),
     })
 }
 
@@ -507,8 +509,8 @@ pub(crate) mod tests {
         // Kernel functions: another one first, then the one the program calls
         // (linkage 1, global, in the FUNC's vlen), id 22.
         let proto = b.ty("", FUNC_PROTO, 1, false, int, &[0, int]);
-        b.ty("bpf_cast_to_user_ctx", FUNC, 1, false, proto, &[]);
-        assert_eq!(b.ty("bpf_cast_to_kern_ctx", FUNC, 1, false, proto, &[]), 22);
+        b.ty("bpf_cast_to_kern_ctx", FUNC, 1, false, proto, &[]);
+        assert_eq!(b.ty("bpf_rdonly_cast", FUNC, 1, false, proto, &[]), 22);
         b.finish()
     }
 
@@ -522,7 +524,8 @@ pub(crate) mod tests {
                 start_time: 72,
                 ctx_event: 16,
                 event_count: 320,
-                kern_ctx_func: 22,
+                rdonly_cast_func: 22,
+                perf_event_type: 17,
             }
         );
     }
@@ -552,7 +555,7 @@ pub(crate) mod tests {
         let got = task_offsets(&b.finish()).unwrap();
         assert_eq!((got.group_leader, got.start_time), (0, 8));
         assert_eq!((got.ctx_event, got.event_count), (0, 0));
-        assert_eq!(got.kern_ctx_func, 0, "no such function");
+        assert_eq!(got.rdonly_cast_func, 0, "no such function");
     }
 
     #[test]

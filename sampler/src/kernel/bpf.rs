@@ -14,12 +14,13 @@ use aya::{
 };
 use sampler_common::{
     BENCH_SKIP_GLOBAL, CPU_STATS_MAP, CTX_EVENT_OFFSET_GLOBAL, CpuStats, DEFAULT_TASK_ENTRIES,
-    EVENT_COUNT_OFFSET_GLOBAL, KERN_CTX_CALL, KERN_CTX_NONE, LAST_MAP, LEADER_MAP,
-    LEADER_OFFSET_GLOBAL, LOC_MODE_MAP, LOC_RING_MAPS, LOC_RINGS, LOC_STAGE_MAP, LOC_STATS_MAP,
-    LOCATIONS_IP, LOCATIONS_MAP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStage,
-    LocStats, LocValue, MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL,
-    PENDING_MAP, PROGRAM_NAME, Pending, STACKS_MAP, START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME,
-    SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey, TaskValue,
+    EVENT_COUNT_OFFSET_GLOBAL, LAST_MAP, LEADER_MAP, LEADER_OFFSET_GLOBAL, LOC_MODE_MAP,
+    LOC_RING_MAPS, LOC_RINGS, LOC_STAGE_MAP, LOC_STATS_MAP, LOCATIONS_IP, LOCATIONS_MAP,
+    LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStage, LocStats, LocValue,
+    MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP,
+    PERF_EVENT_TYPE_GLOBAL, PROGRAM_NAME, Pending, RDONLY_CAST_CALL, RDONLY_CAST_NONE, STACKS_MAP,
+    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
+    TaskValue,
 };
 
 use crate::kernel::{Error, loc_sums::LocSums};
@@ -123,7 +124,7 @@ pub struct Bpf {
     ebpf: Ebpf,
     /// What loading worked around, a line each: a kernel without usable BTF
     /// (loading continued without it, and without telling reused pids apart), a
-    /// verifier that refused `bpf_cast_to_kern_ctx`.
+    /// verifier that refused `bpf_rdonly_cast`.
     pub notices: Vec<String>,
     /// What the program records now, and the most it can (the stack map is sized at
     /// load time).
@@ -144,16 +145,16 @@ pub struct Bpf {
 }
 
 /// A copy of the BPF `object` (in a mapping, aligned as the ELF parser wants) whose
-/// calls of `bpf_cast_to_kern_ctx` ([`KERN_CTX_CALL`]) call the kernel function of
-/// BTF id `func`, or are `r0 = 0` without one (`None`).
-fn with_kern_ctx(object: &[u8], func: Option<u32>) -> std::io::Result<memmap2::MmapMut> {
+/// calls of `bpf_rdonly_cast` ([`RDONLY_CAST_CALL`]) call the kernel function of BTF
+/// id `func`, or are `r0 = 0` without one (`None`).
+fn with_rdonly_cast(object: &[u8], func: Option<u32>) -> std::io::Result<memmap2::MmapMut> {
     let mut copy = memmap2::MmapMut::map_anon(object.len().max(1))?;
     copy[..object.len()].copy_from_slice(object);
     let to = match func {
-        Some(id) => (u64::from(id) << 32 | KERN_CTX_CALL & 0xffff_ffff).to_le_bytes(),
-        None => KERN_CTX_NONE.to_le_bytes(),
+        Some(id) => (u64::from(id) << 32 | RDONLY_CAST_CALL & 0xffff_ffff).to_le_bytes(),
+        None => RDONLY_CAST_NONE.to_le_bytes(),
     };
-    let from = KERN_CTX_CALL.to_le_bytes();
+    let from = RDONLY_CAST_CALL.to_le_bytes();
     // Instructions are 8-byte aligned in their sections, which are in the file.
     for insn in copy.chunks_exact_mut(8) {
         if *insn == from {
@@ -379,6 +380,7 @@ impl Bpf {
                 .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
                 .override_global(CTX_EVENT_OFFSET_GLOBAL, &offsets.ctx_event, true)
                 .override_global(EVENT_COUNT_OFFSET_GLOBAL, &offsets.event_count, true)
+                .override_global(PERF_EVENT_TYPE_GLOBAL, &offsets.perf_event_type, true)
                 .override_global(BENCH_SKIP_GLOBAL, &bench_skip, true)
                 .override_global(MAX_LOC_MODE_GLOBAL, &max_locations.mode(), true)
                 .load(object)
@@ -401,20 +403,24 @@ impl Bpf {
             switch.load().map_err(program_load_error)?;
             Ok(ebpf)
         };
-        // The kernel's context through `bpf_cast_to_kern_ctx` where the kernel has it
-        // (and the offsets to read there); should its verifier still refuse the
-        // call, the object without it.
-        let kern_ctx = Some(offsets.kern_ctx_func)
-            .filter(|&id| id != 0 && offsets.ctx_event != 0 && offsets.event_count != 0);
+        // The leader's count through `bpf_rdonly_cast` where the kernel has it (and
+        // the offsets and the type to read there); should its verifier still refuse
+        // the call, the object without it.
+        let cast = Some(offsets.rdonly_cast_func).filter(|&id| {
+            id != 0
+                && offsets.perf_event_type != 0
+                && offsets.ctx_event != 0
+                && offsets.event_count != 0
+        });
         let object = |func| {
-            with_kern_ctx(OBJECT, func).map_err(|e| Error::BpfLoad(format!("the object: {e}")))
+            with_rdonly_cast(OBJECT, func).map_err(|e| Error::BpfLoad(format!("the object: {e}")))
         };
         let mut notices: Vec<String> = btf_notice.into_iter().collect();
-        let mut ebpf = match load_object(&object(kern_ctx)?) {
-            Err(e) if kern_ctx.is_some() => {
+        let mut ebpf = match load_object(&object(cast)?) {
+            Err(e) if cast.is_some() => {
                 notices.push(format!(
                     "sampler: notice: the kernel refused the sample program's call of \
-                     bpf_cast_to_kern_ctx ({e}); it reads the leader's count with \
+                     bpf_rdonly_cast ({e}); it reads the leader's count with \
                      bpf_probe_read_kernel instead (dearer)"
                 ));
                 load_object(&object(None)?)?
@@ -1125,8 +1131,8 @@ mod tests {
     }
 
     #[test]
-    fn kern_ctx_calls_get_the_kernels_function_id_or_become_r0_0() {
-        let call = KERN_CTX_CALL.to_le_bytes();
+    fn rdonly_cast_calls_get_the_kernels_function_id_or_become_r0_0() {
+        let call = RDONLY_CAST_CALL.to_le_bytes();
         // A call, an unrelated instruction, a call, and the call's bytes off the
         // 8-byte grid (not an instruction: left alone).
         let mut object = Vec::new();
@@ -1140,23 +1146,20 @@ mod tests {
                 .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
                 .collect()
         };
-        let patched = with_kern_ctx(&object, Some(62986)).unwrap();
+        let patched = with_rdonly_cast(&object, Some(62986)).unwrap();
         assert_eq!(patched.len(), object.len());
         // code 0x85 (call), src register 2 (kernel function), dst 0, off 0, imm id.
         let call_62986 = 62986u64 << 32 | 0x2085;
         assert_eq!(words(&patched[..24]), [call_62986, 0x95, call_62986]);
         assert_eq!(patched[24..], object[24..]);
-        let none = with_kern_ctx(&object, None).unwrap();
+        let none = with_rdonly_cast(&object, None).unwrap();
         assert_eq!(words(&none[..24]), [0xb7, 0x95, 0xb7]);
         assert_eq!(none[24..], object[24..]);
 
         // The built object has the call on the grid, so the loader fills it in.
-        let built = with_kern_ctx(OBJECT, None).unwrap();
-        let calls = |b: &[u8]| words(b).iter().filter(|&&w| w == KERN_CTX_CALL).count();
-        assert!(
-            calls(OBJECT) > 0,
-            "no bpf_cast_to_kern_ctx call in the object"
-        );
+        let built = with_rdonly_cast(OBJECT, None).unwrap();
+        let calls = |b: &[u8]| words(b).iter().filter(|&&w| w == RDONLY_CAST_CALL).count();
+        assert!(calls(OBJECT) > 0, "no bpf_rdonly_cast call in the object");
         assert_eq!(calls(&built), 0);
     }
 
