@@ -119,7 +119,6 @@ fn kind_of(info: u32) -> u32 {
 /// One type of the type section: its header words and where its trailing data is.
 #[derive(Clone, Copy)]
 struct Type {
-    name_off: u32,
     info: u32,
     /// `size` or `type`, by kind.
     size_type: u32,
@@ -194,24 +193,36 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Every struct and function in id order (with their ids), found by their
-    /// `info` word alone.
-    fn structs_and_funcs(&self) -> impl Iterator<Item = (u32, Type)> + '_ {
-        (1..=self.starts.len() as u32).filter_map(|id| {
-            let at = self.starts[id as usize - 1] as usize;
-            let info = u32_at(self.types_data, at + 4)?;
-            matches!(kind_of(info), STRUCT | FUNC).then(|| Some((id, self.get(id)?)))?
+    /// The id of each type that is one of `wanted` (a kind and a name), in id order,
+    /// with the index of its entry. Found by each type's `info` word and its name's
+    /// bytes compared in place, with no type parsed and no string's end looked for:
+    /// the walk passes over every type before the last one wanted (the kernel's
+    /// function ids come late), and on a kernel's BTF that is most of its time.
+    fn named<'s>(
+        &'s self,
+        wanted: &'s [(u32, &'s [u8])],
+    ) -> impl Iterator<Item = (u32, usize)> + 's {
+        let (types, strings) = (self.types_data, self.strings);
+        self.starts.iter().zip(1u32..).filter_map(move |(&at, id)| {
+            let at = at as usize;
+            let kind = kind_of(u32_at(types, at + 4)?);
+            if !wanted.iter().any(|(k, _)| *k == kind) {
+                return None;
+            }
+            let rest = strings.get(u32_at(types, at)? as usize..)?;
+            let i = wanted.iter().position(|(k, n)| {
+                *k == kind && rest.get(..n.len()) == Some(n) && rest.get(n.len()) == Some(&0)
+            })?;
+            Some((id, i))
         })
     }
 
     /// The type at byte `at` (type `id`), and where the next one starts.
     fn type_at(types_data: &[u8], at: usize, id: u32) -> Result<(Type, usize), String> {
         let truncated = || format!("type {id} truncated");
-        let name_off = u32_at(types_data, at).ok_or_else(truncated)?;
         let info = u32_at(types_data, at + 4).ok_or_else(truncated)?;
         let size_type = u32_at(types_data, at + 8).ok_or_else(truncated)?;
         let t = Type {
-            name_off,
             info,
             size_type,
             extra: at + 12,
@@ -303,19 +314,19 @@ pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
     let btf = Btf::parse(data)?;
     // One walk over the types finds the three structs and the function.
     const STRUCTS: [&[u8]; 3] = [b"task_struct", b"bpf_perf_event_data_kern", b"perf_event"];
-    const RDONLY_CAST_FUNC: &[u8] = b"bpf_rdonly_cast";
+    const WANTED: [(u32, &[u8]); 4] = [
+        (STRUCT, STRUCTS[0]),
+        (STRUCT, STRUCTS[1]),
+        (STRUCT, STRUCTS[2]),
+        (FUNC, b"bpf_rdonly_cast"),
+    ];
     let mut found: [Option<(u32, Type)>; 3] = [None; 3];
     let mut rdonly_cast_func = 0;
-    for (id, t) in btf.structs_and_funcs() {
-        let name = btf.name(t.name_off);
-        if t.kind() == FUNC {
-            if name == RDONLY_CAST_FUNC && rdonly_cast_func == 0 {
-                rdonly_cast_func = id;
-            }
-        } else if let Some(i) = STRUCTS.iter().position(|n| *n == name)
-            && found[i].is_none()
-        {
-            found[i] = Some((id, t));
+    for (id, i) in btf.named(&WANTED) {
+        match found.get_mut(i) {
+            Some(slot @ None) => *slot = btf.get(id).map(|t| (id, t)),
+            None if rdonly_cast_func == 0 => rdonly_cast_func = id,
+            _ => {}
         }
         if rdonly_cast_func != 0 && found.iter().all(Option::is_some) {
             break;
