@@ -120,6 +120,62 @@ fn hot_functions_split_two_to_one_with_their_call_chains() -> TestResult {
     Ok(())
 }
 
+/// The frames of process `pid`'s most sampled stack under each leaf of `leaves`.
+fn top_chains(doc: &Value, pid: u32, leaves: &[&str]) -> Vec<Vec<String>> {
+    let stacks = doc["stacks"].as_array().expect("stacks in the JSON");
+    leaves
+        .iter()
+        .map(|leaf| {
+            let chain = stacks
+                .iter()
+                .filter(|s| s["tgid"] == pid && s["frames"][0]["function"] == *leaf)
+                .max_by_key(|s| s["samples"].as_u64())
+                .unwrap_or_else(|| panic!("no stack of {leaf}"));
+            chain["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["function"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// On x86-64 the program walks user stacks itself; the kernel's walk of the same
+/// frames (`--bench-skip own-user-walk`) must give the same chains, to the
+/// outermost frame, and every sample of the workload a stack.
+fn the_own_user_stack_walk_records_what_the_kernel_walk_does() -> TestResult {
+    let _root = require_root()?;
+    let bin = workload("workload", false)?;
+    let w = Running::start(&bin, "cpu", 6.0);
+    let args = |own: bool| {
+        let mut a = vec!["-d", "2", "-g", "--bpf-stats"];
+        if !own {
+            a.extend(["--bench-skip", "own-user-walk"]);
+        }
+        a
+    };
+    let (own, kernel) = (stat_json(&args(true)), stat_json(&args(false)));
+    let (own_chains, kernel_chains) = (
+        top_chains(&own, w.pid(), &[ALPHA, BETA]),
+        top_chains(&kernel, w.pid(), &[ALPHA, BETA]),
+    );
+    assert_eq!(own_chains, kernel_chains, "own walk vs the kernel's");
+    for chain in &own_chains {
+        assert!(
+            chain.len() >= 3 && chain.iter().any(|f| f == "workload::main"),
+            "{chain:?}"
+        );
+    }
+    // (A few stacks may be lost to the kernel's stack map's bucket collisions.)
+    for doc in [&own, &kernel] {
+        let lost = &doc["locations"];
+        assert_eq!(lost["stack_full"], 0, "{lost}");
+        assert_eq!(lost["stack_errors"], 0, "{lost}");
+    }
+    Ok(())
+}
+
 fn a_process_that_exits_before_the_run_ends_is_still_named() -> TestResult {
     let _root = require_root()?;
     let bin = workload("workload", false)?;
@@ -488,6 +544,7 @@ crate::test_main!(
     every_refresh_of_the_function_view_holds_each_sample_once,
     a_full_location_ring_passes_its_samples_to_the_map,
     hot_functions_split_two_to_one_with_their_call_chains,
+    the_own_user_stack_walk_records_what_the_kernel_walk_does,
     a_process_that_exits_before_the_run_ends_is_still_named,
     a_stripped_binary_shows_module_plus_offset,
     a_system_call_loop_lands_in_kernel_functions,

@@ -96,8 +96,11 @@ pub const SKIP_LOC_MAP_FOR_LOG: u32 = 1 << 10;
 /// Take the per-CPU batch out of the ring's path: each location is a ring record
 /// of its own (a batch of one), reserved and submitted at its sample.
 pub const SKIP_LOC_BATCH: u32 = 1 << 11;
+/// Leave the user stacks to the kernel's walk (`bpf_get_stackid`) where the program
+/// walks them itself (x86-64), as before it did.
+pub const SKIP_OWN_USER_WALK: u32 = 1 << 12;
 /// The names `--bench-skip` takes, with their bits.
-pub const SKIP_NAMES: [(&str, u32); 12] = [
+pub const SKIP_NAMES: [(&str, u32); 13] = [
     ("leader-read", SKIP_LEADER_READ),
     ("member-reads", SKIP_MEMBER_READS),
     ("pid", SKIP_PID),
@@ -110,6 +113,7 @@ pub const SKIP_NAMES: [(&str, u32); 12] = [
     ("loc-ring", SKIP_LOC_RING),
     ("loc-map-for-log", SKIP_LOC_MAP_FOR_LOG),
     ("loc-batch", SKIP_LOC_BATCH),
+    ("own-user-walk", SKIP_OWN_USER_WALK),
 ];
 
 /// Name of the per-location aggregation map (`LRU_HASH`, [`LocKey`] -> [`LocValue`]):
@@ -227,6 +231,31 @@ pub const NO_STACK: i32 = -1;
 pub const DEFAULT_LOC_ENTRIES: u32 = 16_384;
 /// Frames kept per stack in [`STACKS_MAP`] (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
+/// Name of the `HASH` of the user stacks the program walks itself (x86-64, samples
+/// taken in 64-bit user code), by [`UserStack`] id.
+pub const USER_STACKS_MAP: &str = "USER_STACKS";
+/// Name of the per-CPU array of one [`UserStack`] where the program builds a walk.
+pub const USER_WALK_MAP: &str = "USER_WALK";
+/// The bit set in every [`USER_STACKS_MAP`] id ([`STACKS_MAP`]'s ids are bucket
+/// indices, below it), so that one `i32` in [`LocKey`] names a stack of either map.
+pub const USER_STACK_ID_BIT: u32 = 1 << 30;
+/// The farthest above the stack pointer that the first frame pointer of a walk may
+/// be (a frame of 8 MiB, the default stack limit): past it, the register holds
+/// something else, and the stack is the sampled instruction alone.
+pub const FIRST_FRAME_MAX: u64 = 8 << 20;
+
+/// A user stack the program walked: `frames[..len]`, innermost (the sampled
+/// instruction) first, as `bpf_get_stackid` would have recorded it, with the 64-bit
+/// hash of the frames that its id is folded from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    pub hash: u64,
+    pub len: u32,
+    pub _pad: u32,
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(size_of::<UserStack>() == 1032);
 
 /// Counting members of the sampling group whose deltas are attributed per task.
 pub const MAX_MEMBERS: usize = 4;
@@ -328,9 +357,11 @@ pub struct LocStats {
     pub inserted: u64,
     /// Samples whose location could not be recorded (map update failed).
     pub dropped: u64,
-    /// Stacks not recorded because another stack had the same hash (`EEXIST`).
+    /// Stacks not recorded because another stack had the same hash (`EEXIST`), in
+    /// [`STACKS_MAP`] or [`USER_STACKS_MAP`].
     pub stack_collisions: u64,
-    /// Stacks not recorded because the stack map was full (`ENOMEM`).
+    /// Stacks not recorded because the stack map was full (`ENOMEM`; `E2BIG` from
+    /// [`USER_STACKS_MAP`]).
     pub stack_full: u64,
     /// User stacks with no frames (`EFAULT`: kernel threads, or the unwinder found
     /// nothing to walk).
@@ -477,6 +508,8 @@ mod pod {
     unsafe impl aya::Pod for super::LocRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocStage {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UserStack {}
 }
 
 #[cfg(test)]

@@ -32,7 +32,8 @@
 //! measures each piece by taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
-//! call stacks) goes to the CPU's batch (`LOC_STAGE`), which goes to a ring buffer
+//! call stacks: on x86-64 the program walks a user-mode sample's user stack itself,
+//! see `user_walk`) goes to the CPU's batch (`LOC_STAGE`), which goes to a ring buffer
 //! (`LOC_RING_*`, one per CPU up to 8) every LOC_BATCH_FLUSH samples; user space
 //! drains the rings, sums the records, and at each reading takes what the batches
 //! hold but have not sent. A sample that finds its batch and the ring full goes to
@@ -77,6 +78,9 @@ use sampler_common::{
     SKIP_LOC_BATCH, SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE, SKIP_LOC_RING,
     SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
 };
+
+#[cfg(bpf_target_arch = "x86_64")]
+mod user_walk;
 
 /// Per (tgid, tid, cgroup, cpu) aggregates. Per-CPU LRU lists: every key carries the
 /// CPU it is updated on, so CPUs never contend for the same list. The loader resizes
@@ -808,11 +812,7 @@ fn record_location(
         if key.ip >> 63 == 1 {
             key.kernel_stack = stack_id(ctx, u64::from(BPF_F_FAST_STACK_CMP), false);
         }
-        key.user_stack = stack_id(
-            ctx,
-            u64::from(BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP),
-            true,
-        );
+        key.user_stack = user_stack_id(ctx);
     }
     if skip(SKIP_LOC_MAP) {
         return;
@@ -958,7 +958,7 @@ fn send_batch(stage: &mut LocStage, len: usize) -> bool {
 /// Counts an event of the location half in this CPU's LOC_STATS: looked up only
 /// then, as a sample whose location goes to the ring counts none.
 #[inline(always)]
-fn count_location(event: impl FnOnce(&mut LocStats)) {
+pub(crate) fn count_location(event: impl FnOnce(&mut LocStats)) {
     if let Some(stats) = LOC_STATS.get_ptr_mut(0) {
         // SAFETY: a per-CPU array slot; programs do not nest on one CPU.
         event(unsafe { &mut *stats });
@@ -1000,6 +1000,28 @@ fn sampled_ip(ctx: &PerfEventContext) -> u64 {
         0u64
     };
     ip
+}
+
+/// The id of the current user stack: in USER_STACKS where the program walks it
+/// itself (a sample in 64-bit user code on x86-64), else in STACKS.
+#[inline(always)]
+fn user_stack_id(ctx: &PerfEventContext) -> i32 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: as in `sampled_ip`.
+        let regs = unsafe { &(*ctx.ctx).regs };
+        // `__USER_CS`: the sample interrupted 64-bit user code, and the registers
+        // are the user's (a 32-bit task's frames are 4 bytes: the kernel's walk).
+        const USER_CS: u64 = 0x33;
+        if regs.cs == USER_CS && !skip(sampler_common::SKIP_OWN_USER_WALK) {
+            return user_walk::walk_user_stack(regs.rip, regs.rsp, regs.rbp);
+        }
+    }
+    stack_id(
+        ctx,
+        u64::from(BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP),
+        true,
+    )
 }
 
 /// The id of the current kernel (or, with `user`, user) stack in STACKS; a negative

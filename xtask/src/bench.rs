@@ -684,10 +684,27 @@ fn perf_event_prog_stats(pid: u32) -> (u64, u64) {
     total
 }
 
-/// What bpftrace's program of `script` costs per run with every CPU busy, over `secs`
-/// once it runs, from the kernel's BPF statistics of the programs it holds.
-fn bpftrace_cost(script: &str, secs: f64, cpus: usize) -> Result<f64> {
-    let _load = Load::start(cpus);
+/// What keeps every CPU busy while a program's cost is measured: the bench's own
+/// threads (built without frame pointers), or the test workload (with them).
+enum Busy {
+    Threads(#[allow(dead_code)] Load),
+    Workload(#[allow(dead_code)] Workloads),
+}
+
+impl Busy {
+    fn start(cpus: usize, workload: Option<&Path>, secs: f64) -> Result<Self> {
+        Ok(match workload {
+            None => Self::Threads(Load::start(cpus)),
+            Some(bin) => Self::Workload(Workloads::start(bin, "cpu", cpus, secs + 90.0)?),
+        })
+    }
+}
+
+/// What bpftrace's program of `script` costs per run with every CPU busy (the
+/// bench's threads, or the test `workload`), over `secs` once it runs, from the
+/// kernel's BPF statistics of the programs it holds.
+fn bpftrace_cost(script: &str, secs: f64, cpus: usize, workload: Option<&Path>) -> Result<f64> {
+    let _load = Busy::start(cpus, workload, secs)?;
     let _stats = BpfStatsOn::new()?;
     // bpftrace prints its maps when it ends: for `@[kstack, ustack, pid]`, every
     // stack symbolized, which can take tens of minutes (it reopens each binary, a
@@ -914,7 +931,7 @@ impl Bench {
     /// members whose deltas are attributed per task, with the sampled function and
     /// with the call stacks, and bpftrace's one-liners that users would type instead,
     /// all measured in the same repetition.
-    fn bpf_cost(&mut self, hz: u64) -> Result<()> {
+    fn bpf_cost(&mut self, hz: u64, workload: &Path) -> Result<()> {
         /// The whole run a breakdown piece is taken out of.
         enum Whole {
             Alone,
@@ -928,9 +945,10 @@ impl Bench {
         };
         let secs = self.plan.secs.min(3.0);
         let s = format!("{secs}");
-        // Per sample, and the switch program's per context switch.
-        let costs = |b: &Self, extra: &[&str]| -> Result<(f64, f64)> {
-            let _load = Load::start(b.machine.cpus);
+        // Per sample, and the switch program's per context switch, with every CPU
+        // busy: the bench's threads, or the test workload.
+        let costs_on = |b: &Self, extra: &[&str], workload: Option<&Path>| -> Result<(f64, f64)> {
+            let _load = Busy::start(b.machine.cpus, workload, secs)?;
             let mut cmd = b.sampler_cmd();
             cmd.args([
                 "stat",
@@ -948,6 +966,7 @@ impl Bench {
                 doc["bpf"]["switch_ns_per_run"].as_f64().unwrap_or(f64::NAN),
             ))
         };
+        let costs = |b: &Self, extra: &[&str]| costs_on(b, extra, None);
         let cost = |b: &Self, extra: &[&str]| costs(b, extra).map(|(sample, _)| sample);
         let bpftrace = |key: &str| format!("profile:hz:{hz} {{ @[{key}] = count(); }}");
         let group = "BPF program cost per sample (kernel BPF statistics)";
@@ -1019,6 +1038,23 @@ impl Bench {
                 "bpftrace / sampler",
             )
             .note("goal ≥ 2");
+        let fp_what = "the same + kernel and user stacks (-g), the test workload (built with \
+                       frame pointers) on every CPU";
+        let mut stacks_fp_peer = Figure::new(group, format!("{fp_what}, {hz} Hz"), "ns")
+            .peer(
+                "bpftrace `@[kstack, ustack, pid] = count()`",
+                "bpftrace / sampler",
+            )
+            .note("goal ≥ 2; above, the bench's threads, built without frame pointers");
+        let mut stacks_own_walk = Figure::new(group, format!("{fp_what}, {hz} Hz"), "ns")
+            .peer(
+                "the same with the kernel's user stack walk (`bpf_get_stackid`)",
+                "kernel's / own",
+            )
+            .note(format!(
+                "{source}; `--bench-skip own-user-walk`: the user stacks as before the \
+                 program walked them itself"
+            ));
         // Where the time goes: each piece taken out in turn (`stat --bench-skip`), at
         // the last rate only (10 kHz in the full run: ten times the samples in the
         // same seconds, and the steadiest figures on a shared VM); a piece's cost is
@@ -1175,8 +1211,12 @@ impl Bench {
                 (&mut vs_task, "pid, tid, cgroup, comm"),
             ] {
                 fig.ours.push(alone);
-                fig.peer
-                    .push(bpftrace_cost(&bpftrace(key), secs, self.machine.cpus)?);
+                fig.peer.push(bpftrace_cost(
+                    &bpftrace(key),
+                    secs,
+                    self.machine.cpus,
+                    None,
+                )?);
             }
             let (with_members, switch_with) = costs(self, &["-e", members])?;
             member.ours.push(with_members);
@@ -1231,7 +1271,27 @@ impl Bench {
                 &bpftrace("kstack, ustack, pid"),
                 secs,
                 self.machine.cpus,
+                None,
             )?);
+            // The same on code built with frame pointers, where the user stacks are
+            // walked frame by frame; and the kernel's walk there in place of ours.
+            let fp_stacks = costs_on(self, &["-g"], Some(workload))?.0;
+            stacks_fp_peer.ours.push(fp_stacks);
+            stacks_fp_peer.peer.push(bpftrace_cost(
+                &bpftrace("kstack, ustack, pid"),
+                secs,
+                self.machine.cpus,
+                Some(workload),
+            )?);
+            stacks_own_walk.ours.push(fp_stacks);
+            stacks_own_walk.peer.push(
+                costs_on(
+                    self,
+                    &["-g", "--bench-skip", "own-user-walk"],
+                    Some(workload),
+                )?
+                .0,
+            );
         }
         // The location pieces from the runs above: the sampled function is
         // --functions minus task attribution alone, the stack walks -g minus
@@ -1271,6 +1331,8 @@ impl Bench {
             function_floor,
             stacks,
             stacks_peer,
+            stacks_fp_peer,
+            stacks_own_walk,
             switch_members,
         ]);
         self.figures.extend(breakdown_figures);
@@ -1833,12 +1895,12 @@ pub fn run(
     let fastest = *rates.last().unwrap_or(&999);
     eprintln!("xtask: bench: workload slowdown at {fastest} Hz");
     b.slowdown(fastest, iterations)?;
+    let workload = crate::guest::build_workload(None)?;
     for &hz in &rates {
         eprintln!("xtask: bench: BPF cost per sample at {hz} Hz");
-        b.bpf_cost(hz)?;
+        b.bpf_cost(hz, &workload)?;
     }
     eprintln!("xtask: bench: functions and call stacks");
-    let workload = crate::guest::build_workload(None)?;
     b.functions(rates[0], &workload)?;
     eprintln!("xtask: bench: profiles (flame graph)");
     let inferno = crate::setup::ensure_inferno(root)?;

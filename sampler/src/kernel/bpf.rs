@@ -20,7 +20,7 @@ use sampler_common::{
     MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP,
     PERF_EVENT_TYPE_GLOBAL, PROGRAM_NAME, Pending, RDONLY_CAST_CALL, RDONLY_CAST_NONE, STACKS_MAP,
     START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
-    TaskValue,
+    TaskValue, USER_STACK_ID_BIT, USER_STACKS_MAP, UserStack,
 };
 
 use crate::kernel::{Error, loc_sums::LocSums};
@@ -375,6 +375,7 @@ impl Bpf {
                 .map_max_entries(TASKS_MAP, task_entries)
                 .map_max_entries(LOCATIONS_MAP, loc_entries)
                 .map_max_entries(STACKS_MAP, stack_entries)
+                .map_max_entries(USER_STACKS_MAP, stack_entries)
                 .override_global(NR_MEMBERS_GLOBAL, &members, true)
                 .override_global(LEADER_OFFSET_GLOBAL, &offsets.group_leader, true)
                 .override_global(START_OFFSET_GLOBAL, &offsets.start_time, true)
@@ -530,6 +531,9 @@ impl Bpf {
     /// The addresses of stack `id` of the stack map, innermost frame first; `None`
     /// when the map has no such stack.
     pub fn stack(&self, id: u32) -> Result<Option<Vec<u64>>, Error> {
+        if id & USER_STACK_ID_BIT != 0 {
+            return self.user_stack(id);
+        }
         let map = self
             .ebpf
             .map(STACKS_MAP)
@@ -544,6 +548,30 @@ impl Bpf {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(Error::MapRead {
                 map: STACKS_MAP,
+                source,
+            }),
+        }
+    }
+
+    /// The frames of user stack `id` of the program's own walks (USER_STACKS).
+    fn user_stack(&self, id: u32) -> Result<Option<Vec<u64>>, Error> {
+        let map = self
+            .ebpf
+            .map(USER_STACKS_MAP)
+            .ok_or_else(|| Error::BpfLoad(format!("map {USER_STACKS_MAP} missing")))?;
+        let stacks: HashMap<&MapData, u32, UserStack> =
+            HashMap::try_from(map).map_err(|source| Error::MapRead {
+                map: USER_STACKS_MAP,
+                source,
+            })?;
+        match stacks.get(&id, 0) {
+            Ok(stack) => {
+                let len = (stack.len as usize).min(stack.frames.len());
+                Ok(Some(stack.frames[..len].to_vec()))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::MapRead {
+                map: USER_STACKS_MAP,
                 source,
             }),
         }
