@@ -141,13 +141,39 @@ fn top_chains(doc: &Value, pid: u32, leaves: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// On x86-64 the program walks user stacks itself; the kernel's walk of the same
+/// The user frames most of process `pid`'s samples have, by the samples of each
+/// user chain (whatever the kernel frames above it).
+fn top_user_chain(doc: &Value, pid: u32) -> Vec<String> {
+    let mut by_chain: std::collections::HashMap<Vec<String>, u64> = Default::default();
+    for s in doc["stacks"].as_array().expect("stacks in the JSON") {
+        if s["tgid"] != pid {
+            continue;
+        }
+        let user = s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kernel"] == false)
+            .map(|f| f["function"].as_str().unwrap().to_owned())
+            .collect();
+        *by_chain.entry(user).or_default() += s["samples"].as_u64().unwrap();
+    }
+    by_chain
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(chain, _)| chain)
+        .unwrap_or_default()
+}
+
+/// On x86-64 the program walks user stacks itself, from the sample's registers or,
+/// in the kernel, from those the task entered it with; the kernel's walk of the same
 /// frames (`--bench-skip own-user-walk`) must give the same chains, to the
-/// outermost frame, and every sample of the workload a stack.
+/// outermost frame.
 fn the_own_user_stack_walk_records_what_the_kernel_walk_does() -> TestResult {
     let _root = require_root()?;
     let bin = workload("workload", false)?;
     let w = Running::start(&bin, "cpu", 6.0);
+    let sys = Running::start(&bin, "sys", 6.0);
     let args = |own: bool| {
         let mut a = vec!["-d", "2", "-g", "--bpf-stats"];
         if !own {
@@ -161,6 +187,13 @@ fn the_own_user_stack_walk_records_what_the_kernel_walk_does() -> TestResult {
         top_chains(&kernel, w.pid(), &[ALPHA, BETA]),
     );
     assert_eq!(own_chains, kernel_chains, "own walk vs the kernel's");
+    // Samples in system calls: their user chains, through the workload's loop.
+    let sys_chain = top_user_chain(&own, sys.pid());
+    assert_eq!(sys_chain, top_user_chain(&kernel, sys.pid()));
+    assert!(
+        sys_chain.iter().any(|f| f == "workload::syscalls"),
+        "{sys_chain:?}"
+    );
     for chain in &own_chains {
         assert!(
             chain.len() >= 3 && chain.iter().any(|f| f == "workload::main"),

@@ -44,6 +44,11 @@ pub const EVENT_COUNT_OFFSET_GLOBAL: &str = "EVENT_COUNT_OFFSET";
 /// Name of the global holding the BTF id of `struct perf_event` in the kernel's BTF
 /// (set by the loader; 0 when unknown), the type [`RDONLY_CAST_CALL`] gives the event.
 pub const PERF_EVENT_TYPE_GLOBAL: &str = "PERF_EVENT_TYPE";
+/// Name of the global with `task_struct`'s `flags` offset, set where the kernel gives
+/// a task's user registers to the program (`bpf_task_pt_regs`, with
+/// `bpf_rdonly_cast`): a sample in the kernel then walks its task's user stack from
+/// them (x86-64); 0 leaves those to the kernel's walk.
+pub const TASK_FLAGS_OFFSET_GLOBAL: &str = "TASK_FLAGS_OFFSET";
 
 /// The instruction the sample program is built with where it calls the kernel
 /// function `bpf_rdonly_cast` (Linux 6.2+): a kernel-function call (`BPF_JMP |

@@ -241,6 +241,12 @@ static EVENT_COUNT_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static PERF_EVENT_TYPE: Global<u32> = Global::new(0);
 
+/// `task_struct`'s `flags` offset where the kernel has `bpf_task_pt_regs` (set by the
+/// loader with `bpf_rdonly_cast`, Linux 6.2+); 0 elsewhere, and then a sample taken
+/// in the kernel leaves its user stack to the kernel's walk.
+#[unsafe(no_mangle)]
+static TASK_FLAGS_OFFSET: Global<u32> = Global::new(0);
+
 /// The most the loader lets LOC_MODE ask for (`LOCATIONS_OFF`, `_IP`, `_STACKS`):
 /// what the location map and stack map were sized for.
 #[unsafe(no_mangle)]
@@ -1007,14 +1013,39 @@ fn sampled_ip(ctx: &PerfEventContext) -> u64 {
 #[inline(always)]
 fn user_stack_id(ctx: &PerfEventContext) -> i32 {
     #[cfg(bpf_target_arch = "x86_64")]
-    {
+    if !skip(sampler_common::SKIP_OWN_USER_WALK) {
         // SAFETY: as in `sampled_ip`.
         let regs = unsafe { &(*ctx.ctx).regs };
-        // `__USER_CS`: the sample interrupted 64-bit user code, and the registers
-        // are the user's (a 32-bit task's frames are 4 bytes: the kernel's walk).
+        // `__USER_CS`: the registers are 64-bit user code's (a 32-bit task's frames
+        // are 4 bytes: the kernel's walk).
         const USER_CS: u64 = 0x33;
-        if regs.cs == USER_CS && !skip(sampler_common::SKIP_OWN_USER_WALK) {
+        if regs.cs == USER_CS {
             return user_walk::walk_user_stack(regs.rip, regs.rsp, regs.rbp);
+        }
+        let flags_offset = TASK_FLAGS_OFFSET.load();
+        if flags_offset != 0 {
+            // A sample in the kernel: the user registers its task entered with, as
+            // the kernel's walk takes them, and not for a kernel thread or a user
+            // worker (`PF_KTHREAD`, `PF_USER_WORKER`, `PF_IO_WORKER`), whose saved
+            // registers are not its own, as the kernel's walk skips them.
+            // SAFETY: helpers of the current task; its `flags` and registers are
+            // read with plain loads the verifier checks against the kernel's BTF.
+            let (flags, user) = unsafe {
+                let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf();
+                let flags = *task.cast::<u8>().add(flags_offset as usize).cast::<u32>();
+                let user = aya_ebpf::helpers::generated::bpf_task_pt_regs(task)
+                    as *const aya_ebpf::bindings::pt_regs;
+                (flags, user)
+            };
+            const NOT_OWN_REGS: u32 = 0x0020_0000 | 0x0000_4000 | 0x0000_0010;
+            if flags & NOT_OWN_REGS == 0 {
+                // SAFETY: as above.
+                let (cs, ip, sp, bp) =
+                    unsafe { ((*user).cs, (*user).rip, (*user).rsp, (*user).rbp) };
+                if cs == USER_CS {
+                    return user_walk::walk_user_stack(ip, sp, bp);
+                }
+            }
         }
     }
     stack_id(

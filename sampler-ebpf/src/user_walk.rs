@@ -1,5 +1,6 @@
 //! The user stack walked by the sample program itself (x86-64), in place of the
-//! kernel's `bpf_get_stackid` walk, for samples taken in 64-bit user code.
+//! kernel's `bpf_get_stackid` walk, from the registers of a sample taken in 64-bit
+//! user code, or those its task entered the kernel with (`user_stack_id`).
 //!
 //! The kernel's walk reads each frame record with two user reads, and at the
 //! outermost frame it reads the null frame pointer there and takes a page fault:

@@ -31,6 +31,9 @@ pub struct KernelOffsets {
     /// a plain load; 0 when the kernel has no such function.
     pub rdonly_cast_func: u32,
     pub perf_event_type: u32,
+    /// `task_struct`'s `unsigned int flags` (`PF_*`), with which the program tells
+    /// a task with user registers to walk from; 0 when missing.
+    pub task_flags: u32,
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -363,6 +366,7 @@ pub fn task_offsets(data: &[u8]) -> Result<KernelOffsets, String> {
         event_count,
         rdonly_cast_func,
         perf_event_type: found[2].map_or(0, |(id, _)| id),
+        task_flags: field(0, "flags", |t| t.kind() == INT && t.size_type == 4).unwrap_or(0),
     })
 }
 
@@ -488,6 +492,7 @@ pub(crate) mod tests {
             4096,
             &[
                 ("state", int, 0),
+                ("flags", 23, 64),
                 ("", anon, 512),
                 ("group_leader", konst, 2048),
             ],
@@ -522,6 +527,8 @@ pub(crate) mod tests {
         let proto = b.ty("", FUNC_PROTO, 1, false, int, &[0, int]);
         b.ty("bpf_cast_to_kern_ctx", FUNC, 1, false, proto, &[]);
         assert_eq!(b.ty("bpf_rdonly_cast", FUNC, 1, false, proto, &[]), 22);
+        // `task_struct`'s flags, a 4-byte int.
+        assert_eq!(b.ty("unsigned int", INT, 0, false, 4, &[32]), 23);
         b.finish()
     }
 
@@ -537,6 +544,7 @@ pub(crate) mod tests {
                 event_count: 320,
                 rdonly_cast_func: 22,
                 perf_event_type: 17,
+                task_flags: 8,
             }
         );
     }

@@ -19,8 +19,8 @@ use sampler_common::{
     LOCATIONS_OFF, LOCATIONS_STACKS, LastValues, LocKey, LocStage, LocStats, LocValue,
     MAX_LOC_MODE_GLOBAL, MAX_MEMBERS, MEMBER_MAPS, NR_MEMBERS_GLOBAL, PENDING_MAP,
     PERF_EVENT_TYPE_GLOBAL, PROGRAM_NAME, Pending, RDONLY_CAST_CALL, RDONLY_CAST_NONE, STACKS_MAP,
-    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASKS_MAP, TaskKey,
-    TaskValue, USER_STACK_ID_BIT, USER_STACKS_MAP, UserStack,
+    START_OFFSET_GLOBAL, SWITCH_END_PROGRAM_NAME, SWITCH_PROGRAM_NAME, TASK_FLAGS_OFFSET_GLOBAL,
+    TASKS_MAP, TaskKey, TaskValue, USER_STACK_ID_BIT, USER_STACKS_MAP, UserStack,
 };
 
 use crate::kernel::{Error, loc_sums::LocSums};
@@ -359,7 +359,7 @@ impl Bpf {
             Ok(text) if max_locations != Locations::Off => Some(ring_bytes_from(&text)?),
             _ => None,
         };
-        let load_object = |object: &[u8]| -> Result<Ebpf, Error> {
+        let load_object = |object: &[u8], task_flags: u32| -> Result<Ebpf, Error> {
             let mut loader = EbpfLoader::new();
             for (ring, name) in LOC_RING_MAPS.iter().enumerate() {
                 let mut bytes = ring_bytes(max_locations, cpus, ring);
@@ -382,6 +382,7 @@ impl Bpf {
                 .override_global(CTX_EVENT_OFFSET_GLOBAL, &offsets.ctx_event, true)
                 .override_global(EVENT_COUNT_OFFSET_GLOBAL, &offsets.event_count, true)
                 .override_global(PERF_EVENT_TYPE_GLOBAL, &offsets.perf_event_type, true)
+                .override_global(TASK_FLAGS_OFFSET_GLOBAL, &task_flags, true)
                 .override_global(BENCH_SKIP_GLOBAL, &bench_skip, true)
                 .override_global(MAX_LOC_MODE_GLOBAL, &max_locations.mode(), true)
                 .load(object)
@@ -417,14 +418,21 @@ impl Bpf {
             with_rdonly_cast(OBJECT, func).map_err(|e| Error::BpfLoad(format!("the object: {e}")))
         };
         let mut notices: Vec<String> = btf_notice.into_iter().collect();
-        let mut ebpf = match load_object(&object(cast)?) {
+        // With the cast, kernel-mode samples' user registers (`bpf_task_pt_regs`,
+        // 5.15) for the program's own user stack walk.
+        let task_flags = if cast.is_some() {
+            offsets.task_flags
+        } else {
+            0
+        };
+        let mut ebpf = match load_object(&object(cast)?, task_flags) {
             Err(e) if cast.is_some() => {
                 notices.push(format!(
                     "sampler: notice: the kernel refused the sample program's call of \
                      bpf_rdonly_cast ({e}); it reads the leader's count with \
                      bpf_probe_read_kernel instead (dearer)"
                 ));
-                load_object(&object(None)?)?
+                load_object(&object(None)?, 0)?
             }
             loaded => loaded?,
         };
