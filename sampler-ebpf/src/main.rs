@@ -32,8 +32,8 @@
 //! measures each piece by taking it out (`BENCH_SKIP`).
 //!
 //! Where the sample landed (the sampled instruction, and with `-g` the kernel and user
-//! call stacks: on x86-64 the program walks a user-mode sample's user stack itself,
-//! see `user_walk`) goes to the CPU's batch (`LOC_STAGE`), which goes to a ring buffer
+//! call stacks: on x86-64 the program walks the user stack itself, see `user_walk`)
+//! goes to the CPU's batch (`LOC_STAGE`), which goes to a ring buffer
 //! (`LOC_RING_*`, one per CPU up to 8) every LOC_BATCH_FLUSH samples; user space
 //! drains the rings, sums the records, and at each reading takes what the batches
 //! hold but have not sent. A sample that finds its batch and the ring full goes to
@@ -1009,7 +1009,8 @@ fn sampled_ip(ctx: &PerfEventContext) -> u64 {
 }
 
 /// The id of the current user stack: in USER_STACKS where the program walks it
-/// itself (a sample in 64-bit user code on x86-64), else in STACKS.
+/// itself (x86-64: from a sample in 64-bit user code, or on 6.2+ from the user
+/// registers a task entered the kernel with), else in STACKS.
 #[inline(always)]
 fn user_stack_id(ctx: &PerfEventContext) -> i32 {
     #[cfg(bpf_target_arch = "x86_64")]
