@@ -243,15 +243,41 @@ pub const USER_STACKS_MAP: &str = "USER_STACKS";
 pub const USER_WALK_MAP: &str = "USER_WALK";
 /// The bit set in every [`USER_STACKS_MAP`] id ([`STACKS_MAP`]'s ids are bucket
 /// indices, below it), so that one `i32` in [`LocKey`] names a stack of either map.
+///
+/// The stack of such an id, for a location whose `ip` is a user address (a sample
+/// taken in user code), holds 0 for its innermost frame: that is the location's
+/// `ip` (see [`user_stack_frames`]), so the samples of one call path share a stack
+/// whatever instruction each landed on.
 pub const USER_STACK_ID_BIT: u32 = 1 << 30;
+
+/// The user frames of a location, innermost first, from its `user_stack` id, its
+/// `ip` (`ip_is_user`: a user address) and the frames stored under the id: the
+/// stored frames, with the location's `ip` first where the program's own walk left
+/// it out ([`USER_STACK_ID_BIT`]).
+pub fn user_stack_frames(
+    user_stack: i32,
+    ip: u64,
+    ip_is_user: bool,
+    stored: &[u64],
+) -> impl Iterator<Item = u64> + '_ {
+    let at_ip = user_stack >= 0 && user_stack as u32 & USER_STACK_ID_BIT != 0 && ip_is_user;
+    let (first, rest) = match stored.split_first() {
+        Some((&first, rest)) => (Some(if at_ip { ip } else { first }), rest),
+        None => (None, stored),
+    };
+    first.into_iter().chain(rest.iter().copied())
+}
+
 /// The farthest above the stack pointer that the first frame pointer of a walk may
 /// be (a frame of 8 MiB, the default stack limit): past it, the register holds
 /// something else, and the stack is the sampled instruction alone.
 pub const FIRST_FRAME_MAX: u64 = 8 << 20;
 
 /// A user stack the program walked: `frames[..len]`, innermost (the sampled
-/// instruction) first, as `bpf_get_stackid` would have recorded it, with the 64-bit
-/// hash of the frames that its id is folded from.
+/// instruction) first, as `bpf_get_stackid` would have recorded it but for a sample
+/// taken in user code, whose sampled instruction is 0 here (see
+/// [`USER_STACK_ID_BIT`]), with the 64-bit hash of the frames that its id is folded
+/// from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserStack {
@@ -519,6 +545,8 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     #[test]
@@ -528,5 +556,26 @@ mod tests {
         assert_eq!(v.comm_bytes(), b"bash");
         v.comm = [b'x'; COMM_LEN];
         assert_eq!(v.comm_bytes().len(), COMM_LEN);
+    }
+
+    #[test]
+    fn an_own_user_stack_of_a_user_sample_starts_at_its_ip() {
+        let frames = |id: i32, ip: u64, user: bool, stored: &[u64]| -> std::vec::Vec<u64> {
+            user_stack_frames(id, ip, user, stored).collect()
+        };
+        let own = (USER_STACK_ID_BIT | 7) as i32;
+        // A sample in user code: its ip, then the stored return addresses.
+        assert_eq!(
+            frames(own, 0x10, true, &[0, 0x20, 0x30]),
+            [0x10, 0x20, 0x30]
+        );
+        assert_eq!(frames(own, 0x10, true, &[0]), [0x10]);
+        // A sample in the kernel: the stored frames begin at the user registers' ip.
+        let kernel_ip = 0xffff_ffff_8100_0000;
+        assert_eq!(frames(own, kernel_ip, false, &[0x18, 0x20]), [0x18, 0x20]);
+        // The kernel's stack map records the ip itself.
+        assert_eq!(frames(7, 0x10, true, &[0x10, 0x20]), [0x10, 0x20]);
+        assert_eq!(frames(-14, 0x10, true, &[0x10, 0x20]), [0x10, 0x20]);
+        assert_eq!(frames(own, 0x10, true, &[]), [0u64; 0]);
     }
 }

@@ -1021,7 +1021,7 @@ fn user_stack_id(ctx: &PerfEventContext) -> i32 {
         // are 4 bytes: the kernel's walk).
         const USER_CS: u64 = 0x33;
         if regs.cs == USER_CS {
-            return user_walk::walk_user_stack(regs.rip, regs.rsp, regs.rbp);
+            return user_walk::walk_user_stack(regs.rip, regs.rsp, regs.rbp, 1);
         }
         let flags_offset = TASK_FLAGS_OFFSET.load();
         if flags_offset != 0 {
@@ -1044,7 +1044,7 @@ fn user_stack_id(ctx: &PerfEventContext) -> i32 {
                 let (cs, ip, sp, bp) =
                     unsafe { ((*user).cs, (*user).rip, (*user).rsp, (*user).rbp) };
                 if cs == USER_CS {
-                    return user_walk::walk_user_stack(ip, sp, bp);
+                    return user_walk::walk_user_stack(ip, sp, bp, 0);
                 }
             }
         }

@@ -11,6 +11,13 @@
 //! frames (`tests/functions.rs` compares the two); where a register holds something
 //! other than a frame pointer (code built without them), the stack is the sampled
 //! instruction alone where the kernel would follow it into other memory.
+//!
+//! A sample taken in user code has its stack recorded with 0 for the sampled
+//! instruction, which its location holds anyway: the samples of one call path share
+//! a stack, whatever instruction each landed on, and a CPU remembers the stacks it
+//! recorded lately, so most samples find their id without a lookup in the map (a
+//! bucket and an entry in megabytes of map, which by the next sample no cache
+//! holds).
 
 use core::ffi::c_void;
 
@@ -45,11 +52,25 @@ const PAGE: u64 = 4096;
 #[map(name = "USER_WINDOW")]
 static USER_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 
-/// A window of user memory, and the index of the frame record in it.
+/// A window of user memory, and the index of the frame record in it; and the
+/// stacks this CPU recorded lately.
 #[repr(C)]
 struct Window {
     at: u64,
     words_at: [u64; WINDOW_BYTES as usize / 8],
+    seen: [Seen; SEEN_SLOTS],
+}
+
+/// How many of the stacks it recorded a CPU remembers, by their hash.
+const SEEN_SLOTS: usize = 64;
+
+/// A stack that USER_STACKS holds under its id (a stack is never taken out of
+/// it): its hash and length, as `UserStack` stores them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Seen {
+    hash: u64,
+    len: u64,
 }
 
 /// Walks the frame pointers of the user stack from `ip`, `sp` and `bp` (the user's
@@ -66,18 +87,26 @@ struct Window {
 /// something other than a frame pointer (code built without them) into memory that
 /// is not a stack: such a stack is the sampled instruction alone.
 ///
+/// With `at_ip` 1 (a sample taken in user code, whose location's `ip` is `ip`) the
+/// stack's innermost frame is recorded as 0, and user space takes the location's
+/// `ip` in its place (see `USER_STACK_ID_BIT`): the samples of a loop, at many
+/// instructions, then share one stack and its id, which this CPU remembers
+/// (`Window::seen`).
+///
 /// A global function, which the verifier checks once for any registers, not at
 /// each place and state the sample program calls it from.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn walk_user_stack(ip: u64, sp: u64, bp: u64) -> i32 {
+pub extern "C" fn walk_user_stack(ip: u64, sp: u64, bp: u64, at_ip: u64) -> i32 {
     let (Some(walk), Some(window)) = (USER_WALK.get_ptr_mut(0), USER_WINDOW.get_ptr_mut(0)) else {
         return -12;
     };
     // SAFETY: per-CPU array slots; programs do not nest on one CPU.
     let (walk, window) = unsafe { (&mut *walk, &mut *window) };
-    walk.frames[0] = ip;
-    let mut hash = mix(0x9e37_79b9_7f4a_7c15, ip);
+    // The sampled instruction, or 0 in its place where the location holds it.
+    let first = if at_ip != 0 { 0 } else { ip };
+    walk.frames[0] = first;
+    let mut hash = mix(HASH_SEED, first);
     let mut len: u32 = 1;
     let mut fp = if bp >= sp && bp - sp <= FIRST_FRAME_MAX {
         bp
@@ -141,6 +170,13 @@ pub extern "C" fn walk_user_stack(ip: u64, sp: u64, bp: u64) -> i32 {
     record_user_stack(hash, len)
 }
 
+/// The id in USER_STACKS of a stack whose frames hash to `hash`: `USER_STACK_ID_BIT`
+/// and the hash folded to 30 bits.
+#[inline(always)]
+fn stack_id_of(hash: u64) -> i32 {
+    ((hash ^ (hash >> 32)) as u32 & (USER_STACK_ID_BIT - 1) | USER_STACK_ID_BIT) as i32
+}
+
 /// Records CPU's walk (USER_WALK, `len` frames with their `hash`) in USER_STACKS;
 /// its id, or a negative errno (counted).
 ///
@@ -149,48 +185,61 @@ pub extern "C" fn walk_user_stack(ip: u64, sp: u64, bp: u64) -> i32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn record_user_stack(hash: u64, len: u32) -> i32 {
-    let Some(walk) = USER_WALK.get_ptr(0) else {
+    let (Some(walk), Some(window)) = (USER_WALK.get_ptr(0), USER_WINDOW.get_ptr_mut(0)) else {
         return -12;
     };
-    // SAFETY: the per-CPU slot the walk wrote.
-    let walk = unsafe { &*walk };
-    let id = (hash ^ (hash >> 32)) as u32 & (USER_STACK_ID_BIT - 1) | USER_STACK_ID_BIT;
+    // SAFETY: the per-CPU slots the walk used.
+    let (walk, window) = unsafe { (&*walk, &mut *window) };
+    let id = stack_id_of(hash) as u32;
+    // A stack this CPU recorded lately is in the map (nothing takes a stack out):
+    // its id without a lookup there.
+    let Some(seen) = window.seen.get_mut(hash as usize & (SEEN_SLOTS - 1)) else {
+        return -12;
+    };
+    if seen.hash == hash && seen.len == u64::from(len) {
+        return id as i32;
+    }
     // The stack under `id` is this one when its 64-bit hash and length are the
     // same (the kernel's stack map, with the flag it is used with, compares a
     // 32-bit hash alone); a different stack there is a collision, as in the
     // kernel's map.
-    let recorded = |stored: &UserStack| {
-        if stored.hash == hash && stored.len == len {
-            id as i32
-        } else {
-            count_location(|stats| stats.stack_collisions += 1);
-            -17 // EEXIST
-        }
-    };
+    let this = |stored: &UserStack| stored.hash == hash && stored.len == len;
     // SAFETY: a map value, read while the program runs.
-    if let Some(stored) = unsafe { USER_STACKS.get(id) } {
-        return recorded(stored);
-    }
-    match USER_STACKS.insert(id, walk, u64::from(BPF_NOEXIST)) {
-        Ok(()) => id as i32,
-        // Another CPU recorded a stack there since.
-        // SAFETY: as above.
-        Err(-17) => match unsafe { USER_STACKS.get(id) } {
-            Some(stored) => recorded(stored),
-            None => {
-                count_location(|stats| stats.stack_errors += 1);
-                -17
+    let here = match unsafe { USER_STACKS.get(id) } {
+        Some(stored) => this(stored),
+        None => match USER_STACKS.insert(id, walk, u64::from(BPF_NOEXIST)) {
+            Ok(()) => true,
+            // Another CPU recorded a stack there since.
+            // SAFETY: as above.
+            Err(-17) => match unsafe { USER_STACKS.get(id) } {
+                Some(stored) => this(stored),
+                None => {
+                    count_location(|stats| stats.stack_errors += 1);
+                    return -17;
+                }
+            },
+            Err(err) => {
+                count_location(|stats| match err {
+                    -7 | -12 => stats.stack_full += 1, // E2BIG, ENOMEM
+                    _ => stats.stack_errors += 1,
+                });
+                return err;
             }
         },
-        Err(err) => {
-            count_location(|stats| match err {
-                -7 | -12 => stats.stack_full += 1, // E2BIG, ENOMEM
-                _ => stats.stack_errors += 1,
-            });
-            err
-        }
+    };
+    if !here {
+        count_location(|stats| stats.stack_collisions += 1);
+        return -17; // EEXIST
     }
+    *seen = Seen {
+        hash,
+        len: u64::from(len),
+    };
+    id as i32
 }
+
+/// The frames' hash before the first frame.
+const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// One step of the frames' hash (a multiply and a rotate: cheap, and every bit of
 /// `value` reaches the high half the id is folded from).

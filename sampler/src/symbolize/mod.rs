@@ -227,11 +227,14 @@ impl Symbols {
                     }
                 }
             }
-            let stacks = [key.kernel_stack, key.user_stack]
+            let stack = |id: i32| u32::try_from(id).ok().and_then(|id| self.stacks.get(&id));
+            let kernel = stack(key.kernel_stack)
                 .into_iter()
-                .filter_map(|id| u32::try_from(id).ok())
-                .filter_map(|id| self.stacks.get(&id));
-            for addr in std::iter::once(key.ip).chain(stacks.flat_map(|s| s.iter().copied())) {
+                .flat_map(|s| s.iter().copied());
+            let user = stack(key.user_stack).into_iter().flat_map(|s| {
+                sampler_common::user_stack_frames(key.user_stack, key.ip, !is_kernel(key.ip), s)
+            });
+            for addr in std::iter::once(key.ip).chain(kernel).chain(user) {
                 if is_kernel(addr) {
                     if !self.kernel.contains_key(&addr) {
                         kernel_new.push(addr);
@@ -440,7 +443,12 @@ impl Symbols {
             None => {}
         }
         match user {
-            Some(u) => addrs.extend(u.iter()),
+            Some(u) => addrs.extend(sampler_common::user_stack_frames(
+                key.user_stack,
+                key.ip,
+                !is_kernel(key.ip),
+                u,
+            )),
             None if !is_kernel(key.ip) => addrs.push(key.ip),
             None => {}
         }
