@@ -505,15 +505,44 @@ fn function_refreshes(
         .collect())
 }
 
+/// No refresh says the location map evicted entries while it cannot have: each
+/// location entry (in the map, or a sum of the ring's records) is created by a
+/// sample, so up to the refresh in which the run's samples (on all CPUs) pass
+/// `room`, the entries any one CPU's LRU list holds (and the ring's sums, at most
+/// twice as many) have never run out. Inserts counted after a read once made the
+/// entries created while the maps were read look evicted (in most refreshes, in
+/// CI). At least the first refresh is checked.
+fn assert_no_evictions_with_room(docs: &[Value], room: u64) {
+    let mut samples = 0;
+    let mut checked = 0;
+    for doc in docs {
+        samples += doc["samples"].as_u64().unwrap();
+        if samples > room {
+            break;
+        }
+        checked += 1;
+        assert_eq!(
+            doc["locations"]["evicted"].as_u64(),
+            Some(0),
+            "location evictions after {samples} samples, with room for {room} per CPU: {}",
+            doc["locations"]
+        );
+    }
+    assert!(checked > 0, "{samples} samples in the first refresh");
+}
+
 /// Each refresh's function rows hold its samples once: the locations the ring
 /// took (and, when it was full, the location map) add up to the CPUs' samples
 /// outside the idle task, within the few that fall between the readings' edges
-/// (the locations are read first). A refresh in which the location map evicted
-/// entries is left out: an LRU eviction loses what the entry gained since the last
-/// reading (the map's documented limit, shown as `evicted`); at least half the
-/// refreshes must have none. Returns the samples that found the ring full.
-fn assert_functions_hold_every_sample_once(docs: &[Value]) -> u64 {
+/// (the locations are read first). Up to `room` samples, nothing is evicted (see
+/// [`assert_no_evictions_with_room`]); past that, a refresh in which the location
+/// map evicted entries is left out: an LRU eviction loses what the entry gained
+/// since the last reading (the map's documented limit, shown as `evicted`), and at
+/// least half the refreshes must have none. Returns the samples that found the
+/// ring full.
+fn assert_functions_hold_every_sample_once(docs: &[Value], room: u64) -> u64 {
     assert!(docs.len() >= 6, "{} refreshes", docs.len());
+    assert_no_evictions_with_room(docs, room);
     let mut ring_full = 0;
     let mut checked = 0;
     for doc in docs {
@@ -548,17 +577,48 @@ fn assert_functions_hold_every_sample_once(docs: &[Value]) -> u64 {
 fn every_refresh_of_the_function_view_holds_each_sample_once() -> TestResult {
     let _root = require_root()?;
     let docs = function_refreshes("999", None, &[]).expect("sampler top");
-    assert_functions_hold_every_sample_once(&docs);
+    // The default maps have room for at least 4,096 entries per CPU.
+    assert_functions_hold_every_sample_once(&docs, 4096);
     Ok(())
 }
 
+/// Two shells that start `/bin/true` over and over (new processes, and so new task
+/// and location entries, all the time), killed on drop.
+struct Churn(Vec<std::process::Child>);
+
+impl Churn {
+    fn start() -> Self {
+        Self(
+            (0..2)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do /bin/true; done"])
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("spawn sh")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A one-page ring at 10 kHz fills between drains: the samples that find it full go
-/// to the location map, and each still counts once. The map gets room for 32,768
-/// locations per CPU: with most of 10 kHz going to it, the default's 8,192 per CPU
-/// here fill within a second when something else runs with many threads and
-/// functions (a compiler, in CI), and an LRU eviction loses what the evicted
-/// location gained since the last reading (the map's known limit, which the ring
-/// does not have).
+/// to the location map, and each still counts once. The location map gets room for
+/// 65,536 entries per possible CPU. Then again with processes starting all the
+/// time, so that entries are created while each reading reads the maps: no refresh
+/// may say an entry was evicted while there was room. (The sums are not checked in
+/// that run: the maps fill with the exited processes' entries and take longer to
+/// read, and the samples between the locations' reading and the CPUs' outgrow the
+/// check's slack.)
 fn a_full_location_ring_passes_its_samples_to_the_map() -> TestResult {
     let _root = require_root()?;
     let err = function_refreshes("999", Some("12288"), &[]).unwrap_err();
@@ -566,10 +626,27 @@ fn a_full_location_ring_passes_its_samples_to_the_map() -> TestResult {
         err.contains("SAMPLER_LOC_RING_BYTES") && err.contains("power of two"),
         "{err}"
     );
-    let docs = function_refreshes("10000", Some("4096"), &["--map-entries", "65536"])
-        .expect("sampler top");
-    let full = assert_functions_hold_every_sample_once(&docs);
+    // The LRU lists are per possible CPU ("0-1", or ranges such as "0-3,8").
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let cpus: u64 = possible
+        .trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+    const ROOM: u64 = 65_536;
+    let entries = (ROOM * cpus).to_string();
+    let args = ["--map-entries", entries.as_str()];
+    let docs = function_refreshes("10000", Some("4096"), &args).expect("sampler top");
+    let full = assert_functions_hold_every_sample_once(&docs, ROOM);
     assert!(full > 0, "no sample found a one-page ring full at 10 kHz");
+    let churn = Churn::start();
+    let docs = function_refreshes("10000", Some("4096"), &args).expect("sampler top");
+    drop(churn);
+    assert!(docs.len() >= 6, "{} refreshes", docs.len());
+    assert_no_evictions_with_room(&docs, ROOM);
     Ok(())
 }
 

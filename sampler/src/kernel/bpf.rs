@@ -3,7 +3,10 @@
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -142,6 +145,29 @@ pub struct Bpf {
     /// whether its drainer thread runs (from the first time they are).
     ring: Option<Arc<Mutex<LocRing>>>,
     draining: bool,
+    /// How many entries the task map and the location map evicted so far, at least
+    /// (see [`Evictions`]).
+    task_evictions: Evictions,
+    loc_evictions: Evictions,
+}
+
+/// An LRU map's evictions so far, as readings bound them from below: the inserts
+/// counted before the map was read, minus the entries the read found (each entry
+/// inserted before then is found unless it was evicted). Inserts counted after the
+/// map was read would count the entries created while it was read, which the read
+/// may have passed, as evicted ones; and the bound of one reading can be below the
+/// last one's by the entries created while the map was read, so the bound kept
+/// is the highest yet: the evictions of an interval are never more than it had.
+#[derive(Debug, Default)]
+struct Evictions(AtomicU64);
+
+impl Evictions {
+    /// The bound after a reading that found `live` entries, with `inserted_before`
+    /// inserts counted before it.
+    fn bound(&self, inserted_before: u64, live: usize) -> u64 {
+        let bound = inserted_before.saturating_sub(live as u64);
+        self.0.fetch_max(bound, Ordering::Relaxed).max(bound)
+    }
 }
 
 /// A copy of the BPF `object` (in a mapping, aligned as the ELF parser wants) whose
@@ -260,9 +286,9 @@ pub struct MapContents {
     pub bpf: Option<RunStats>,
     /// The switch programs' (summed), likewise.
     pub switch_bpf: Option<RunStats>,
-    /// Task entries the LRU map evicted: set by the model's `delta` for an
-    /// interval; `None` for a reading, whose evictions are its inserts minus its
-    /// live entries.
+    /// Task entries the LRU map evicted: over the interval of the model's `delta`;
+    /// so far, for a reading (at least, see [`Evictions`]); `None` for contents
+    /// whose evictions are their inserts minus their live entries.
     pub evicted: Option<u64>,
     /// Location entries evicted, as `evicted`.
     pub loc_evicted: Option<u64>,
@@ -270,7 +296,7 @@ pub struct MapContents {
 
 impl MapContents {
     /// Location entries the LRU map evicted: over the interval of a delta, or up to
-    /// a reading (its inserts minus its live entries).
+    /// a reading (`loc_evicted`, else its inserts minus its live entries).
     pub fn location_evictions(&self) -> u64 {
         self.loc_evicted.unwrap_or_else(|| {
             self.loc_stats
@@ -467,6 +493,8 @@ impl Bpf {
             loc_batch: Mutex::default(),
             ring,
             draining: false,
+            task_evictions: Evictions::default(),
+            loc_evictions: Evictions::default(),
         })
     }
 
@@ -730,6 +758,11 @@ impl Bpf {
         } else {
             self.read_locations()?
         };
+        let inserted_before = self
+            .read_per_cpu::<CpuStats>(CPU_STATS_MAP)?
+            .iter()
+            .map(|s| s.inserted)
+            .sum();
         // The CPUs' counters after the tasks, as always: a sample that lands
         // between the two readings is then in the CPU's total, not in a row only.
         let mut pending_only = Vec::new();
@@ -746,6 +779,10 @@ impl Bpf {
                 stats.period_sum = sum;
             }
         }
+        let evicted = self.task_evictions.bound(inserted_before, tasks.len());
+        let loc_evicted = self
+            .loc_evictions
+            .bound(loc_stats.iter().map(|s| s.inserted).sum(), locations.len());
         let maps = MapContents {
             tasks,
             cpu_stats,
@@ -753,8 +790,8 @@ impl Bpf {
             loc_stats,
             bpf: None,
             switch_bpf: None,
-            evicted: None,
-            loc_evicted: None,
+            evicted: Some(evicted),
+            loc_evicted: Some(loc_evicted),
         };
         Ok((maps, live))
     }
@@ -842,10 +879,11 @@ impl Bpf {
 
     /// Reads the location map and its counters, with the sums of the location rings
     /// (drained first) and of what the CPUs' batches hold as entries of their own
-    /// (see [`LocSums`]).
+    /// (see [`LocSums`]). The counters are read first: their inserts are then all
+    /// in the map as the read finds it, but for evicted ones (see [`Evictions`]).
     pub fn read_locations(&self) -> Result<LocationContents, Error> {
-        let mut entries = self.read_hash(LOCATIONS_MAP, &self.loc_batch)?;
         let mut stats: Vec<LocStats> = self.read_per_cpu(LOC_STATS_MAP)?;
+        let mut entries = self.read_hash(LOCATIONS_MAP, &self.loc_batch)?;
         if let Some(ring) = &self.ring {
             let mut ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
             ring.drain();
@@ -1164,6 +1202,20 @@ mod tests {
             "the BPF object's BTF relocations changed: set OBJECT_NEEDS_BTF to match, \
              or the loader skips (or needlessly parses) the kernel's BTF"
         );
+    }
+
+    #[test]
+    fn evictions_count_inserts_before_the_read_and_never_go_back() {
+        let evictions = Evictions::default();
+        // 10 inserts before the read; it found 10 entries and 3 created since.
+        assert_eq!(evictions.bound(10, 13), 0);
+        // 20 before, 16 found: at least 4 evicted.
+        assert_eq!(evictions.bound(20, 16), 4);
+        // Entries created during the next read make the found ones more than the
+        // inserts before it allow: the bound stays, never an interval below 0.
+        assert_eq!(evictions.bound(25, 24), 4);
+        // 40 before, 30 found: 10.
+        assert_eq!(evictions.bound(40, 30), 10);
     }
 
     #[test]

@@ -543,15 +543,18 @@ pub fn delta(prev: &MapContents, cur: &MapContents) -> MapContents {
             }
         })
         .collect();
-    // Evictions so far are inserts minus live entries, in each full reading; those
-    // of the interval are the difference. (The interval's own inserts minus its
-    // changed entries would miss every eviction of an entry older than the interval.)
+    // Evictions so far are what each full reading says (else its inserts minus its
+    // live entries); those of the interval are the difference. (The interval's own
+    // inserts minus its changed entries would miss every eviction of an entry older
+    // than the interval.)
     let evicted_so_far = |m: &MapContents| {
-        m.cpu_stats
-            .iter()
-            .map(|c| c.inserted)
-            .sum::<u64>()
-            .saturating_sub(m.tasks.len() as u64)
+        m.evicted.unwrap_or_else(|| {
+            m.cpu_stats
+                .iter()
+                .map(|c| c.inserted)
+                .sum::<u64>()
+                .saturating_sub(m.tasks.len() as u64)
+        })
     };
     MapContents {
         tasks,
