@@ -407,7 +407,9 @@ pub struct LocStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuStats {
-    /// Samples the program saw on this CPU (including dropped ones).
+    /// Samples the program saw on this CPU (including dropped ones): 0 in the map,
+    /// where the program counts them in [`Pending::samples`]; user space puts them
+    /// here when it reads the map.
     pub samples: u64,
     /// Sum of the sampling counter's growth between samples on this CPU (as
     /// [`TaskValue::period_sum`]): up to the last sample, what `read()` of the
@@ -441,11 +443,16 @@ pub struct CpuStats {
 pub struct Pending {
     /// 1 while the switch program runs on this CPU: a sample whose interrupt comes
     /// in the middle of it (an NMI on x86) counts the sample and leaves the pending
-    /// counts and the last values to the switch program. (First, with `valid` and
-    /// `value.samples`: the fields every sample reads, in one cache line.)
+    /// counts and the last values to the switch program. (First, with `valid`,
+    /// `samples` and `value.samples`: the fields every sample reads, in one cache
+    /// line.)
     pub switching: u64,
     /// 1 while `key` and `value` hold samples not yet moved.
     pub valid: u64,
+    /// Samples the program saw on this CPU (including dropped ones): counted here,
+    /// not in [`CpuStats`], so that the fast path touches this value alone. User
+    /// space reads it into [`CpuStats::samples`].
+    pub samples: u64,
     /// The counts so far, and the task's name (at the first sample, and every
     /// [`COMM_REFRESH`] samples).
     pub value: TaskValue,
@@ -504,7 +511,7 @@ const _: () = assert!(size_of::<TaskKey>() == 32);
 const _: () = assert!(size_of::<TaskValue>() == 64);
 const _: () = assert!(size_of::<LastValues>() == 8 * (2 + MAX_MEMBERS));
 const _: () = assert!(size_of::<CpuStats>() == 48);
-const _: () = assert!(size_of::<Pending>() == 128);
+const _: () = assert!(size_of::<Pending>() == 136);
 const _: () = assert!(size_of::<LocKey>() == 48);
 const _: () = assert!(size_of::<LocValue>() == 48);
 const _: () = assert!(size_of::<LocStats>() == 56);

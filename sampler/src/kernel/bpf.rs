@@ -768,6 +768,11 @@ impl Bpf {
         let mut pending_only = Vec::new();
         let (tasks, period_sums) = self.read_tasks(&mut pending_only, &mut values)?;
         let mut cpu_stats: Vec<CpuStats> = self.read_per_cpu(CPU_STATS_MAP)?;
+        // The program counts each CPU's samples in its pending counts' value.
+        let pending: Vec<Pending> = self.read_per_cpu(PENDING_MAP)?;
+        for (stats, pending) in cpu_stats.iter_mut().zip(&pending) {
+            stats.samples = pending.samples;
+        }
         for cpu in pending_only {
             if let Some(stats) = cpu_stats.get_mut(cpu as usize) {
                 stats.inserted += 1;
@@ -1304,6 +1309,7 @@ mod tests {
             seq,
             valid: u64::from(k.is_some()),
             switching: 0,
+            samples: 0,
         }
     }
 
