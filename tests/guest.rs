@@ -891,11 +891,16 @@ fn check_reads_counters_from_user_space_with_mrs() -> TestResult {
     // read() 25 % above the page read just before it). The race only ever adds, so a
     // page above read() by more than 1 % fails at once; one below it by more than
     // 1 % asks for another run, and each CPU must agree within 1 % in one of up to
-    // three runs.
+    // five runs. A row whose reader's copy did not run with its thread decides
+    // nothing (its page has no counter then, and read() is used, with the reason).
     // Without user access (5.10) a CPU counts as agreed when its reader's copy ran
     // with its thread and read() counted.
     let mut agreed = std::collections::BTreeSet::new();
-    for _ in 0..3 {
+    for run in 0..5 {
+        if run > 0 {
+            // The copies that got no counter came in stretches of a few seconds.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
         check_mrs_run(&g, &mut agreed);
         if agreed.len() == 4 {
             break;
@@ -954,6 +959,16 @@ fn check_mrs_run(g: &GuestEnv, agreed: &mut std::collections::BTreeSet<u64>) {
         return;
     }
     for c in checks {
+        if !copy_ran_with_its_thread(c) {
+            // A copy the kernel kept off the counters has no counter in its page
+            // (index 0) when it is read: read() is used then, and said why.
+            let note = c["note"].as_str().unwrap_or_default();
+            assert!(
+                c["method"] == "mrs" || note.contains("did not keep it on a counter"),
+                "{c}"
+            );
+            continue;
+        }
         // perf_user_access=1 and the PMU's rdpmc bit: read with mrs. The system-wide
         // sampling event holds the cycle counter, so the reader's copy gets an event
         // counter, PMEVCNTR<n>_EL0, read 32 bits wide (long only on the cycle counter).
@@ -969,9 +984,6 @@ fn check_mrs_run(g: &GuestEnv, agreed: &mut std::collections::BTreeSet<u64>) {
             assert_eq!(c["pmc_width"], 32, "{c}");
         } else {
             assert!(!note.contains("FEAT_PMUv3p5"), "{c}");
-        }
-        if !copy_ran_with_its_thread(c) {
-            continue;
         }
         let index = c["page_index"].as_u64().unwrap();
         assert!((1..=32).contains(&index), "{c}");
@@ -1368,11 +1380,16 @@ fn perf_user_access_off_falls_back_to_read_and_says_why() -> TestResult {
     // With user-space counter access off, the page shows index 0 (or no rdpmc bit):
     // every row is read with read(), and the document says why and how to turn it on.
     // A row whose reader's copy did not run with its thread (CI saw one count nothing
-    // through its thread's 502 ms) says nothing of read(): each CPU's read() must
-    // count in one of up to three runs.
+    // through its thread's 502 ms; a later run saw the copies of all four CPUs do
+    // so in two runs in a row) says nothing of read(): each CPU's read() must count
+    // in one of up to five runs.
     let _off = Sysctls::set(&[("/proc/sys/kernel/perf_user_access", "0")]);
     let mut counted = std::collections::BTreeSet::new();
-    for _ in 0..3 {
+    for run in 0..5 {
+        if run > 0 {
+            // The copies that got no counter came in stretches of a few seconds.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
         let out = sampler(&["check", "-e", "cycles", "-F", "200", "-d", "0.5", "--json"]);
         let doc: Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
