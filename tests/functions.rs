@@ -534,7 +534,7 @@ fn assert_no_evictions_with_room(docs: &[Value], room: u64) {
 /// Each refresh's function rows hold its samples once: the locations the ring
 /// took (and, when it was full, the location map) add up to the CPUs' samples
 /// outside the idle task, within the few that fall between the readings' edges
-/// (the locations are read first). Up to `room` samples, nothing is evicted (see
+/// (the locations are read first; CI saw 83 there, in a debug build under load). Up to `room` samples, nothing is evicted (see
 /// [`assert_no_evictions_with_room`]); past that, a refresh in which the location
 /// map evicted entries is left out: an LRU eviction loses what the entry gained
 /// since the last reading (the map's documented limit, shown as `evicted`), and at
@@ -545,8 +545,15 @@ fn assert_functions_hold_every_sample_once(docs: &[Value], room: u64) -> u64 {
     assert_no_evictions_with_room(docs, room);
     let mut ring_full = 0;
     let mut checked = 0;
+    let mut last_refresh_ms = 0.0;
     for doc in docs {
         ring_full += doc["locations"]["ring_full"].as_u64().unwrap();
+        // The samples between a reading's locations and its CPUs' counters (the
+        // edge) are in the CPUs' count of one refresh and the locations of the next:
+        // at most what the refreshes' readings took, at the refresh's sample rate.
+        let refresh_ms = doc["refresh_ms"].as_f64().unwrap();
+        let edges_ms = refresh_ms + last_refresh_ms;
+        last_refresh_ms = refresh_ms;
         if doc["locations"]["evicted"].as_u64().unwrap() > 0 {
             continue;
         }
@@ -557,7 +564,8 @@ fn assert_functions_hold_every_sample_once(docs: &[Value], room: u64) -> u64 {
             .iter()
             .map(|f| f["samples"].as_u64().unwrap())
             .sum();
-        let slack = 8 + samples / 50;
+        let per_ms = samples as f64 / (doc["duration_s"].as_f64().unwrap() * 1000.0);
+        let slack = 8 + samples / 50 + (per_ms * edges_ms) as u64;
         assert!(samples >= 100, "{samples} samples in 0.3 s");
         assert!(
             located <= samples + slack && located + slack >= samples,
