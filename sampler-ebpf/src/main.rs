@@ -24,9 +24,10 @@
 //! per-CPU value, and the path's few instructions together at the program's start
 //! (the rest is a function of its own), for the least cache lines a sample touches
 //! (1.1-1.2x cheaper at 10 kHz than with a second per-CPU value and the path's
-//! instructions spread through the program's, measured). The counters are read where a task's counts end:
-//! the switch program reads them when the task leaves the CPU and moves the pending
-//! counts, with what the counters gained since the last move, into the task map.
+//! instructions spread through the program's, measured). The counters are read
+//! where a task's counts end: the switch program reads them when the task leaves
+//! the CPU and moves the pending counts, with what the counters gained since the
+//! last move, into the task map.
 //! What the counters gained in between is the running task's, and user space adds
 //! it when it reads (see `Pending`): exact at every reading, with no read per sample.
 //! The first sample after a switch, and every 64th, fetch the task's key (pid and
