@@ -63,10 +63,11 @@ use aya_ebpf::{
         BPF_NOEXIST, BPF_RB_NO_WAKEUP, bpf_perf_event_value,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
-            bpf_perf_event_read_value, bpf_perf_prog_read_value, bpf_ringbuf_output,
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+            bpf_get_smp_processor_id, bpf_perf_event_read_value, bpf_perf_prog_read_value,
+            bpf_ringbuf_output,
         },
     },
     macros::{kprobe, map, perf_event, raw_tracepoint},
@@ -76,12 +77,13 @@ use aya_ebpf::{
     },
 };
 use sampler_common::{
-    COMM_LEN, COMM_REFRESH, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES, LOC_BATCH_FLUSH,
-    LOC_BATCH_RECORDS, LOC_LOG_SLOTS, LOCATIONS_IP, LOCATIONS_OFF, LOCATIONS_STACKS, LastValues,
-    LocBatchHead, LocKey, LocLog, LocRecord, LocSingle, LocStage, LocStats, LocValue, MAX_MEMBERS,
-    NO_STACK, Pending, RDONLY_CAST_CALL, SKIP_CGROUP, SKIP_KEY_CACHE, SKIP_LEADER_READ,
-    SKIP_LOC_BATCH, SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG, SKIP_LOC_MODE, SKIP_LOC_RING,
-    SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey, TaskValue,
+    COMM_LEN, COMM_REFRESH, Comm, CpuStats, DEFAULT_LOC_ENTRIES, DEFAULT_TASK_ENTRIES,
+    LOC_BATCH_FLUSH, LOC_BATCH_RECORDS, LOC_LOG_SLOTS, LOCATIONS_IP, LOCATIONS_OFF,
+    LOCATIONS_STACKS, LastValues, LocBatchHead, LocKey, LocLog, LocRecord, LocSingle, LocStage,
+    LocStats, LocValue, MAX_MEMBERS, NO_STACK, Pending, RDONLY_CAST_CALL, SKIP_CGROUP,
+    SKIP_KEY_CACHE, SKIP_LEADER_READ, SKIP_LOC_BATCH, SKIP_LOC_MAP, SKIP_LOC_MAP_FOR_LOG,
+    SKIP_LOC_MODE, SKIP_LOC_RING, SKIP_MEMBER_READS, SKIP_PID, SKIP_START, SKIP_TASK_MAP, TaskKey,
+    TaskValue,
 };
 
 #[cfg(bpf_target_arch = "x86_64")]
@@ -201,7 +203,7 @@ struct CachedKey {
     /// thread whose exec() made it the leader, has another.
     thread_start: u64,
     key: TaskKey,
-    comm: [u8; COMM_LEN],
+    comm: Comm,
     /// Times the slot answered since the helpers filled it.
     uses: u64,
 }
@@ -425,7 +427,7 @@ fn add_sample(
         Some(found) => found,
         None => {
             let key = key_of(task);
-            let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            let comm = current_comm();
             remember(task, &key, &comm);
             (key, comm)
         }
@@ -465,7 +467,7 @@ fn slot_of(task: u64) -> usize {
 /// them (a task moved to another cgroup shows within that many). `task` is the
 /// current task's address.
 #[inline(always)]
-fn cached_key(task: u64) -> Option<(TaskKey, [u8; COMM_LEN])> {
+fn cached_key(task: u64) -> Option<(TaskKey, Comm)> {
     let start_off = START_OFFSET.load();
     if skip(SKIP_KEY_CACHE) || start_off == 0 {
         return None;
@@ -485,8 +487,8 @@ fn cached_key(task: u64) -> Option<(TaskKey, [u8; COMM_LEN])> {
     if start != slot.thread_start {
         return None;
     }
-    let comm = bpf_get_current_comm().ok()?;
-    if comm != slot.comm {
+    let comm = current_comm();
+    if !comm.same(&slot.comm) {
         return None;
     }
     slot.uses += 1;
@@ -496,7 +498,7 @@ fn cached_key(task: u64) -> Option<(TaskKey, [u8; COMM_LEN])> {
 /// Puts the current task's key and name, fresh from the helpers, in its slot of
 /// KEY_CACHE.
 #[inline(always)]
-fn remember(task: u64, key: &TaskKey, comm: &[u8; COMM_LEN]) {
+fn remember(task: u64, key: &TaskKey, comm: &Comm) {
     let start_off = START_OFFSET.load();
     if skip(SKIP_KEY_CACHE) || start_off == 0 {
         return;
@@ -542,7 +544,7 @@ fn add_sample_read(
         }
         return key;
     }
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let comm = current_comm();
     if pending.valid != 0 {
         if pending.key == key {
             add(&mut pending.value, 1, period, deltas);
@@ -631,6 +633,16 @@ fn location_mode() -> u32 {
     }
 }
 
+/// The current task's name (all zeros should the helper fail, as the kernel leaves
+/// it then).
+#[inline(always)]
+fn current_comm() -> Comm {
+    let mut comm = Comm::default();
+    // SAFETY: the helper writes at most the COMM_LEN bytes it is given.
+    unsafe { bpf_get_current_comm(comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
+    comm
+}
+
 /// The current task's key on this CPU.
 #[inline(always)]
 fn current_key() -> TaskKey {
@@ -683,7 +695,7 @@ fn charge(
     samples: u64,
     period: u64,
     deltas: &[u64; MAX_MEMBERS],
-    comm: Option<&[u8; COMM_LEN]>,
+    comm: Option<&Comm>,
 ) -> Charged {
     for _ in 0..2 {
         if let Some(value) = TASKS.get_ptr_mut(key) {
@@ -701,7 +713,7 @@ fn charge(
             counts: *deltas,
             comm: match comm {
                 Some(comm) => *comm,
-                None => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+                None => current_comm(),
             },
         };
         match TASKS.insert(key, value, u64::from(BPF_NOEXIST)) {

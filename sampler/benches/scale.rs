@@ -225,7 +225,7 @@ fn task_map(tasks: usize, cpus: u32, round: u64) -> MapContents {
                 counts: std::array::from_fn::<u64, MAX_MEMBERS, _>(|m| {
                     samples * [2_000_000, 10_000, 5_000, 0][m % 4]
                 }),
-                comm,
+                comm: sampler_common::Comm(comm),
             };
             (key, value)
         })

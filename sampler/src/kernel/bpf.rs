@@ -1293,7 +1293,7 @@ mod tests {
             samples,
             period_sum: samples * 1_000,
             counts: [samples * 7, 0, 0, 0],
-            comm: *b"task\0\0\0\0\0\0\0\0\0\0\0\0",
+            comm: sampler_common::Comm(*b"task\0\0\0\0\0\0\0\0\0\0\0\0"),
         }
     }
 

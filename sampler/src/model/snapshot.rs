@@ -614,7 +614,7 @@ pub(crate) mod tests {
             samples,
             period_sum: samples * 1_001_001,
             counts: [samples * 3, samples * 5, 0, 0],
-            comm: c,
+            comm: sampler_common::Comm(c),
         }
     }
 
