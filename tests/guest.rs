@@ -774,9 +774,13 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     // The software clock at the default rate: BPF (samples, and the switch programs
     // at each context switch), read() and the window agree within the default 1 %.
     // TCG's slow context switches leave up to 1.6 % in a 1 s run now and then
-    // (measured): each CPU must pass in one of up to three 2 s runs.
+    // (measured): each CPU must pass in one of up to five 2 s runs, 2 s apart (the
+    // host's preemptions, below, come in stretches).
     let mut passed = std::collections::BTreeSet::new();
-    for _ in 0..3 {
+    for run in 0..5 {
+        if run > 0 {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
         let doc = check_doc(&["-e", "cpu-clock", "-d", "2"]);
         let checks = doc["checks"].as_array().unwrap();
         assert_eq!(checks.len(), 4, "{doc}");
@@ -813,10 +817,14 @@ fn the_cross_check_holds_at_one_percent() -> TestResult {
     // measured under CI load; cycles themselves lag the clock by 0.1-1 % there, so
     // comparing cycles with the clock on one side alone flags clean rows), the CPU's
     // cycles row is reported and left out. Every other CPU's cycles must agree across
-    // BPF, read() and the page within 1 %. Up to four runs, until every CPU has had a
-    // run the race left alone.
+    // BPF, read() and the page within 1 %. Up to six runs, 2 s apart, until every CPU
+    // has had a run the race and the host left alone (a CI run under load once had
+    // every CPU's task clock 1.1-2.9 % apart in four runs back to back).
     let mut valid = std::collections::BTreeSet::new();
-    for _ in 0..4 {
+    for run in 0..6 {
+        if run > 0 {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
         let doc = check_doc(&["-e", "{cycles,task-clock}", "-c", "100000000", "-d", "2"]);
         let checks = doc["checks"].as_array().unwrap();
         assert_eq!(checks.len(), 8, "{doc}");
