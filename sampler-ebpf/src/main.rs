@@ -488,7 +488,7 @@ fn cached_key(task: u64) -> Option<(TaskKey, Comm)> {
         return None;
     }
     let comm = current_comm();
-    if !comm.same(&slot.comm) {
+    if comm != slot.comm {
         return None;
     }
     slot.uses += 1;
