@@ -542,7 +542,8 @@ fn assert_no_evictions_with_room(docs: &[Value], room: u64) {
 /// Each refresh's function rows hold its samples once: the locations the ring
 /// took (and, when it was full, the location map) add up to the CPUs' samples
 /// outside the idle task, within the few that fall between the readings' edges
-/// (the locations are read first; CI saw 83 there, in a debug build under load). Up to `room` samples, nothing is evicted (see
+/// (the locations are read first; CI saw 83 there, in a debug build under load).
+/// Up to `room` samples per CPU, nothing is evicted (see
 /// [`assert_no_evictions_with_room`]); past that, a refresh in which the location
 /// map evicted entries is left out: an LRU eviction loses what the entry gained
 /// since the last reading (the map's documented limit, shown as `evicted`), and at
